@@ -1,0 +1,72 @@
+"""A real ``pigeonhole serve`` process for benchmarks, with a signed-up user and an API token."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+PIGEONHOLE = Path(sys.executable).with_name("pigeonhole")
+
+
+@dataclass
+class Server:
+    base: str
+    process: subprocess.Popen[bytes]
+    token: str
+    data_dir: Path
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {self.token}"},
+                            timeout=600, **kwargs)  # type: ignore[arg-type]
+
+    def peak_rss_mib(self) -> float:
+        """High-water mark of the server's resident memory (VmHWM), in MiB."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(extra_env: dict[str, str] | None = None) -> Server:
+    data_dir = Path(tempfile.mkdtemp(prefix="pgh-bench-"))
+    port = _free_port()
+    env = {**os.environ, "PIGEONHOLE_DATA_DIR": str(data_dir), **(extra_env or {})}
+    process = subprocess.Popen([str(PIGEONHOLE), "serve", "--port", str(port), "--log-level", "warning"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        process.kill()
+        raise RuntimeError("the server did not become ready")
+    with httpx.Client(base_url=base) as browser:
+        browser.post("/api/v1/auth/signup", json={"email": "bench@example.com", "password": "benchmark password"})
+        token = browser.post("/api/v1/tokens", json={"name": "bench"},
+                             headers={"X-CSRF-Token": browser.cookies["pgh_csrf"]}).json()["token"]
+    return Server(base=base, process=process, token=token, data_dir=data_dir)

@@ -1,0 +1,96 @@
+"""Automatic model building through the public API, as a user would: upload, press Train, wait.
+
+Prints one line per dataset: time to the first served version, total wall time, test accuracy (by
+calling the prediction API on the held-out split), chosen candidate, model size and latency.
+
+    .venv/bin/python benchmarks/train.py [--datasets hymenoptera,flowers5,mnist] [--budget 600]
+        [--mnist-train 60000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _data import DATASETS, WEIGHTS, mnist, write_folder, zip_images  # noqa: E402
+from _server import start_server  # noqa: E402
+
+from pigeonhole.client import Client  # noqa: E402
+
+SPLITS = {
+    "hymenoptera": ("train.zip", "val.zip"),
+    "flowers5": ("train.zip", "test.zip"),
+}
+
+
+def load(name: str, mnist_train: int) -> tuple[dict, dict]:
+    if name == "mnist":
+        return mnist("train", mnist_train), mnist("test")
+    train, test = SPLITS[name]
+    return zip_images(DATASETS / name / train), zip_images(DATASETS / name / test)
+
+
+def accuracy(pgh: Client, model_id: str, test: dict[str, list[tuple[str, bytes]]]) -> float:
+    items = [(label, data) for label, files in test.items() for _, data in files]
+    right = 0
+    for start in range(0, len(items), 64):
+        chunk = items[start:start + 64]
+        answer = pgh.predict(model_id, [data for _, data in chunk], top_k=1)
+        right += sum(p["top"][0]["label"] == label for (label, _), p in zip(chunk, answer["predictions"],
+                                                                            strict=True))
+    return right / len(items)
+
+
+def run(pgh: Client, name: str, budget: int, mnist_train: int, preference: str) -> str:
+    train, test = load(name, mnist_train)
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = pgh.create_dataset(name)
+        started = time.monotonic()
+        uploaded = pgh.upload_folder(dataset["id"], write_folder(train, Path(tmp)))
+        upload_s = time.monotonic() - started
+    model = pgh.create_model(name, dataset["id"], time_budget_s=budget, preference=preference)
+    pressed = time.monotonic()
+    first_s = None
+
+    def watch(job: dict) -> None:
+        nonlocal first_s
+        if first_s is None and pgh.get_model(model["id"])["active_version"] is not None:
+            first_s = time.monotonic() - pressed
+
+    job = pgh.wait_for_job(model["job_id"], poll_s=1.0, on_progress=watch)
+    wall = time.monotonic() - pressed
+    final = pgh.get_model(model["id"])
+    if final["active_version"] is None:
+        return f"train: {name}: no model ({job['status']}: {job.get('error')})"
+    version = pgh.get_version(model["id"], final["active_version"])
+    acc = accuracy(pgh, model["id"], test)
+    candidate = (version["lineage"].get("candidate") or {})
+    chosen = candidate.get("name") if isinstance(candidate, dict) else candidate
+    return (f"train: {name}: {uploaded.accepted} images uploaded in {upload_s:.0f} s; first version after "
+            f"{first_s or float('nan'):.1f} s; finished in {wall:.0f} s ({job['status']}, "
+            f"{(job.get('result') or {}).get('stop_reason')}); test accuracy {acc:.2%}; chosen {chosen}; "
+            f"size {version['size_bytes'] / 2**20:.1f} MiB; latency {version['latency_ms'] or float('nan'):.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--datasets", default="hymenoptera,flowers5,mnist")
+    parser.add_argument("--budget", type=int, default=600)
+    parser.add_argument("--mnist-train", type=int, default=60_000)
+    parser.add_argument("--preference", default="balanced")
+    args = parser.parse_args()
+    server = start_server({"PIGEONHOLE_WEIGHTS_DIR": str(WEIGHTS)})
+    try:
+        with Client(server.base, server.token, timeout_s=600) as pgh:
+            for name in args.datasets.split(","):
+                print(run(pgh, name, args.budget, args.mnist_train, args.preference), flush=True)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

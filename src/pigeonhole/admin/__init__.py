@@ -1,0 +1,1 @@
+"""Administrator views: users now; compute nodes and jobs join when compute lands."""

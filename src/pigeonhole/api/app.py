@@ -1,0 +1,103 @@
+"""``create_app()``: everything a process needs is built here from one Settings object, never at import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from pigeonhole import __version__
+from pigeonhole.admin.routes import router as admin_router
+from pigeonhole.api.errors import install_error_handlers
+from pigeonhole.api.metrics import Metrics
+from pigeonhole.api.middleware import Observability, RequestLimits
+from pigeonhole.api.ops import router as ops_router
+from pigeonhole.api.schemas import ERROR_RESPONSES
+from pigeonhole.api.web import install_web
+from pigeonhole.auth.passwords import Passwords
+from pigeonhole.auth.routes import router as auth_router
+from pigeonhole.auth.routes import tokens_router
+from pigeonhole.datasets.routes import router as datasets_router
+from pigeonhole.datasets.service import BlobSweeper
+from pigeonhole.datasets.thumbnails import Thumbnails
+from pigeonhole.db.engine import create_db_engine, create_session_factory
+from pigeonhole.db.migrate import upgrade
+from pigeonhole.jobs.routes import router as jobs_router
+from pigeonhole.models.predict import PredictionService
+from pigeonhole.models.routes import router as models_router
+from pigeonhole.serving.limits import RateLimiter
+from pigeonhole.settings import Settings, load_settings
+from pigeonhole.storage.blobs import BlobStore
+from pigeonhole.storage.cache import DiskCache
+from pigeonhole.usage.quota import MonthlyQuota
+from pigeonhole.usage.recorder import UsageRecorder
+from pigeonhole.usage.routes import router as usage_router
+
+log = logging.getLogger(__name__)
+
+
+def operation_id(route: APIRoute) -> str:
+    """Stable, readable operation ids (``tokens-create_token``) for the generated TypeScript client."""
+    tag = route.tags[0] if route.tags else "default"
+    return f"{tag}-{route.name}"
+
+
+def passwords_from(settings: Settings) -> Passwords:
+    return Passwords(time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib,
+                     parallelism=settings.argon2_parallelism)
+
+
+def create_app(settings: Settings | None = None, *, migrate: bool = True) -> FastAPI:
+    settings = settings or load_settings()
+    _ = settings.secret  # resolve (and persist, in development) before serving anything
+    engine = create_db_engine(settings.resolved_database_url, pool_size=settings.db_pool_size)
+    session_factory = create_session_factory(engine)
+    metrics = Metrics()
+    recorder = UsageRecorder(session_factory, flush_interval_s=settings.usage_flush_interval_s)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if migrate:
+            upgrade(engine)
+        recorder.start()
+        try:
+            yield
+        finally:
+            recorder.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="Pigeonhole",
+        version=__version__,
+        summary="Self-hosted, no-code image classification.",
+        lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+        responses=ERROR_RESPONSES,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = session_factory
+    app.state.passwords = passwords_from(settings)
+    app.state.metrics = metrics
+    app.state.usage_recorder = recorder
+    app.state.blob_store = blobs = BlobStore(settings.resolved_blob_url)
+    app.state.derived_cache = derived = DiskCache(settings.resolved_cache_dir, settings.cache_max_bytes)
+    app.state.thumbnails = Thumbnails(derived, blobs)
+    app.state.predictions = PredictionService(settings, blobs)
+    app.state.predict_limiter = RateLimiter(settings.predict_rate_per_s, settings.predict_burst)
+    app.state.monthly_quota = MonthlyQuota(session_factory)
+    app.state.blob_sweeper = BlobSweeper(session_factory, blobs, settings.blob_sweep_grace_s)
+
+    install_error_handlers(app)
+    for router in (auth_router, tokens_router, datasets_router, models_router, jobs_router, usage_router,
+                   admin_router, ops_router):
+        app.include_router(router)
+    install_web(app)
+
+    # Outermost first: observe everything, including refused oversized bodies.
+    app.add_middleware(RequestLimits, settings=settings)
+    app.add_middleware(Observability, metrics=metrics, recorder=recorder)
+    return app

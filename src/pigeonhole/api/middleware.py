@@ -1,0 +1,128 @@
+"""Pure ASGI middleware: request size limits, and metrics + usage recording after each response."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pigeonhole.api.metrics import Metrics
+from pigeonhole.settings import Settings
+from pigeonhole.usage.recorder import UsageEvent, UsageRecorder
+
+
+def _too_large_sentence(limit: int) -> str:
+    return f"The request is too large: the limit is {limit / (1024 * 1024):.0f} MiB."
+
+
+class BodyTooLarge(HTTPException):
+    """An HTTPException so that FastAPI's body parsing lets it through to the error handler."""
+
+    def __init__(self, limit: int):
+        super().__init__(status_code=413, detail=_too_large_sentence(limit))
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestLimits:
+    """Refuses what no route can handle safely, before any route sees it.
+
+    Bodies over the limit (from Content-Length up front, or counted while streaming), and NUL
+    characters in the path or query (PostgreSQL cannot store them; no id or name contains one).
+    """
+
+    def __init__(self, app: ASGIApp, *, settings: Settings):
+        self.app = app
+        self.settings = settings  # read per request, so limits can change at run time
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b"").lower():
+            await _send_json(send, 400, {"detail": "The address contains a NUL character, which is never valid.",
+                                         "code": "bad_request"})
+            return
+        headers = dict(scope.get("headers") or [])
+        is_upload = headers.get(b"content-type", b"").startswith(b"multipart/")
+        limit = self.settings.max_upload_bytes if is_upload else self.settings.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, limit)
+            return
+        received = 0
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not response_started:
+                await self._refuse(send, limit)
+
+    @staticmethod
+    async def _refuse(send: Send, limit: int) -> None:
+        await _send_json(send, 413, {"detail": _too_large_sentence(limit), "code": "payload_too_large"})
+
+
+class Observability:
+    """Times every request; feeds Prometheus and, for API-token calls, the usage records."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, recorder: UsageRecorder):
+        self.app = app
+        self.metrics = metrics
+        self.recorder = recorder
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def capture_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture_status)
+        finally:
+            seconds = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"  # unmatched: bounded label cardinality
+            method = scope.get("method", "GET")
+            self.metrics.observe(method, template, status, seconds)
+            state = scope.get("state") or {}
+            principal = state.get("principal")
+            # Token calls are always metered; routes may ask for browser calls too (predictions).
+            if principal is not None and (principal.token_id is not None or state.get("meter")):
+                params = scope.get("path_params") or {}
+                self.recorder.record(UsageEvent(
+                    user_id=principal.user_id, token_id=principal.token_id, model_id=params.get("model_id"),
+                    method=method, route=template, status=status, latency_ms=seconds * 1000,
+                    images=int(state.get("usage_images", 0)), at=datetime.now(UTC)))

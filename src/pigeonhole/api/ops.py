@@ -1,0 +1,64 @@
+"""Liveness, readiness and Prometheus metrics for operators and orchestrators."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from pigeonhole.compute.lease import holder_of
+from pigeonhole.db.migrate import pending_revisions
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+def _check_database(request: Request) -> str | None:
+    engine = request.app.state.engine
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    pending = pending_revisions(engine)
+    return f"database schema is not up to date ({len(pending)} migration(s) pending)" if pending else None
+
+
+def _check_storage(request: Request) -> str | None:
+    request.app.state.blob_store.check()
+    return None
+
+
+def _check_compute(request: Request) -> str | None:
+    with request.app.state.session_factory() as db:
+        if holder_of(db) is None:
+            return ("no job dispatcher is running: predictions work, but training, class changes and imports "
+                    "wait until one starts")
+    return None
+
+
+@router.get("/readyz", responses={503: {"description": "not ready"}})
+async def readyz(request: Request) -> JSONResponse:
+    """Ready to serve: the database answers with the current schema and the blob store is writable (503
+    otherwise). A missing job dispatcher is reported as ``degraded``: the API still serves, jobs wait."""
+    checks: dict[str, Any] = {}
+    for name, check in (("database", _check_database), ("storage", _check_storage), ("compute", _check_compute)):
+        try:
+            problem = await asyncio.to_thread(check, request)
+        except Exception as exc:  # readiness reports the reason instead of failing
+            problem = f"{type(exc).__name__}: {exc}"
+        checks[name] = "ok" if problem is None else problem
+    ready = checks["database"] == "ok" and checks["storage"] == "ok"
+    status = "ok" if all(v == "ok" for v in checks.values()) else ("degraded" if ready else "unavailable")
+    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    """Request counts and latencies per route, in Prometheus text format."""
+    return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,173 @@
+"""The ``pigeonhole`` command: serve, migrate, create-admin (client commands join later)."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import signal
+import subprocess
+import sys
+
+import click
+
+from pigeonhole.client.commands import register as register_client_commands
+from pigeonhole.doctor_cli import doctor
+from pigeonhole.settings import Settings, load_settings
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise click.ClickException(f"Invalid settings: {exc}") from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pigeonhole")
+def main() -> None:
+    """Pigeonhole: self-hosted, no-code image classification.
+
+    Every setting can also come from a PIGEONHOLE_* environment variable (e.g. PIGEONHOLE_DATA_DIR).
+    """
+
+
+@main.command()
+@click.option("--host", default=None, help="address to listen on (default 127.0.0.1)")
+@click.option("--port", type=int, default=None, help="port to listen on (default 8000)")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="where data is kept")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(host: str | None, port: int | None, data_dir: str | None, log_level: str) -> None:
+    """Start the whole service (API, web app) with one command."""
+    import uvicorn
+
+    from pigeonhole.api.app import create_app
+    from pigeonhole.auth import repository as repo
+    from pigeonhole.db.engine import create_db_engine, create_session_factory
+    from pigeonhole.db.migrate import upgrade
+
+    settings = _settings(host=host, port=port, data_dir=data_dir)
+    engine = create_db_engine(settings.resolved_database_url)
+    upgrade(engine)
+    with create_session_factory(engine)() as db:
+        first_start = repo.count_users(db) == 0
+    engine.dispose()
+
+    url = settings.public_url or f"http://{_display_host(settings.host)}:{settings.port}"
+    click.echo(f"Pigeonhole is starting on {url}  (data in {settings.data_dir})")
+    if first_start:
+        click.echo(f"First start: open {url} and sign up; the first account becomes the administrator.\n"
+                   "Or create one from a terminal: pigeonhole create-admin --email you@example.com")
+    app = create_app(settings, migrate=False)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal into the handlers it
+    # found: no-op handlers make a requested stop exit with status 0 instead of dying by the signal.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, lambda *_: None)
+    dispatcher_process = _start_dispatcher(settings, log_level)
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, proxy_headers=True,
+                    forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"))
+    finally:
+        _stop_process(dispatcher_process)
+
+
+def _start_dispatcher(settings: Settings, log_level: str) -> subprocess.Popen[bytes]:
+    """The dispatcher runs as its own process (the only Ray driver; it starts the local Ray runtime)."""
+    env = {**os.environ, "PIGEONHOLE_DATA_DIR": str(settings.data_dir),
+           "PIGEONHOLE_DATABASE_URL": settings.resolved_database_url}
+    # Its own process group: the local Ray runtime it starts lives there too, so stopping can sweep it all.
+    return subprocess.Popen([sys.executable, "-m", "pigeonhole.cli", "dispatcher", "--log-level", log_level,
+                             "--parent-pid", str(os.getpid())], env=env, start_new_session=True)
+
+
+def _stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # Ray helpers that outlived ray.shutdown()
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@main.command()
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--parent-pid", type=int, default=None, hidden=True, help="stop when this process is gone")
+def dispatcher(log_level: str, parent_pid: int | None) -> None:
+    """Run the job dispatcher: the only Ray driver (connects to PIGEONHOLE_RAY_ADDRESS, or starts a local
+    Ray runtime). Several may be started; one acts at a time."""
+    import logging
+
+    from pigeonhole.compute.main import run_dispatcher
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_dispatcher(_settings(), parent_pid=parent_pid)
+
+
+def _display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host
+
+
+@main.command()
+def migrate() -> None:
+    """Apply database migrations (start-up does this too)."""
+    from pigeonhole.db.engine import create_db_engine
+    from pigeonhole.db.migrate import pending_revisions, upgrade
+
+    settings = _settings()
+    engine = create_db_engine(settings.resolved_database_url)
+    pending = pending_revisions(engine)
+    upgrade(engine)
+    engine.dispose()
+    click.echo(f"Database is up to date ({len(pending)} migration(s) applied).")
+
+
+@main.command("create-admin")
+@click.option("--email", required=True, help="the administrator's email")
+@click.option("--password-stdin", is_flag=True, help="read the password from standard input (for scripts)")
+def create_admin(email: str, password_stdin: bool) -> None:
+    """Create an administrator account, or make an existing account an administrator.
+
+    The password is asked for interactively, read from standard input with --password-stdin,
+    or taken from PIGEONHOLE_ADMIN_PASSWORD.
+    """
+    from pigeonhole.api.app import passwords_from
+    from pigeonhole.auth import repository as repo
+    from pigeonhole.auth.service import AuthService
+    from pigeonhole.db.engine import create_db_engine, create_session_factory
+    from pigeonhole.db.migrate import upgrade
+    from pigeonhole.errors import PigeonholeError
+
+    settings = _settings()
+    password = os.environ.get("PIGEONHOLE_ADMIN_PASSWORD")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    engine = create_db_engine(settings.resolved_database_url)
+    upgrade(engine)
+    try:
+        with create_session_factory(engine)() as db:
+            service = AuthService(db, settings, passwords_from(settings))
+            exists = repo.user_by_email(db, email.strip().lower()) is not None
+            if password is None and not exists:
+                if not sys.stdin.isatty():
+                    raise click.ClickException("No password given: use --password-stdin or PIGEONHOLE_ADMIN_PASSWORD.")
+                password = getpass.getpass("Password: ")
+                if password != getpass.getpass("Repeat password: "):
+                    raise click.ClickException("The two passwords differ.")
+            try:
+                user, created = service.create_admin(email, password)
+            except PigeonholeError as exc:
+                raise click.ClickException(exc.detail) from exc
+            db.commit()
+    finally:
+        engine.dispose()
+    click.echo(f"{'Created' if created else 'Updated'} administrator {user.email}.")
+
+
+register_client_commands(main)  # login, dataset, model, token, usage: the REST client from a terminal
+main.add_command(doctor)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Every API operation once, as a plan; the sync and async clients only differ in how they run plans."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pigeonhole.client.calls import (
+    Call,
+    Plan,
+    Sleep,
+    UploadProgress,
+    clean_params,
+    folder_files,
+    paged,
+    upload_batches,
+)
+from pigeonhole.client.errors import PigeonholeAPIError
+
+FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+ImageInput = str | Path | bytes
+
+
+def _image_part(image: ImageInput, index: int) -> tuple[str, tuple[str, Any, str]]:
+    if isinstance(image, bytes):
+        return ("files", (f"image-{index}", image, "application/octet-stream"))
+    path = Path(image)
+    return ("files", (path.name, path.read_bytes(), "application/octet-stream"))
+
+
+class Methods:
+    """Mixin: ``self._run(plan)`` returns the plan's result (sync) or an awaitable of it (async)."""
+
+    def _run(self, plan: Plan) -> Any:  # pragma: no cover - provided by the client classes
+        raise NotImplementedError
+
+    # --- account --------------------------------------------------------------------------------
+    def me(self) -> Any:
+        return self._run(_one(Call("GET", "/api/v1/me", idempotent=True)))
+
+    def create_token(self, name: str, scopes: Sequence[str] | None = None, expires_in_days: int | None = None) -> Any:
+        body = clean_params({"name": name, "scopes": list(scopes) if scopes else None,
+                             "expires_in_days": expires_in_days})
+        return self._run(_one(Call("POST", "/api/v1/tokens", json=body)))
+
+    def list_tokens(self) -> Any:
+        return self._run(paged("/api/v1/tokens"))
+
+    def revoke_token(self, token_id: str) -> Any:
+        return self._run(_one(Call("DELETE", f"/api/v1/tokens/{token_id}", idempotent=True)))
+
+    def usage(self, *, start: str | None = None, end: str | None = None, group_by: str = "day") -> Any:
+        params = clean_params({"from": start, "to": end, "group_by": group_by})
+        return self._run(_one(Call("GET", "/api/v1/usage", params=params, idempotent=True)))
+
+    # --- datasets -------------------------------------------------------------------------------
+    def create_dataset(self, name: str) -> Any:
+        return self._run(_one(Call("POST", "/api/v1/datasets", json={"name": name})))
+
+    def list_datasets(self) -> Any:
+        return self._run(paged("/api/v1/datasets"))
+
+    def get_dataset(self, dataset_id: str) -> Any:
+        return self._run(_one(Call("GET", f"/api/v1/datasets/{dataset_id}", idempotent=True)))
+
+    def delete_dataset(self, dataset_id: str) -> Any:
+        return self._run(_one(Call("DELETE", f"/api/v1/datasets/{dataset_id}", idempotent=True)))
+
+    def list_images(self, dataset_id: str, label: str | None = None) -> Any:
+        return self._run(paged(f"/api/v1/datasets/{dataset_id}/images", clean_params({"label": label})))
+
+    def upload_files(self, dataset_id: str, paths: Sequence[str | Path], label: str | None = None,
+                     progress: Callable[[UploadProgress], None] | None = None) -> Any:
+        """Upload images of one class (``label``), or zip files with one folder per class."""
+        files = [(label or "", Path(p)) for p in paths]
+        return self._run(_upload(dataset_id, files, progress, with_label=label is not None))
+
+    def upload_folder(self, dataset_id: str, folder: str | Path,
+                      progress: Callable[[UploadProgress], None] | None = None) -> Any:
+        """Upload ``folder/<class>/<images>`` in small batches (never read into memory whole; safe to retry)."""
+        return self._run(_upload(dataset_id, folder_files(Path(folder)), progress, with_label=True))
+
+    def import_urls(self, dataset_id: str, items: Sequence[tuple[str, str]]) -> Any:
+        body = {"items": [{"url": url, "label": label} for url, label in items]}
+        return self._run(_one(Call("POST", f"/api/v1/datasets/{dataset_id}/imports", json=body)))
+
+    def export_dataset(self, dataset_id: str, destination: str | Path) -> Any:
+        return self._run(_one(Call("GET", f"/api/v1/datasets/{dataset_id}/export", idempotent=True,
+                                   download_to=Path(destination))))
+
+    # --- models ---------------------------------------------------------------------------------
+    def create_model(self, name: str, dataset_id: str, *, classes: Sequence[str] | None = None,
+                     target_accuracy: float | None = None, time_budget_s: int | None = None,
+                     preference: str = "balanced") -> Any:
+        body = clean_params({"name": name, "dataset_id": dataset_id, "classes": list(classes) if classes else None,
+                       "target_accuracy": target_accuracy, "time_budget_s": time_budget_s,
+                       "preference": preference})
+        return self._run(_one(Call("POST", "/api/v1/models", json=body)))
+
+    def list_models(self) -> Any:
+        return self._run(paged("/api/v1/models"))
+
+    def get_model(self, model_id: str) -> Any:
+        return self._run(_one(Call("GET", f"/api/v1/models/{model_id}", idempotent=True)))
+
+    def delete_model(self, model_id: str) -> Any:
+        return self._run(_one(Call("DELETE", f"/api/v1/models/{model_id}", idempotent=True)))
+
+    def list_versions(self, model_id: str) -> Any:
+        return self._run(paged(f"/api/v1/models/{model_id}/versions"))
+
+    def get_version(self, model_id: str, v: int) -> Any:
+        return self._run(_one(Call("GET", f"/api/v1/models/{model_id}/versions/{v}", idempotent=True)))
+
+    def activate_version(self, model_id: str, v: int) -> Any:
+        return self._run(_one(Call("POST", f"/api/v1/models/{model_id}/versions/{v}/activate", idempotent=True)))
+
+    def retrain(self, model_id: str) -> Any:
+        return self._run(_one(Call("POST", f"/api/v1/models/{model_id}/retrain")))
+
+    def add_classes(self, model_id: str, names: Sequence[str]) -> Any:
+        return self._run(_one(Call("POST", f"/api/v1/models/{model_id}/classes", json={"names": list(names)})))
+
+    def remove_class(self, model_id: str, name: str) -> Any:
+        return self._run(_one(Call("DELETE", f"/api/v1/models/{model_id}/classes/{name}")))
+
+    def export_model(self, model_id: str, v: int, destination: str | Path) -> Any:
+        return self._run(_one(Call("GET", f"/api/v1/models/{model_id}/versions/{v}/export", params={"format": "onnx"},
+                                   idempotent=True, download_to=Path(destination))))
+
+    def predict(self, model_id: str, images: Sequence[ImageInput], *, top_k: int = 3, version: int | None = None,
+                threshold: float | None = None) -> Any:
+        params = clean_params({"top_k": top_k, "version": version, "threshold": threshold})
+        files = [_image_part(image, i) for i, image in enumerate(images)]
+        return self._run(_one(Call("POST", f"/api/v1/models/{model_id}/predict", params=params, files=files,
+                                   idempotent=True)))
+
+    # --- jobs -----------------------------------------------------------------------------------
+    def get_job(self, job_id: str) -> Any:
+        return self._run(_one(Call("GET", f"/api/v1/jobs/{job_id}", idempotent=True)))
+
+    def list_jobs(self, model_id: str | None = None) -> Any:
+        return self._run(paged("/api/v1/jobs", clean_params({"model_id": model_id})))
+
+    def cancel_job(self, job_id: str) -> Any:
+        return self._run(_one(Call("POST", f"/api/v1/jobs/{job_id}/cancel", idempotent=True)))
+
+    def wait_for_job(self, job_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None,
+                     on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
+        """Poll until the job finishes; ``on_progress`` sees every state. Returns the final job."""
+        return self._run(_wait(job_id, poll_s, timeout_s, on_progress))
+
+
+def _one(call: Call) -> Plan:
+    return (yield call)
+
+
+def _upload(dataset_id: str, files: list[tuple[str, Path]], progress: Callable[[UploadProgress], None] | None,
+            *, with_label: bool) -> Plan:
+    state = UploadProgress(files_total=len(files), bytes_total=sum(p.stat().st_size for _, p in files))
+    for label, paths in upload_batches(files):
+        handles = [p.open("rb") for p in paths]
+        try:
+            parts = [("files", (p.name, h, "application/octet-stream")) for p, h in zip(paths, handles, strict=True)]
+            answer = yield Call("POST", f"/api/v1/datasets/{dataset_id}/uploads", files=parts,
+                                data={"label": label} if with_label and label else None, idempotent=True)
+        finally:
+            for handle in handles:
+                handle.close()
+        state.files_done += len(paths)
+        state.bytes_done += sum(p.stat().st_size for p in paths)
+        state.accepted += answer["accepted"]
+        state.duplicates += answer["duplicates"]
+        state.rejected += answer["rejected"]
+        if progress:
+            progress(state)
+    return state
+
+
+def _wait(job_id: str, poll_s: float, timeout_s: float | None,
+          on_progress: Callable[[dict[str, Any]], None] | None) -> Plan:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        job = yield Call("GET", f"/api/v1/jobs/{job_id}", idempotent=True)
+        if on_progress:
+            on_progress(job)
+        if job["status"] in FINISHED:
+            return job
+        if deadline is not None and time.monotonic() > deadline:
+            raise PigeonholeAPIError(408, "The job did not finish in time.", "wait_timeout")
+        yield Sleep(poll_s)

@@ -1,0 +1,1 @@
+"""Datasets: ingest, validate, store and manage labelled images."""

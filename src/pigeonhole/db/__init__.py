@@ -1,0 +1,1 @@
+"""Database access: engine per app (never at import), ORM tables, Alembic migrations."""

@@ -1,0 +1,44 @@
+"""Datasets and their labelled images. Image bytes live in the blob store, addressed by sha256."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from pigeonhole.db.base import Base, CreatedMixin, IdMixin, UTCDateTime, utcnow
+
+
+class Dataset(IdMixin, CreatedMixin, Base):
+    __tablename__ = "datasets"
+
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+
+
+class DatasetImage(IdMixin, CreatedMixin, Base):
+    """One labelled image of a dataset. The same bytes may appear in several datasets or classes."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        # The same bytes twice in one class are stored once: a duplicate.
+        UniqueConstraint("dataset_id", "label", "sha256", name="uq_images_dataset_label_sha256"),
+        Index("ix_images_dataset_label", "dataset_id", "label"),
+        Index("ix_images_sha256", "sha256"),
+    )
+
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False)
+    # Denormalised owner: tenant filters and per-user quotas need no join.
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+    label: Mapped[str] = mapped_column(String(100), nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    width: Mapped[int] = mapped_column(Integer, nullable=False)
+    height: Mapped[int] = mapped_column(Integer, nullable=False)
+    format: Mapped[str] = mapped_column(String(10), nullable=False)
+    mode: Mapped[str] = mapped_column(String(4), nullable=False)  # RGB or L after decoding
+    split: Mapped[str] = mapped_column(String(5), nullable=False)  # train, val or test
+    original_name: Mapped[str] = mapped_column(String(255), nullable=False)
+    source_url: Mapped[str | None] = mapped_column(Text)

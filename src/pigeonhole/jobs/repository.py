@@ -1,0 +1,41 @@
+"""Job queries. User-facing statements start from the owner, so other users' jobs never match."""
+
+from __future__ import annotations
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.orm import Session
+
+from pigeonhole.db.base import utcnow
+from pigeonhole.db.tables import Job
+
+
+def jobs_readable_by(owner_id: str) -> Select[tuple[Job]]:
+    return select(Job).where(Job.owner_id == owner_id)
+
+
+def job_readable_by(db: Session, owner_id: str, job_id: str) -> Job | None:
+    return db.scalar(jobs_readable_by(owner_id).where(Job.id == job_id))
+
+
+def all_jobs() -> Select[tuple[Job]]:
+    """Every user's jobs: admin views and the dispatcher only."""
+    return select(Job)
+
+
+def count_by_status(db: Session, owner_id: str, status: str) -> int:
+    return int(db.scalar(select(func.count()).where(Job.owner_id == owner_id, Job.status == status)) or 0)
+
+
+def cancel_if_queued(db: Session, owner_id: str, job_id: str) -> bool:
+    """Queued → cancelled in one conditional statement (the dispatcher may be claiming it right now)."""
+    now = utcnow()
+    result = db.execute(update(Job).where(Job.id == job_id, Job.owner_id == owner_id, Job.status == "queued")
+                        .values(status="cancelled", cancel_requested=True, finished_at=now, updated_at=now,
+                                stage="cancelled before it started"))
+    return bool(result.rowcount)
+
+
+def request_cancel_if_running(db: Session, owner_id: str, job_id: str) -> bool:
+    result = db.execute(update(Job).where(Job.id == job_id, Job.owner_id == owner_id, Job.status == "running")
+                        .values(cancel_requested=True, updated_at=utcnow()))
+    return bool(result.rowcount)

@@ -1,0 +1,339 @@
+"""Registry of feature extractors the search can choose from.
+
+A spec says everything the rest of the system needs without building the network:
+input geometry and normalisation (for preprocessing and the exported input spec),
+feature size (for heads), and an approximate inference cost in MFLOPs so the search
+can try cheap candidates first and prefer the cheapest model that meets the target.
+
+Pretrained specs name a catalog entry and are only *usable* when that file is in the
+weights directory; :func:`unavailable_reason` says why not in a sentence the UI can
+show. Weights are loaded with ``strict=True`` into the stock torchvision architecture
+before the classifier is stripped, so a mismatched file fails loudly instead of
+leaving layers at random init.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torch import nn
+
+from pigeonhole.learn._torchvision import tv_models
+from pigeonhole.learn.preprocess import Color, CropPolicy, InputSpec, Normalize
+from pigeonhole.learn.weights import WeightsCatalog, WeightsEntry, WeightsError, WeightsNotFoundError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """A feature extractor: geometry, normalisation, output size and cost.
+
+    ``mflops_224`` is the multiply-add cost at 224x224 (torchvision's published GFLOPS
+    for the ImageNet models); :attr:`mflops` rescales it by pixel count, which is how
+    convolutional cost scales with input size.
+    """
+
+    id: str
+    family: str
+    architecture: str
+    input_size: int
+    feature_dim: int
+    mflops_224: float
+    color: Color = "RGB"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    crop: CropPolicy = "center_crop"
+    weights: str | None = None  # catalog entry name; None = trained from scratch
+    sizes: tuple[int, ...] = ()  # resolutions worth trying as search candidates
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights is not None
+
+    @property
+    def mflops(self) -> float:
+        return self.mflops_224 * (self.input_size / 224) ** 2
+
+    def at_size(self, size: int) -> ExtractorSpec:
+        """The same extractor at another resolution (the cache key includes the size)."""
+        return replace(self, input_size=size)
+
+    def input_spec(self, dtype: Literal["uint8", "float32"] = "uint8") -> InputSpec:
+        return InputSpec(
+            height=self.input_size,
+            width=self.input_size,
+            color=self.color,
+            mean=self.mean,
+            std=self.std,
+            dtype=dtype,
+            crop=self.crop,
+        )
+
+
+class SmallCNN(nn.Module):
+    """Compact CNN for small or grey images (e.g. 28x28 digits), trained from scratch.
+
+    ImageNet features transfer poorly to tiny grey glyphs, and a network this size
+    trains in seconds on CPU. Global average pooling makes it accept any input size
+    >= 8 px; the output is the pooled (N, width*4) feature vector, so it plugs into the
+    same head as the pretrained extractors.
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 32) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        self.features = nn.Sequential(
+            *block(in_channels, width),
+            *block(width, width),
+            nn.MaxPool2d(2),
+            *block(width, width * 2),
+            *block(width * 2, width * 2),
+            nn.MaxPool2d(2),
+            *block(width * 2, width * 4),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.out_dim = width * 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def small_cnn_mflops(size: int, in_channels: int = 1, width: int = 32) -> float:
+    """Exact conv multiply-adds of :class:`SmallCNN`, for the cost-aware search."""
+    s1, s2, s3 = size * size, (size // 2) ** 2, (size // 4) ** 2
+    macs = 9 * (
+        in_channels * width * s1
+        + width * width * s1
+        + width * 2 * width * s2
+        + 4 * width * width * s2
+        + 8 * width * width * s3
+    )
+    return macs / 1e6
+
+
+class _SqueezeFeatures(nn.Module):
+    """SqueezeNet's conv trunk + global average pool (its classifier is a 1x1 conv)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.features = net.features
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.features(x)), 1)
+
+
+def _strip_mobilenet_v3(net: nn.Module) -> nn.Module:
+    # Keep Linear+Hardswish: the penultimate layer is the pretrained embedding.
+    net.classifier = nn.Sequential(net.classifier[0], net.classifier[1])
+    return net
+
+
+def _strip_classifier(attr: str) -> Callable[[nn.Module], nn.Module]:
+    def strip(net: nn.Module) -> nn.Module:
+        setattr(net, attr, nn.Identity())
+        return net
+
+    return strip
+
+
+_STRIPPERS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "mobilenet_v2": _strip_classifier("classifier"),
+    "efficientnet_b0": _strip_classifier("classifier"),
+    "resnet18": _strip_classifier("fc"),
+    "mobilenet_v3_small": _strip_mobilenet_v3,
+    "mobilenet_v3_large": _strip_mobilenet_v3,
+    "squeezenet1_0": _SqueezeFeatures,
+}
+
+
+def _imagenet(
+    id: str, family: str, arch: str, dim: int, mflops: float, sizes: tuple[int, ...] = (160, 224)
+) -> ExtractorSpec:
+    return ExtractorSpec(
+        id=id,
+        family=family,
+        architecture=arch,
+        input_size=224,
+        feature_dim=dim,
+        mflops_224=mflops,
+        weights=f"{arch}-imagenet",
+        sizes=sizes,
+    )
+
+
+SPECS: dict[str, ExtractorSpec] = {
+    s.id: s
+    for s in (
+        _imagenet("mobilenet_v3_small", "mobilenet", "mobilenet_v3_small", 1024, 60.0, (128, 160, 224)),
+        _imagenet("mobilenet_v2", "mobilenet", "mobilenet_v2", 1280, 300.0, (128, 160, 224)),
+        _imagenet("mobilenet_v3_large", "mobilenet", "mobilenet_v3_large", 1280, 220.0),
+        _imagenet("efficientnet_b0", "efficientnet", "efficientnet_b0", 1280, 390.0),
+        _imagenet("squeezenet1_0", "squeezenet", "squeezenet1_0", 512, 820.0),
+        _imagenet("resnet18", "resnet", "resnet18", 512, 1810.0),
+        ExtractorSpec(
+            id="smallcnn_l",
+            family="smallcnn",
+            architecture="smallcnn",
+            input_size=28,
+            feature_dim=128,
+            mflops_224=small_cnn_mflops(224, 1),
+            color="L",
+            mean=(0.5,),
+            std=(0.5,),
+            crop="resize",
+            sizes=(28, 32),
+        ),
+        ExtractorSpec(
+            id="pixels_l",
+            family="pixels",
+            architecture="pixels",
+            input_size=28,
+            feature_dim=28 * 28,
+            mflops_224=0.0,
+            color="L",
+            mean=(0.0,),
+            std=(1.0,),
+            crop="resize",
+            sizes=(28,),
+        ),
+        ExtractorSpec(
+            id="pixels_rgb",
+            family="pixels",
+            architecture="pixels",
+            input_size=32,
+            feature_dim=3 * 32 * 32,
+            mflops_224=0.0,
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+            crop="resize",
+            sizes=(32,),
+        ),
+        ExtractorSpec(
+            id="smallcnn_rgb",
+            family="smallcnn",
+            architecture="smallcnn",
+            input_size=32,
+            feature_dim=128,
+            mflops_224=small_cnn_mflops(224, 3),
+            crop="resize",
+            sizes=(32, 64),
+        ),
+    )
+}
+
+
+def get_spec(extractor_id: str, size: int | None = None) -> ExtractorSpec:
+    try:
+        spec = SPECS[extractor_id]
+    except KeyError:
+        raise KeyError(f"unknown extractor {extractor_id!r}; known: {', '.join(SPECS)}") from None
+    return spec.at_size(size) if size is not None else spec
+
+
+def resolve_weights(spec: ExtractorSpec, catalog: WeightsCatalog | None) -> WeightsEntry | None:
+    """The catalog entry for a pretrained spec: its named entry, else any for the architecture.
+
+    The fallback lets operators drop in a file under another name (say a different
+    ImageNet recipe) without a code change, as long as it loads strictly.
+    """
+    if not spec.pretrained or catalog is None:
+        return None
+    if spec.weights in catalog:
+        return catalog.get(spec.weights)
+    return catalog.find(spec.architecture)
+
+
+def unavailable_reason(spec: ExtractorSpec, catalog: WeightsCatalog | None) -> str | None:
+    """None when the spec can be built now, else a sentence saying what is missing."""
+    if not spec.pretrained:
+        return None
+    if catalog is None:
+        return f"{spec.id} needs pretrained weights {spec.weights!r} but no weights directory is configured"
+    entry = resolve_weights(spec, catalog)
+    if entry is None:
+        return (
+            f"{spec.id} needs weights {spec.weights!r} (architecture {spec.architecture}), "
+            f"which are not in {catalog.root}/weights.json"
+        )
+    if not catalog.is_obtainable(entry.name):
+        return f"{spec.id}: weights file {entry.file} is missing from {catalog.root} and has no download URL"
+    return None
+
+
+def extractor_key(spec: ExtractorSpec, catalog: WeightsCatalog | None) -> str:
+    """Identity of the extractor's weights, for feature-cache keys.
+
+    Includes the weights' sha256 prefix so replacing a file can never serve stale
+    features. Trained-from-scratch extractors have no catalog entry: callers must key
+    them by their own trained-weights hash instead.
+    """
+    entry = resolve_weights(spec, catalog)
+    if entry is None:
+        raise ValueError(f"{spec.id} has no catalog weights; key it by its trained weights instead")
+    return f"{spec.id}:{entry.sha256[:16]}"
+
+
+def available_specs(catalog: WeightsCatalog | None) -> list[ExtractorSpec]:
+    """Usable extractors, cheapest first (the order the search should try them in)."""
+    usable = [s for s in SPECS.values() if unavailable_reason(s, catalog) is None]
+    return sorted(usable, key=lambda s: s.mflops)
+
+
+def build_architecture(spec: ExtractorSpec, state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Feature module (N, C, H, W) float -> (N, feature_dim), in eval mode.
+
+    With a state dict, it must match the full torchvision classifier exactly
+    (``strict=True``) before the classification layer is removed. Without one, the
+    network is randomly initialised: right for SmallCNN, and for tests of shapes.
+    """
+    if spec.architecture == "pixels":
+        return nn.Flatten().eval()  # raw (normalised) pixels: the no-network baseline for tiny images
+    if spec.architecture == "smallcnn":
+        net: nn.Module = SmallCNN(in_channels=1 if spec.color == "L" else 3)
+        if state_dict is not None:
+            net.load_state_dict(state_dict, strict=True)
+        return net.eval()
+    if spec.architecture not in _STRIPPERS:
+        raise KeyError(f"no builder for architecture {spec.architecture!r}")
+    full = getattr(tv_models(), spec.architecture)(weights=None)
+    if state_dict is not None:
+        try:
+            full.load_state_dict(state_dict, strict=True)
+        except RuntimeError as exc:
+            raise WeightsError(f"weights for {spec.id} do not match torchvision's {spec.architecture}: {exc}") from exc
+    return _STRIPPERS[spec.architecture](full).eval()
+
+
+def build_extractor(spec: ExtractorSpec, catalog: WeightsCatalog | None) -> nn.Module:
+    """The extractor with its pretrained weights (sha256-checked), ready for inference."""
+    reason = unavailable_reason(spec, catalog)
+    if reason is not None:
+        raise WeightsNotFoundError(reason)
+    entry = resolve_weights(spec, catalog)
+    state = catalog.load_state_dict(entry.name) if (entry is not None and catalog is not None) else None
+    return build_architecture(spec, state)
+
+
+class PixelExtractor(nn.Module):
+    """Normalisation + extractor: uint8 NCHW pixels in, (N, D) features out.
+
+    This is what gets exported, so the ONNX file takes raw pixels (see preprocess).
+    """
+
+    def __init__(self, spec: ExtractorSpec, body: nn.Module) -> None:
+        super().__init__()
+        self.normalize = Normalize(spec.mean, spec.std)
+        self.body = body
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.body(self.normalize(pixels))

@@ -1,0 +1,103 @@
+"""Classification metrics as plain JSON-able dicts (they go straight into model cards).
+
+Everything takes class *indices* plus the class names, so the output is keyed by name
+and stays meaningful after the model is exported. "Unknown" predictions (index -1)
+count as wrong for accuracy and appear as their own confusion column, so abstaining
+is visible rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+UNKNOWN = -1
+
+
+def _as_index(y: Sequence[int] | np.ndarray) -> np.ndarray:
+    return np.asarray(y, dtype=np.int64).reshape(-1)
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict[str, Any]:
+    """Rows = true class, columns = predicted class (+ an ``unknown`` column if any)."""
+    t, p = _as_index(y_true), _as_index(y_pred)
+    k = len(classes)
+    has_unknown = bool((p == UNKNOWN).any())
+    matrix = np.zeros((k, k + int(has_unknown)), dtype=np.int64)
+    cols = np.where(p == UNKNOWN, k, p)
+    np.add.at(matrix, (t, cols), 1)
+    return {
+        "labels": list(classes),
+        "columns": list(classes) + (["unknown"] if has_unknown else []),
+        "matrix": matrix.tolist(),
+    }
+
+
+def per_class_report(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict[str, Any]:
+    """Precision, recall, F1 and support per class, plus macro averages.
+
+    A class never predicted has precision 0 by convention (not NaN), so the dict
+    serialises as JSON and the UI can show it.
+    """
+    t, p = _as_index(y_true), _as_index(y_pred)
+    report: dict[str, Any] = {}
+    for i, name in enumerate(classes):
+        tp = int(((t == i) & (p == i)).sum())
+        predicted = int((p == i).sum())
+        support = int((t == i).sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        report[name] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    with_support = [v for v in report.values() if v["support"]]
+    macro = {
+        m: float(np.mean([v[m] for v in with_support])) if with_support else 0.0 for m in ("precision", "recall", "f1")
+    }
+    return {"classes": report, "macro": macro}
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: Sequence[int], n_bins: int = 15) -> float:
+    """ECE: mean |confidence - accuracy| over equal-width confidence bins, weighted by size."""
+    probs = np.asarray(probs, dtype=np.float64)
+    t = _as_index(y_true)
+    if len(t) == 0:
+        return 0.0
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    correct = (pred == t).astype(np.float64)
+    bins = np.minimum((conf * n_bins).astype(np.int64), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            ece += mask.mean() * abs(conf[mask].mean() - correct[mask].mean())
+    return float(ece)
+
+
+def evaluate(
+    y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str], *, threshold: float = 0.0
+) -> dict[str, Any]:
+    """The full metrics dict of a model version on a labelled set.
+
+    ``accuracy`` ignores the unknown threshold (pure top-1); ``accuracy_with_unknown``,
+    ``coverage`` and ``selective_accuracy`` describe behaviour with it.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    t = _as_index(y_true)
+    top1 = probs.argmax(axis=1) if len(t) else np.zeros(0, dtype=np.int64)
+    conf = probs.max(axis=1) if len(t) else np.zeros(0)
+    accepted = conf >= threshold
+    with_unknown = np.where(accepted, top1, UNKNOWN)
+    n = max(len(t), 1)
+    return {
+        "n": int(len(t)),
+        "accuracy": float((top1 == t).sum() / n),
+        "accuracy_with_unknown": float((with_unknown == t).sum() / n),
+        "coverage": float(accepted.sum() / n),
+        "selective_accuracy": float((top1[accepted] == t[accepted]).mean()) if accepted.any() else 0.0,
+        "threshold": float(threshold),
+        "ece": expected_calibration_error(probs, t) if len(t) else 0.0,
+        "per_class": per_class_report(t, top1, classes),
+        "confusion": confusion_matrix(t, with_unknown, classes),
+    }

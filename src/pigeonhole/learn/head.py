@@ -1,0 +1,471 @@
+"""Incremental closed-form classification head (ridge regression on features).
+
+Why closed form: a ridge head is a single linear solve, takes well under a second,
+and -- kept as sufficient statistics -- can add or remove classes and images without
+the old images, giving *exactly* the head a full refit would give. That is what makes
+"add a class in seconds" honest.
+
+Statistics, per class c over mapped features phi (see :class:`FeatureMap`):
+``G_c = Phi_c^T Phi_c`` (Gram contribution), ``s_c = Phi_c^T 1`` (sum) and ``n_c``.
+With one-hot targets, column c of ``Phi^T Y`` is exactly ``s_c``, so these are all a
+least-squares fit needs. While a class has fewer images than feature dimensions its
+Gram is kept in factored form (the mapped rows R_c, with ``G_c = R_c^T R_c``), which is
+smaller and exactly equivalent; it becomes the dense matrix once that is smaller.
+
+Solving (all from the statistics, never from stored data): with ``N = sum n_c``,
+``mu = S / N`` and centred scatter ``C = G - N mu mu^T``, features are standardised by
+``sigma = sqrt(diag(C) / N)``; the weights solve ``(Corr + alpha I) W_z = B`` where
+``Corr = C / (N sigma sigma^T)`` (unit diagonal, so ``alpha`` means the same for every
+backbone and dataset size) and ``B[:, c] = (s_c - n_c mu) / (N sigma)``. Mapped back:
+``W = W_z / sigma``, bias ``b_c = n_c / N - mu . W_c`` (the intercept is not penalised).
+
+Calibration: softmax(scores / T) with the temperature T fitted on validation by 1-D
+minimisation of the negative log-likelihood (convex in 1/T, so golden-section search
+on log T finds it).
+
+"Unknown" rule: on validation, the threshold t is the *smallest* calibrated
+confidence such that predictions with confidence >= t have precision >= the target
+(default 0.95); predictions below t are reported as unknown. The smallest such t keeps
+the most predictions while honouring the target. If no t reaches the target, t is the
+one with the highest precision (ties: more coverage), and ``threshold_precision``
+records what was actually achieved, so callers never promise more than was measured.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+DEFAULT_ALPHAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+_FORMAT_VERSION = 1
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Fixed feature map of the head; part of the head's identity.
+
+    ``random_features`` > 0 appends random Fourier features ``sqrt(2/m) cos(x W + b)``
+    of the L2-normalised input (W ~ N(0, 1/bandwidth^2), b ~ U[0, 2 pi), seeded), which
+    turns the ridge into an approximation of Gaussian-kernel ridge regression: extra
+    capacity with the same closed form. Cosine rather than ReLU because CNN features
+    share a large common direction, which leaves most random ReLU units always on or
+    always off; a shift-invariant kernel does not care about that offset.
+    """
+
+    l2_normalize: bool = True
+    random_features: int = 0
+    bandwidth: float = 0.5
+    seed: int = 0
+
+
+class FeatureMap:
+    """The deterministic map from extractor features x to head features phi(x).
+
+    It must not depend on data, otherwise statistics gathered at different times would
+    not add up. The random matrix is stored with the head rather than regenerated from
+    the seed, so a saved head never depends on the RNG's implementation.
+    """
+
+    def __init__(
+        self, input_dim: int, config: HeadConfig, projection: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> None:
+        self.input_dim = input_dim
+        self.config = config
+        m = config.random_features
+        if m > 0 and projection is None:
+            rng = np.random.default_rng(config.seed)
+            projection = (rng.standard_normal((input_dim, m)) / config.bandwidth, rng.uniform(0, 2 * np.pi, m))
+        self.projection = projection
+
+    @property
+    def dim(self) -> int:
+        return self.input_dim + self.config.random_features
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.input_dim:
+            raise ValueError(f"expected features of shape (N, {self.input_dim}), got {x.shape}")
+        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)
+        base = unit if self.config.l2_normalize else x
+        if self.projection is None:
+            return base
+        w, b = self.projection
+        rff = np.sqrt(2.0 / w.shape[1]) * np.cos(unit @ w + b)
+        return np.hstack([base, rff])
+
+
+NLL_MARGIN = 1e-6
+
+
+class _ClassStats:
+    """Sufficient statistics of one class (Gram dense or as factor rows, sum, count)."""
+
+    def __init__(self, dim: int, dense_after: int) -> None:
+        self.sum = np.zeros(dim)
+        self.count = 0
+        self.rows: np.ndarray | None = np.zeros((0, dim))
+        self.gram: np.ndarray | None = None
+        self._dense_after = dense_after
+
+    def add(self, phi: np.ndarray) -> None:
+        self.sum += phi.sum(axis=0)
+        self.count += len(phi)
+        if self.rows is not None:
+            self.rows = np.vstack([self.rows, phi])
+            if len(self.rows) > self._dense_after:
+                self.gram, self.rows = self.rows.T @ self.rows, None
+        else:
+            assert self.gram is not None
+            self.gram += phi.T @ phi
+
+    def subtract(self, phi: np.ndarray) -> None:
+        if len(phi) > self.count:
+            raise ValueError("cannot remove more images than the class holds")
+        self.gram = self.gram_matrix() - phi.T @ phi
+        self.rows = None
+        self.sum -= phi.sum(axis=0)
+        self.count -= len(phi)
+
+    def gram_matrix(self) -> np.ndarray:
+        return self.rows.T @ self.rows if self.rows is not None else self.gram.copy()
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _nll(scores: np.ndarray, y: np.ndarray, beta: float) -> float:
+    z = scores * beta
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(y)), y].mean())
+
+
+def fit_temperature(scores: np.ndarray, y: np.ndarray, lo: float = 1e-4, hi: float = 1e2) -> float:
+    """Temperature T minimising validation NLL of softmax(scores / T), golden section on log T."""
+    a, b = np.log(lo), np.log(hi)
+    g = (np.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = _nll(scores, y, np.exp(-c)), _nll(scores, y, np.exp(-d))
+    for _ in range(80):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = _nll(scores, y, np.exp(-c))
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = _nll(scores, y, np.exp(-d))
+    return float(np.exp((a + b) / 2))
+
+
+def choose_threshold(
+    confidence: np.ndarray, correct: np.ndarray, target_precision: float
+) -> tuple[float, float, float]:
+    """(threshold, precision, coverage) on validation, by the rule in the module docstring."""
+    if len(confidence) == 0:
+        return 0.0, 0.0, 0.0
+    order = np.argsort(-confidence, kind="stable")
+    conf, ok = confidence[order], correct[order].astype(np.float64)
+    precision = np.cumsum(ok) / np.arange(1, len(ok) + 1)
+    # Only cut between distinct confidences: accepting is "conf >= t".
+    last_of_tie = np.r_[conf[1:] != conf[:-1], True]
+    idx = np.flatnonzero(last_of_tie)
+    meets = idx[precision[idx] >= target_precision]
+    if len(meets):
+        i = int(meets[-1])
+    else:  # best precision reachable; among equals the one that accepts most
+        p = precision[idx]
+        i = int(idx[np.flatnonzero(p == p.max())[-1]])
+    threshold = 0.0 if i == len(conf) - 1 else float(conf[i])
+    return threshold, float(precision[i]), (i + 1) / len(conf)
+
+
+class RidgeHead:
+    """Incremental ridge classifier over named classes.
+
+    Class order is insertion order; renaming changes a label only. ``solve`` /
+    ``fit`` must run after statistics change before predicting.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        config: HeadConfig | None = None,
+        *,
+        dense_after: int | None = None,
+        feature_map: FeatureMap | None = None,
+    ) -> None:
+        self.config = config or HeadConfig()
+        self.map = feature_map or FeatureMap(input_dim, self.config)
+        self.dense_after = self.map.dim if dense_after is None else dense_after
+        self.classes: list[str] = []
+        self._stats: dict[str, _ClassStats] = {}
+        self.alpha = 1e-2
+        self.temperature = 1.0
+        self.threshold = 0.0
+        self.threshold_precision: float | None = None
+        self.threshold_coverage: float | None = None
+        self.weights: np.ndarray | None = None  # (dim, K) over mapped features
+        self.bias: np.ndarray | None = None
+
+    @property
+    def input_dim(self) -> int:
+        return self.map.input_dim
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {c: self._stats[c].count for c in self.classes}
+
+    # ---- statistics -------------------------------------------------------------
+    def add(self, features: np.ndarray, labels: Sequence[str]) -> None:
+        """Add images (new class names create classes). Invalidates the solution."""
+        phi = self.map(features)
+        labels = np.asarray(labels)
+        if len(labels) != len(phi):
+            raise ValueError("features and labels differ in length")
+        for name in dict.fromkeys(labels.tolist()):
+            if name not in self._stats:
+                self._stats[name] = _ClassStats(self.map.dim, self.dense_after)
+                self.classes.append(name)
+            self._stats[name].add(phi[labels == name])
+        self._invalidate()
+
+    def remove_images(self, features: np.ndarray, labels: Sequence[str]) -> None:
+        """Subtract images that were added before (e.g. deleted from the dataset)."""
+        phi = self.map(features)
+        labels = np.asarray(labels)
+        for name in dict.fromkeys(labels.tolist()):
+            self._require(name).subtract(phi[labels == name])
+        self._invalidate()
+
+    def remove_class(self, name: str) -> None:
+        self._require(name)
+        del self._stats[name]
+        self.classes.remove(name)
+        self._invalidate()
+
+    def rename_class(self, old: str, new: str) -> None:
+        """A label change only: statistics and weights are untouched."""
+        if new in self._stats:
+            raise ValueError(f"class {new!r} already exists")
+        self._require(old)
+        self._stats[new] = self._stats.pop(old)
+        self.classes[self.classes.index(old)] = new
+
+    def _require(self, name: str) -> _ClassStats:
+        if name not in self._stats:
+            raise KeyError(f"no class {name!r} in this head")
+        return self._stats[name]
+
+    def _invalidate(self) -> None:
+        self.weights = self.bias = None
+
+    # ---- solving ----------------------------------------------------------------
+    def _system(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+        """(Corr, B, mu, sigma, n, N) of the standardised normal equations."""
+        if len(self.classes) < 2:
+            raise ValueError("a classifier needs at least two classes")
+        stats = [self._stats[c] for c in self.classes]
+        n = np.array([s.count for s in stats], dtype=np.float64)
+        total = float(n.sum())
+        sums = np.stack([s.sum for s in stats], axis=1)  # (D, K)
+        mu = sums.sum(axis=1) / total
+        factored = [s.rows for s in stats if s.rows is not None and len(s.rows)]
+        gram = np.zeros((self.map.dim, self.map.dim))
+        if factored:
+            rows = np.vstack(factored)
+            gram += rows.T @ rows
+        for s in stats:
+            if s.gram is not None:
+                gram += s.gram
+        scatter = gram - total * np.outer(mu, mu)
+        var = np.clip(np.diag(scatter) / total, 0.0, None)
+        sigma = np.sqrt(var)
+        sigma[sigma <= _EPS * max(float(sigma.max()), 1.0)] = 1.0  # constant features: weight 0 anyway
+        corr = scatter / (total * np.outer(sigma, sigma))
+        rhs = (sums - np.outer(mu, n)) / (total * sigma[:, None])
+        return corr, rhs, mu, sigma, n, total
+
+    @staticmethod
+    def _solve_system(system: tuple, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        corr, rhs, mu, sigma, n, total = system
+        a = corr + alpha * np.eye(len(corr))
+        wz = np.linalg.solve(a, rhs)
+        w = wz / sigma[:, None]
+        return w, n / total - mu @ w
+
+    def solve(self, alpha: float | None = None) -> None:
+        """Solve for the weights with ridge strength ``alpha`` (default: the current one)."""
+        if alpha is not None:
+            self.alpha = float(alpha)
+        self.weights, self.bias = self._solve_system(self._system(), self.alpha)
+
+    def fit(
+        self,
+        val_features: np.ndarray,
+        val_labels: Sequence[str],
+        *,
+        alphas: Sequence[float] = DEFAULT_ALPHAS,
+        target_precision: float = 0.95,
+    ) -> dict[str, float]:
+        """Choose alpha on validation, then fit temperature and the unknown threshold.
+
+        Alpha: highest validation accuracy, ties broken by lower calibrated NLL. Validation
+        images of classes the head does not know are ignored.
+        """
+        index = {c: i for i, c in enumerate(self.classes)}
+        keep = np.array([lab in index for lab in val_labels], dtype=bool)
+        phi = self.map(np.asarray(val_features)[keep])
+        y = np.array([index[lab] for lab in np.asarray(val_labels)[keep]], dtype=np.int64)
+        if len(y) == 0:
+            raise ValueError("no validation images of known classes")
+        system = self._system()
+        best: tuple[float, float, float, float, np.ndarray, np.ndarray] | None = None
+        for alpha in alphas:
+            w, b = self._solve_system(system, alpha)
+            scores = phi @ w + b
+            temp = fit_temperature(scores, y)
+            acc = float((scores.argmax(axis=1) == y).mean())
+            nll = _nll(scores, y, 1.0 / temp)
+            # A later alpha must win by a real margin: statistics that are equal up to rounding (an
+            # incrementally grown head versus a refit) then always choose the same alpha.
+            if best is None or acc > best[1] + 1e-12 or (
+                    abs(acc - best[1]) <= 1e-12 and nll < best[2] - NLL_MARGIN * max(1.0, abs(best[2]))):
+                best = (alpha, acc, nll, temp, w, b)
+        assert best is not None
+        self.alpha, acc, nll, self.temperature, self.weights, self.bias = best
+        probs = _softmax((phi @ self.weights + self.bias) / self.temperature)
+        conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+        self.threshold, self.threshold_precision, self.threshold_coverage = choose_threshold(
+            conf, pred == y, target_precision
+        )
+        return {
+            "alpha": self.alpha,
+            "val_accuracy": acc,
+            "val_nll": nll,
+            "temperature": self.temperature,
+            "threshold": self.threshold,
+            "threshold_precision": self.threshold_precision,
+            "threshold_coverage": self.threshold_coverage,
+        }
+
+    # ---- prediction -------------------------------------------------------------
+    def _require_solved(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.weights is None or self.bias is None:
+            raise RuntimeError("head statistics changed since the last solve; call solve() or fit()")
+        return self.weights, self.bias
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        w, b = self._require_solved()
+        return self.map(features) @ w + b
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """(N, K) calibrated probabilities, columns in ``self.classes`` order."""
+        return _softmax(self.scores(features) / self.temperature)
+
+    def predict(self, features: np.ndarray) -> list[tuple[str | None, float]]:
+        """(label or None for unknown, confidence) per image."""
+        probs = self.predict_proba(features)
+        out: list[tuple[str | None, float]] = []
+        for i, j in enumerate(probs.argmax(axis=1)):
+            conf = float(probs[i, j])
+            out.append((self.classes[j] if conf >= self.threshold else None, conf))
+        return out
+
+    def to_module(self) -> nn.Module:
+        """A torch module features -> calibrated probabilities, for ONNX export."""
+        w, b = self._require_solved()
+        return _HeadModule(self.map, w, b, self.temperature)
+
+    # ---- serialisation ------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        meta = {
+            "format": _FORMAT_VERSION,
+            "input_dim": self.input_dim,
+            "config": asdict(self.config),
+            "dense_after": self.dense_after,
+            "classes": self.classes,
+            "counts": [self._stats[c].count for c in self.classes],
+            "alpha": self.alpha,
+            "temperature": self.temperature,
+            "threshold": self.threshold,
+            "threshold_precision": self.threshold_precision,
+            "threshold_coverage": self.threshold_coverage,
+        }
+        arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+        if self.map.projection is not None:
+            arrays["proj_w"], arrays["proj_b"] = self.map.projection
+        if self.weights is not None and self.bias is not None:
+            arrays["weights"], arrays["bias"] = self.weights, self.bias
+        for i, name in enumerate(self.classes):
+            s = self._stats[name]
+            arrays[f"sum_{i}"] = s.sum
+            arrays[f"rows_{i}" if s.rows is not None else f"gram_{i}"] = s.rows if s.rows is not None else s.gram
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RidgeHead:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            meta = json.loads(npz["meta"].tobytes().decode())
+            if meta.get("format") != _FORMAT_VERSION:
+                raise ValueError(f"unsupported head format {meta.get('format')!r}")
+            config = HeadConfig(**meta["config"])
+            projection = (npz["proj_w"], npz["proj_b"]) if "proj_w" in npz else None
+            head = cls(
+                meta["input_dim"],
+                config,
+                dense_after=meta["dense_after"],
+                feature_map=FeatureMap(meta["input_dim"], config, projection),
+            )
+            for i, name in enumerate(meta["classes"]):
+                stats = _ClassStats(head.map.dim, head.dense_after)
+                stats.sum = npz[f"sum_{i}"].copy()
+                stats.count = int(meta["counts"][i])
+                if f"rows_{i}" in npz:
+                    stats.rows = npz[f"rows_{i}"].copy()
+                else:
+                    stats.rows, stats.gram = None, npz[f"gram_{i}"].copy()
+                head._stats[name] = stats
+                head.classes.append(name)
+            for key in ("alpha", "temperature", "threshold", "threshold_precision", "threshold_coverage"):
+                setattr(head, key, meta[key])
+            if "weights" in npz:
+                head.weights, head.bias = npz["weights"].copy(), npz["bias"].copy()
+        return head
+
+
+class _HeadModule(nn.Module):
+    """The solved head in torch (float32): map -> linear -> softmax(./T)."""
+
+    def __init__(self, fmap: FeatureMap, w: np.ndarray, b: np.ndarray, temperature: float) -> None:
+        super().__init__()
+        self.l2 = fmap.config.l2_normalize
+        self.linear = nn.Linear(w.shape[0], w.shape[1])
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.from_numpy(w.T / temperature))
+            self.linear.bias.copy_(torch.from_numpy(b / temperature))
+        self.has_rff = fmap.projection is not None
+        if fmap.projection is not None:
+            pw, pb = fmap.projection
+            self.register_buffer("proj_w", torch.from_numpy(pw).float())
+            self.register_buffer("proj_b", torch.from_numpy(pb).float())
+            self.rff_scale = float(np.sqrt(2.0 / pw.shape[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        unit = x / torch.clamp(torch.linalg.vector_norm(x, dim=1, keepdim=True), min=_EPS)
+        phi = unit if self.l2 else x
+        if self.has_rff:
+            phi = torch.cat([phi, self.rff_scale * torch.cos(unit @ self.proj_w + self.proj_b)], dim=1)
+        return torch.softmax(self.linear(phi), dim=1)

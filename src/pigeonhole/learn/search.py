@@ -1,0 +1,774 @@
+"""Automatic model building: an anytime search from a labelled set to a served model.
+
+Entry point: :func:`run_search` (plain data in, files and plain data out; no database).
+
+Order of work (cheapest first, so a usable model exists within seconds):
+
+1. **Probe**: the cheapest candidate for the data (MobileNetV2 features at 160 px + a
+   ridge head for photos; a ridge head on raw pixels with random features for tiny
+   images). It is reported through ``reporter.candidate_ready`` at once.
+2. **Remembered winners**: configurations that won on the most similar past datasets
+   (see :mod:`pigeonhole.learn.memory`).
+3. **Generic ladder**: larger resolution, another extractor family, flip test-time
+   augmentation; then fine-tuning the best pretrained extractor (its features are
+   concatenated with the frozen ones: a cheap ensemble in one graph), or a small CNN
+   from scratch for small/grey images.
+4. **Hyper-parameter search** (optional ``tuner``, e.g. Ray Tune + ASHA) over what is
+   left of the budget, only when a target was given and is still not met.
+
+Every candidate is scored on the validation split. A candidate that becomes the
+selection (see :func:`select`) is finished: head refit on train+val, one ONNX file,
+test metrics measured *on that ONNX file*, a card; then reported. Stops when the target
+is met (unless ``preference="accurate"``), the budget is spent (checked within one
+training batch or one inference batch; final work is reserved up front), the ladder
+is exhausted or has plateaued, or ``reporter.cancelled()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pigeonhole.learn.artifacts import export_model, make_card, measure_speed, run_model, split_metrics, write_artifacts
+from pigeonhole.learn.backbones import build_architecture, build_extractor, get_spec, unavailable_reason
+from pigeonhole.learn.candidates import (
+    BuiltExtractor,
+    CandidateConfig,
+    TrainParams,
+    build_stack,
+    extract_features,
+    member_key,
+)
+from pigeonhole.learn.data import ImageSource, PixelStore, TrainingImage, TrainingSet
+from pigeonhole.learn.features import FeatureCache
+from pigeonhole.learn.head import HeadConfig, RidgeHead
+from pigeonhole.learn.memory import CandidateRecord, DatasetTraits, ModelMemory, SearchRecord, compute_traits
+from pigeonhole.learn.preprocess import CROP_FRACTION
+from pigeonhole.learn.train import measure_step_seconds, quantize_epochs, train_extractor
+from pigeonhole.learn.weights import WeightsCatalog
+
+Preference = Literal["fast", "balanced", "accurate"]
+# Accuracy a candidate may give up for being cheaper, per preference (validation accuracy).
+TOLERANCE: dict[str, float] = {"fast": 0.02, "balanced": 0.005, "accurate": 0.0}
+FINETUNE_SIZES = (224, 192, 160, 128, 112, 96)  # tried largest first for fine-tuning
+SMALL_SIDE = 48  # images at most this small (median shorter side) take the small-image route
+PROBE_PER_CLASS = 60  # the anytime probe of a large set trains its head on this many images per class
+PIXEL_PROBE_PER_CLASS = 300  # raw-pixel probes of large sets: the random-feature head grows with rows
+OPTIONAL_SHARE = 0.08  # optional frozen candidates may take at most this share of the budget
+
+
+# ---------------------------------------------------------------------------------- API types
+@dataclass(frozen=True)
+class SearchConfig:
+    target_accuracy: float | None = None
+    time_budget_s: float = 600.0
+    preference: Preference = "balanced"
+    seed: int = 0
+    weights_dir: Path | None = None
+    cache_dir: Path | None = None  # pixel/feature cache and training checkpoints (node-local disk)
+    output_dir: Path | None = None  # artifacts, one folder per reported candidate
+    threads: int = 2
+    val_fraction: float = 0.2  # used only when the set has no validation images
+    max_val_per_class: int = 500
+    cache_bytes: int = 4 << 30
+    plateau_candidates: int = 3  # stop after this many candidates in a row without a gain
+    min_gain: float = 0.002
+    job_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.preference not in TOLERANCE:
+            raise ValueError(f"preference must be one of {sorted(TOLERANCE)}, not {self.preference!r}")
+        if self.time_budget_s <= 0:
+            raise ValueError("time_budget_s must be positive")
+        if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
+            raise ValueError("target_accuracy is a fraction in (0, 1]")
+
+
+class Reporter(Protocol):
+    def progress(self, fraction: float, stage: str, eta_s: float | None, metrics: dict[str, Any]) -> None: ...
+
+    def candidate_ready(self, candidate: CandidateResult) -> None: ...
+
+    def cancelled(self) -> bool: ...
+
+
+class NullReporter:
+    def progress(self, fraction: float, stage: str, eta_s: float | None, metrics: dict[str, Any]) -> None:
+        pass
+
+    def candidate_ready(self, candidate: CandidateResult) -> None:
+        pass
+
+    def cancelled(self) -> bool:
+        return False
+
+
+@dataclass
+class CandidateResult:
+    """A finished, servable candidate (its files are on disk)."""
+
+    name: str
+    config: dict[str, Any]
+    val_accuracy: float
+    test_metrics: dict[str, Any]
+    mflops: float
+    model_size_bytes: int
+    latency_ms: float
+    throughput_img_s: float
+    train_seconds: float
+    ready_at_s: float  # seconds since the search started
+    artifacts: dict[str, str]
+    card: dict[str, Any]
+
+
+@dataclass
+class SearchResult:
+    chosen: CandidateResult | None
+    reported: list[CandidateResult]
+    leaderboard: list[dict[str, Any]]
+    stop_reason: str  # target_met | budget | plateau (incl. perfect validation) | exhausted | cancelled | no_candidate
+    elapsed_s: float
+    first_candidate_s: float | None
+    traits: dict[str, Any]
+
+
+Tuner = Callable[..., "Scored | None"]
+
+
+# ------------------------------------------------------------------------------ internals
+@dataclass
+class Scored:
+    """A candidate scored on validation, not yet exported."""
+
+    config: CandidateConfig
+    val_accuracy: float
+    mflops: float
+    seconds: float
+    extractor: BuiltExtractor
+    head: RidgeHead
+    train_info: dict[str, Any] = field(default_factory=dict)
+    order: int = 0
+    val_features: np.ndarray | None = None
+
+
+def select(scored: Sequence[Scored], target: float | None, preference: str) -> Scored | None:
+    """The cheapest candidate meeting the target, else the cheapest within the preference's
+    tolerance of the most accurate. ``accurate`` takes the most accurate meeting the target.
+    Cost is the extractor's multiply-adds (deterministic, so a rerun chooses the same)."""
+    if not scored:
+        return None
+    meets = [s for s in scored if target is not None and s.val_accuracy >= target]
+    if meets:
+        if preference == "accurate":
+            return max(meets, key=lambda s: (s.val_accuracy, -s.mflops, -s.order))
+        return min(meets, key=lambda s: (s.mflops, -s.val_accuracy, s.order))
+    top = max(s.val_accuracy for s in scored)
+    near = [s for s in scored if s.val_accuracy >= top - TOLERANCE[preference] - 1e-12]
+    return min(near, key=lambda s: (s.mflops, -s.val_accuracy, s.order))
+
+
+def _carve_validation(ts: TrainingSet, fraction: float, cap: int, seed: int) -> TrainingSet:
+    if ts.split("val"):
+        return ts
+    by_class: dict[str, list[TrainingImage]] = {}
+    for img in ts.split("train"):
+        by_class.setdefault(img.label, []).append(img)
+    val_keys: set[tuple[str, str]] = set()
+    for label, items in sorted(by_class.items()):
+        order = sorted(items, key=lambda i: i.key)
+        random.Random(f"{seed}-{label}").shuffle(order)
+        n = min(cap, max(1, round(len(order) * fraction))) if len(order) >= 2 else 0
+        n = min(n, len(order) - 1)
+        val_keys.update((i.key, i.label) for i in order[:n])
+    images = tuple(
+        replace(i, split="val") if i.split == "train" and (i.key, i.label) in val_keys else i for i in ts.images
+    )
+    return TrainingSet(images, ts.classes)
+
+
+class _Search:
+    def __init__(
+        self,
+        ts: TrainingSet,
+        source: ImageSource,
+        config: SearchConfig,
+        reporter: Reporter,
+        memory: ModelMemory | None,
+        tuner: Tuner | None,
+    ) -> None:
+        self.t0 = time.monotonic()
+        self.config = config
+        self.reporter = reporter
+        self.memory = memory
+        self.tuner = tuner
+        self.deadline = self.t0 + config.time_budget_s
+        self.ts = _carve_validation(ts, config.val_fraction, config.max_val_per_class, config.seed)
+        self.classes = list(self.ts.classes)
+        self.index = {c: i for i, c in enumerate(self.classes)}
+        self.splits = {s: self.ts.split(s) for s in ("train", "val", "test")}
+        if not self.splits["train"] or not self.splits["val"]:
+            raise ValueError("need training and validation images (at least two images in some class)")
+        missing = [c for c in self.classes if not any(i.label == c for i in self.splits["train"])]
+        if missing:
+            raise ValueError(f"classes without training images: {missing[:5]}")
+        if len(self.classes) < 2:
+            raise ValueError("need at least two classes")
+        self.catalog = WeightsCatalog(config.weights_dir) if config.weights_dir else None
+        self.cache = (
+            FeatureCache(Path(config.cache_dir) / "features", config.cache_bytes) if config.cache_dir else None
+        )
+        self.pixels = PixelStore(source, self.cache, threads=config.threads)
+        self.source = source
+        self.output_dir = Path(config.output_dir) if config.output_dir else None
+        self.scored: list[Scored] = []
+        self.leaderboard: list[dict[str, Any]] = []
+        self.reported: list[CandidateResult] = []
+        self.current: Scored | None = None
+        self.first_s: float | None = None
+        self.rate: float | None = None  # frozen extraction MFLOP/s incl. decoding, measured on the probe
+        self.job = config.job_id or hashlib.sha256(
+            f"{self.ts.fingerprint()}|{config.seed}".encode()
+        ).hexdigest()[:16]
+        self.stage = "Starting"
+        self.median_side = 224.0
+
+    # ------------------------------------------------------------------ time and progress
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def should_stop(self) -> bool:
+        # Until a first model exists only a cancel stops the work: a slow machine may overrun a tiny
+        # budget, but the user always gets a model (the anytime promise).
+        if self.reporter.cancelled():
+            return True
+        return self.current is not None and time.monotonic() > self.deadline
+
+    def progress(self, stage: str, metrics: dict[str, Any] | None = None, fraction: float | None = None) -> None:
+        self.stage = stage
+        frac = min(1.0, self.elapsed() / self.config.time_budget_s) if fraction is None else fraction
+        best = self.current.val_accuracy if self.current else None
+        self.reporter.progress(
+            frac, stage, max(0.0, self.remaining()), {"best_val_accuracy": best, **(metrics or {})}
+        )
+
+    # ------------------------------------------------------------------ data helpers
+    def keys(self, split: str) -> list[str]:
+        return [i.key for i in self.splits[split]]
+
+    def labels(self, split: str) -> list[str]:
+        return [i.label for i in self.splits[split]]
+
+    def y(self, split: str) -> np.ndarray:
+        return np.array([self.index[i.label] for i in self.splits[split]], dtype=np.int64)
+
+    def pixel_fn(self, config: CandidateConfig) -> Callable[[Sequence[str]], np.ndarray]:
+        spec = config.spec
+        return lambda keys: self.pixels.get(
+            keys, config.size, color=spec.color, policy=config.crop, should_stop=self.should_stop
+        )
+
+    # ------------------------------------------------------------------ traits and ladder
+    def sample_traits(self) -> tuple[list[int], list[bool]]:
+        train = sorted(self.splits["train"], key=lambda i: i.key)
+        random.Random(self.config.seed).shuffle(train)
+        sides, grey = [], []
+        for img in train[:200]:
+            data = self.source.open(img.key)
+            try:
+                pil = data if isinstance(data, Image.Image) else Image.open(__import__("io").BytesIO(data))
+                sides.append(min(pil.size))
+                grey.append(pil.mode in ("L", "LA", "1", "I", "I;16"))
+            except Exception:  # traits are hints; a bad header must not fail the job
+                continue
+        return sides, grey
+
+    def frozen_ok(self, extractor: str) -> bool:
+        return unavailable_reason(get_spec(extractor), self.catalog) is None
+
+    def ladder(self, small: bool, grey: bool, median_side: float) -> list[CandidateConfig]:
+        out: list[CandidateConfig] = []
+        if small:
+            pix = "pixels_l" if grey else "pixels_rgb"
+            side = int(min(max(median_side, 8), 32))
+            cap = PIXEL_PROBE_PER_CLASS if len(self.splits["train"]) > PIXEL_PROBE_PER_CLASS * len(self.classes) else 0
+            out.append(CandidateConfig("frozen", pix, side, "resize", random_features=1024, max_train_per_class=cap))
+            cnn = "smallcnn_l" if grey else "smallcnn_rgb"
+            out.append(
+                CandidateConfig(
+                    "scratch", cnn, side, "resize", train=TrainParams(
+                        lr=3e-3, weight_decay=0.05, batch_size=128, label_smoothing=0.05,
+                        augment="digits" if grey else "photo", patience=4, bf16=True,
+                    )
+                )
+            )
+            if not grey and self.frozen_ok("mobilenet_v2"):
+                out.append(CandidateConfig("frozen", "mobilenet_v2", 128, "resize"))
+            return out
+        photo = [e for e in ("mobilenet_v2", "squeezenet1_0") if self.frozen_ok(e)]
+        if not photo:  # no pretrained weights at all: the from-scratch CNN is all we have
+            return [CandidateConfig("scratch", "smallcnn_rgb", 64, "resize", train=TrainParams(
+                lr=3e-3, batch_size=64, augment="photo", patience=4, bf16=True))]
+        first = photo[0]
+        n_train = len(self.splits["train"])
+        probe_cap = PROBE_PER_CLASS if n_train > PROBE_PER_CLASS * len(self.classes) * 1.5 else 0
+        out.append(CandidateConfig("frozen", first, 160, max_train_per_class=probe_cap))
+        if probe_cap:
+            out.append(CandidateConfig("frozen", first, 160))
+        out.append(CandidateConfig("frozen", first, 224))
+        for other in photo[1:]:
+            out.append(CandidateConfig("frozen", other, 224, optional=True))
+        out.append(CandidateConfig("frozen", first, 224, flip_tta=True, random_features=1024, optional=True))
+        out.append(
+            CandidateConfig(
+                "finetune", first, 128, with_frozen=True,
+                train=TrainParams(lr=5e-4, weight_decay=0.05, batch_size=32, label_smoothing=0.1,
+                                  augment="photo", patience=3, bf16=True),
+            )
+        )
+        return out
+
+    # ------------------------------------------------------------------ heads
+    def train_rows(self, per_class: int) -> np.ndarray:
+        """Indices of training images to use: all, or the first ``per_class`` of each class in a seeded order."""
+        y = self.y("train")
+        if per_class <= 0:
+            return np.arange(len(y))
+        order = np.random.default_rng(self.config.seed).permutation(len(y))
+        taken: dict[int, int] = {}
+        rows = []
+        for i in order:
+            if taken.get(int(y[i]), 0) < per_class:
+                taken[int(y[i])] = taken.get(int(y[i]), 0) + 1
+                rows.append(i)
+        return np.sort(np.array(rows, dtype=np.int64))
+
+    def fit_head(
+        self, train_f: np.ndarray, val_f: np.ndarray, rff: int, rows: np.ndarray | None = None
+    ) -> tuple[RidgeHead, float]:
+        best: tuple[float, int, RidgeHead] | None = None
+        y = self.y("train") if rows is None else self.y("train")[rows]
+        order = np.argsort(y, kind="stable")  # the head's class order = the training set's class order
+        labels = [self.classes[i] for i in y[order]]
+        for m in sorted({0, rff}):
+            head = RidgeHead(train_f.shape[1], HeadConfig(random_features=m, seed=self.config.seed))
+            head.add(train_f[order], labels)
+            acc = head.fit(val_f, self.labels("val"))["val_accuracy"]
+            if best is None or acc > best[0] + 1e-12:
+                best = (acc, m, head)
+        assert best is not None
+        return best[2], best[0]
+
+    # ------------------------------------------------------------------ candidates
+    def estimate_frozen_s(self, config: CandidateConfig, n: int) -> float:
+        if self.rate is None:
+            return 0.0
+        return n * max(config.mflops(), 1.0) / self.rate
+
+    def run_frozen(self, config: CandidateConfig) -> Scored:
+        t = time.monotonic()
+        spec = config.spec
+        body = build_extractor(spec, self.catalog) if spec.pretrained else build_architecture(spec)
+        built = build_stack(config, [(spec, body, member_key(spec, self.catalog))])
+        self.progress(f"Trying a quick model: {_plain(config)}")
+        rows = self.train_rows(config.max_train_per_class)
+        all_train = self.keys("train")
+        train_keys = [all_train[i] for i in rows]
+        feats = {
+            s: extract_features(built, keys, self.pixel_fn(config), self.cache,
+                                threads=self.config.threads, should_stop=self.should_stop)
+            for s, keys in (("train", train_keys), ("val", self.keys("val")))
+        }
+        n = len(train_keys) + len(self.splits["val"])
+        extract_s = time.monotonic() - t
+        if spec.pretrained and extract_s > 0.5:  # keep the slowest measurement: estimates must err long
+            measured = n * config.mflops() / extract_s
+            self.rate = measured if self.rate is None else min(self.rate, measured)
+        head, acc = self.fit_head(feats["train"], feats["val"], config.random_features, rows)
+        config = replace(config, random_features=head.config.random_features)
+        return Scored(config, acc, config.mflops(), time.monotonic() - t, built, head, val_features=feats["val"])
+
+    def training_pixels(self, config: CandidateConfig) -> np.ndarray:
+        """Training images for augmentation: ``square`` views at size/0.875 for photos (a 0.875
+        crop of them is the serving view), the serving geometry itself otherwise."""
+        spec = config.spec
+        if config.train.augment == "photo" and config.kind == "finetune":
+            return self.pixels.get(self.keys("train"), round(config.size / CROP_FRACTION), color=spec.color,
+                                   policy="square", should_stop=self.should_stop)
+        return self.pixels.get(self.keys("train"), config.size, color=spec.color, policy=config.crop,
+                               should_stop=self.should_stop)
+
+    def estimate_after_training_s(self, config: CandidateConfig, n: int, train_img_s: float | None) -> float:
+        """Seconds to extract features of every split through a trained stack, export and time it.
+
+        Uses the frozen extraction rate measured on the probe (it includes decoding and
+        export overheads, so it errs long); without one, inference is taken as 3x the
+        training speed. Errs long on purpose: overrunning the budget is worse than
+        training one epoch less.
+        """
+        if self.rate is not None and config.spec.pretrained:
+            seconds = n * config.mflops() / self.rate
+        else:
+            per_image = 1.0 / (3.0 * train_img_s) if train_img_s else 0.001
+            seconds = n * per_image * (2 if config.with_frozen else 1) * (2 if config.flip_tta else 1)
+        return 1.3 * seconds + 8.0
+
+    def plan_epochs(self, step_s: float, n_train: int, batch: int, budget_s: float) -> int:
+        epoch_s = math.ceil(n_train / batch) * step_s * 1.15  # + validation pass and noise
+        return quantize_epochs(budget_s / max(epoch_s, 1e-6))
+
+    def run_trained(self, config: CandidateConfig, reserve_s: float) -> Scored | None:
+        """Fine-tune a pretrained extractor or train a small CNN, then refit the ridge head."""
+        t = time.monotonic()
+        spec = config.spec
+        pretrained = config.kind == "finetune"
+        params = config.train
+        classes = len(self.classes)
+        if pretrained:
+            body = build_extractor(spec, self.catalog)
+        else:
+            torch.manual_seed(self.config.seed)
+            body = build_architecture(spec)
+        with torch.no_grad():
+            dim = int(body(torch.zeros(1, spec.input_spec().channels, config.size, config.size)).shape[1])
+        n_train = len(self.splits["train"])
+        n_all = sum(len(v) for v in self.splits.values())
+        after_s = self.estimate_after_training_s(config, n_all, None)
+        if self.remaining() - reserve_s - after_s < (20.0 if pretrained else 3.0):
+            return None  # not even worth measuring the training speed
+        self.progress(f"Measuring training speed for {_plain(config)}")
+        step_s = measure_step_seconds(spec, body, dim, classes, params, config.size, pretrained=pretrained)
+        if pretrained:
+            # the largest resolution that still allows enough rounds (cost grows with pixel count)
+            base_size, base_step = config.size, step_s
+            for size in FINETUNE_SIZES:
+                if size > max(config.size, 96) and size > 1.5 * self.median_side:
+                    continue
+                trial = replace(config, size=size)
+                step = base_step * (size / base_size) ** 2
+                after = self.estimate_after_training_s(trial, n_all, params.batch_size / step)
+                fits = self.plan_epochs(step, n_train, params.batch_size, self.remaining() - reserve_s - after)
+                if fits >= 8 or size == FINETUNE_SIZES[-1]:  # else the smallest size, with what fits
+                    config, step_s, spec = trial, step, trial.spec
+                    break
+        after_s = self.estimate_after_training_s(config, n_all, params.batch_size / step_s)
+        train_budget = self.remaining() - reserve_s - after_s
+        epochs = self.plan_epochs(step_s, n_train, params.batch_size, train_budget)
+        if epochs < 2:
+            return None
+        params = replace(params, epochs=epochs)
+        config = replace(config, train=params)
+        train_pixels = self.training_pixels(config)
+        val_pixels = self.pixel_fn(config)(self.keys("val"))
+        ckpt_id = hashlib.sha256(
+            f"{self.job}|{json.dumps(replace(config, train=replace(params, epochs=0)).to_dict(), sort_keys=True)}"
+            .encode()
+        ).hexdigest()[:16]
+        checkpoint = Path(self.config.cache_dir) / "checkpoints" / f"{ckpt_id}.pt" if self.config.cache_dir else None
+        verb = "Fine-tuning" if pretrained else "Training a compact network for"
+        train_deadline = time.monotonic() + max(0.0, train_budget)
+
+        def on_epoch(epoch: int, record: dict[str, float]) -> None:
+            self.progress(f"{verb} your images ({_plain(config)}): round {epoch} of {params.epochs}",
+                          {"epoch": epoch, "epoch_val_accuracy": record["val_accuracy"]})
+
+        self.progress(f"{verb} your images ({_plain(config)}): starting, {params.epochs} rounds planned")
+        outcome = train_extractor(
+            spec, body, dim, classes, params, train_pixels, self.y("train"), val_pixels, self.y("val"),
+            input_size=config.size, seed=self.config.seed, deadline=train_deadline, pretrained=pretrained,
+            checkpoint=checkpoint, should_stop=self.reporter.cancelled, on_epoch=on_epoch,
+        )
+        del train_pixels
+        if outcome.epochs_done == 0 or self.reporter.cancelled():
+            return None
+        tuned = outcome.body.eval()
+        members_list = [(spec, tuned, member_key(spec, self.catalog, tuned))]
+        if config.with_frozen:
+            members_list.append((spec, build_extractor(spec, self.catalog), member_key(spec, self.catalog)))
+        built = build_stack(config, members_list)
+        self.progress(f"Measuring the new model ({_plain(config)})")
+        feats = {
+            s: extract_features(built, self.keys(s), self.pixel_fn(config), self.cache,
+                                threads=self.config.threads, should_stop=self.reporter.cancelled)
+            for s in ("train", "val")
+        }
+        head, acc = self.fit_head(feats["train"], feats["val"], 1024 if not pretrained else 0)
+        info = {"epochs_planned": params.epochs, "epochs_done": outcome.epochs_done, "best_epoch": outcome.best_epoch,
+                "stopped": outcome.stopped, "softmax_val_accuracy": outcome.best_val_accuracy,
+                "history": outcome.history, "step_s": step_s, "train_seconds": outcome.seconds}
+        config = replace(config, random_features=head.config.random_features)
+        return Scored(config, acc, config.mflops(), time.monotonic() - t, built, head, info, val_features=feats["val"])
+
+    # ------------------------------------------------------------------ finishing a candidate
+    def finish(self, scored: Scored) -> CandidateResult:
+        """Refit the head on train+val, export, evaluate the ONNX file on test, write files."""
+        config = scored.config
+        head = scored.head
+        val_f = scored.val_features
+        if val_f is None:
+            val_f = extract_features(scored.extractor, self.keys("val"), self.pixel_fn(config), self.cache,
+                                     threads=self.config.threads)
+        head.add(val_f, self.labels("val"))
+        head.solve()
+        if head.classes != self.classes:
+            raise RuntimeError(f"head classes {head.classes} differ from the training set's {self.classes}")
+        lineage = {"job": self.job, "dataset": self.ts.fingerprint(), "seed": self.config.seed,
+                   "extractor_key": scored.extractor.key, "parent": self.current.config.name if self.current else None}
+        model = export_model(scored.extractor.module, scored.extractor.input_spec, head,
+                             metadata={"pigeonhole.candidate": config.name})
+        eval_split = "test" if self.splits["test"] else "val"
+        keys = self.keys(eval_split)
+        probs = run_model(model, self.pixel_fn(config)(keys), threads=self.config.threads) if keys else None
+        metrics = (
+            split_metrics(probs, self.labels(eval_split), keys, self.classes, head.threshold)
+            if probs is not None else {}
+        )
+        metrics["split"] = eval_split
+        metrics["val_accuracy"] = scored.val_accuracy
+        speed = measure_speed(model, scored.extractor.input_spec, threads=self.config.threads)
+        ready_at = self.elapsed()
+        candidate = {"name": config.name, "config": config.to_dict(), "val_accuracy": scored.val_accuracy,
+                     "mflops": scored.mflops}
+        training = {"seconds": scored.seconds, "search_seconds_so_far": ready_at,
+                    "train_images": len(self.splits["train"]), "val_images": len(self.splits["val"]),
+                    "head_trained_on": "train+val", **{k: v for k, v in scored.train_info.items()}}
+        card = make_card(candidate=candidate, classes=self.classes, input_spec=scored.extractor.input_spec,
+                         head=head, metrics=metrics, speed=speed, model_bytes=len(model), training=training,
+                         leaderboard=list(self.leaderboard), lineage=lineage)
+        paths: dict[str, str] = {}
+        if self.output_dir is not None:
+            folder = self.output_dir / f"{len(self.reported):02d}-{_slug(config.name)}"
+            paths = write_artifacts(folder, model, head, card).as_dict()
+        return CandidateResult(
+            name=config.name, config=config.to_dict(), val_accuracy=scored.val_accuracy, test_metrics=metrics,
+            mflops=scored.mflops, model_size_bytes=len(model), latency_ms=speed["latency_ms"],
+            throughput_img_s=speed["throughput_img_s"], train_seconds=scored.seconds, ready_at_s=ready_at,
+            artifacts=paths, card=card,
+        )
+
+    def estimate_finish_s(self, config: CandidateConfig) -> float:
+        n = len(self.splits["test"]) or len(self.splits["val"])
+        return self.estimate_frozen_s(config, n) + 4.0
+
+    # ------------------------------------------------------------------ main loop
+    def consider(self, scored: Scored) -> bool:
+        """Add to the leaderboard; finish and report it when it becomes the selection."""
+        scored.order = len(self.scored)
+        self.scored.append(scored)
+        self.leaderboard.append({"name": scored.config.name, "val_accuracy": scored.val_accuracy,
+                                 "mflops": scored.mflops, "seconds": round(scored.seconds, 2),
+                                 "config": scored.config.to_dict()})
+        best = select(self.scored, self.config.target_accuracy, self.config.preference)
+        if best is not scored:
+            return False
+        self.progress(f"Preparing the better model ({_plain(scored.config)}) for use")
+        result = self.finish(scored)
+        self.current = scored
+        self.reported.append(result)
+        if self.first_s is None:
+            self.first_s = result.ready_at_s
+        self.reporter.candidate_ready(result)
+        return True
+
+    def target_met(self) -> bool:
+        t = self.config.target_accuracy
+        return t is not None and self.current is not None and self.current.val_accuracy >= t
+
+    def run(self, memory: ModelMemory | None) -> SearchResult:
+        cfg = self.config
+        torch.set_num_threads(max(1, cfg.threads))
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % (2**32))
+        self.progress("Looking at your images", fraction=0.0)
+        sides, grey_flags = self.sample_traits()
+        median_side = float(np.median(sides)) if sides else 224.0
+        grey = bool(grey_flags) and float(np.mean(grey_flags)) > 0.9
+        small = median_side <= SMALL_SIDE
+        self.median_side = median_side
+        ladder = self.ladder(small, grey, median_side)
+        counts = [sum(1 for i in self.splits["train"] if i.label == c) for c in self.classes]
+        stop_reason = "exhausted"
+        probe_acc: float | None = None
+        traits: DatasetTraits | None = None
+        queue = list(ladder)
+        tried: set[str] = set()
+        skipped: list[CandidateConfig] = []
+        short_of_time = False
+        since_gain = 0
+        best_acc = -1.0
+        try:
+            while queue:
+                if self.reporter.cancelled():
+                    stop_reason = "cancelled"
+                    break
+                if self.remaining() <= 0:
+                    stop_reason = "budget"
+                    break
+                config = queue.pop(0)
+                ident = _identity(config)
+                if ident in tried:
+                    continue
+                tried.add(ident)
+                # the first candidate always runs (it is the anytime model); later ones only if they fit
+                reserve = 0.0
+                if self.current is not None and config.kind == "frozen":
+                    need = self.estimate_frozen_s(config, len(self.splits["train"]) + len(self.splits["val"]))
+                    need += self.estimate_finish_s(config)
+                    if need > self.remaining():
+                        short_of_time = True
+                        continue
+                    # side dishes (another family, flip views) only when cheap next to what follows
+                    trained_next = any(c.kind != "frozen" for c in queue)
+                    if config.optional and trained_next and need > OPTIONAL_SHARE * cfg.time_budget_s:
+                        skipped.append(config)
+                        tried.discard(ident)
+                        continue
+                try:
+                    if config.kind == "frozen":
+                        scored = self.run_frozen(config)
+                    else:
+                        reserve = self.estimate_finish_s(config)
+                        got = self.run_trained(config, reserve)
+                        if got is None:  # no time to train: the skipped side candidates get their turn
+                            short_of_time = True
+                            queue = [c for c in queue if c.kind == "frozen"] + skipped
+                            skipped = []
+                            queue += [c for c in ladder if c.kind != "frozen" and _identity(c) not in tried]
+                            queue = [replace(c, optional=False) if c.kind == "frozen" else c for c in queue]
+                            continue
+                        scored = got
+                except InterruptedError:
+                    stop_reason = "cancelled" if self.reporter.cancelled() else "budget"
+                    break
+                if traits is None:
+                    probe_acc = scored.val_accuracy
+                    sample = self.pixels.get(self.keys("train")[:64], 32, color="L" if grey else "RGB",
+                                             policy="resize")
+                    traits = compute_traits(sides, grey_flags, counts, sample, probe_acc)
+                    if memory is not None:
+                        queue = self.remembered(memory, traits, small) + queue
+                gain = scored.val_accuracy - best_acc
+                best_acc = max(best_acc, scored.val_accuracy)
+                since_gain = 0 if gain > cfg.min_gain else since_gain + 1
+                self.consider(scored)
+                if self.target_met() and cfg.preference != "accurate":
+                    stop_reason = "target_met"
+                    break
+                if self.current is not None and self.current.val_accuracy >= 1.0 and cfg.preference != "fast":
+                    stop_reason = "plateau"  # nothing can beat a perfect validation score
+                    break
+                if since_gain >= cfg.plateau_candidates:
+                    trained = [c for c in queue if c.kind != "frozen"]
+                    if not trained:
+                        stop_reason = "plateau"
+                        break
+                    queue, since_gain = trained, 0  # this tier has plateaued: on to training extractors
+            else:
+                if (
+                    self.tuner is not None and not self.target_met() and cfg.target_accuracy is not None
+                    and self.remaining() > 60 and not self.reporter.cancelled()
+                ):
+                    self.progress("Searching training settings (hyper-parameter search)")
+                    tuned = self.tuner(search=self, best=self.current)
+                    if tuned is not None:
+                        self.consider(tuned)
+                    stop_reason = "target_met" if self.target_met() else "exhausted"
+        finally:
+            if self.cache is not None:
+                self.cache.close()
+        if stop_reason == "exhausted" and short_of_time:
+            stop_reason = "budget"  # candidates were left out because they would not fit
+        if self.reporter.cancelled():
+            stop_reason = "cancelled"
+        chosen = self.reported[-1] if self.reported else None
+        if traits is None:
+            traits = compute_traits(sides, grey_flags, counts, None, probe_acc)
+        if memory is not None and self.scored and stop_reason != "cancelled":
+            self.save_memory(memory, traits)
+        self.progress("Done" if chosen else "Stopped before any model was ready", fraction=1.0)
+        return SearchResult(
+            chosen=chosen, reported=self.reported, leaderboard=self.leaderboard,
+            stop_reason=stop_reason if chosen else "no_candidate", elapsed_s=self.elapsed(),
+            first_candidate_s=self.first_s, traits=traits.__dict__,
+        )
+
+    def remembered(self, memory: ModelMemory, traits: DatasetTraits, small: bool) -> list[CandidateConfig]:
+        out = []
+        for suggestion in memory.suggest(traits):
+            try:
+                config = CandidateConfig.from_dict(suggestion.config)
+                spec = config.spec
+            except (KeyError, TypeError, ValueError):
+                continue
+            if spec.pretrained and unavailable_reason(spec, self.catalog) is not None:
+                continue
+            if (spec.architecture in ("pixels", "smallcnn")) != small and config.kind != "scratch":
+                continue
+            out.append(replace(config, optional=False))
+        return out
+
+    def save_memory(self, memory: ModelMemory, traits: DatasetTraits) -> None:
+        chosen = self.current
+        target = self.config.target_accuracy
+        memory.record(SearchRecord(
+            traits=traits,
+            candidates=[
+                CandidateRecord(config=s.config.to_dict(), name=s.config.name, val_accuracy=s.val_accuracy,
+                                mflops=s.mflops, latency_ms=None, seconds=s.seconds, chosen=s is chosen,
+                                met_target=target is not None and s.val_accuracy >= target)
+                for s in self.scored
+            ],
+            target_accuracy=target, preference=self.config.preference, budget_s=self.config.time_budget_s,
+            seconds=self.elapsed(), dataset_fingerprint=self.ts.fingerprint(),
+        ))
+
+
+def _identity(config: CandidateConfig) -> str:
+    """Configs differing only in the epoch plan are the same candidate."""
+    return json.dumps(replace(config, train=replace(config.train, epochs=0)).to_dict(), sort_keys=True)
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:80]
+
+
+_FRIENDLY = {"mobilenet_v2": "MobileNetV2", "squeezenet1_0": "SqueezeNet", "pixels_l": "raw pixels",
+             "pixels_rgb": "raw pixels", "smallcnn_l": "a small network", "smallcnn_rgb": "a small network"}
+
+
+def _plain(config: CandidateConfig) -> str:
+    name = _FRIENDLY.get(config.extractor, config.extractor)
+    extra = " with mirrored views" if config.flip_tta else ""
+    return f"{name} at {config.size} px{extra}"
+
+
+def run_search(
+    training_set: TrainingSet,
+    source: ImageSource,
+    config: SearchConfig,
+    reporter: Reporter | None = None,
+    *,
+    memory: ModelMemory | None = None,
+    tuner: Tuner | None = None,
+) -> SearchResult:
+    """Build the best model the budget allows; see the module docstring for the order of work.
+
+    ``reporter.candidate_ready`` receives each candidate that becomes the selection, with
+    its files already written under ``config.output_dir``: serve it at once. The return
+    value's ``chosen`` is the last one reported.
+    """
+    search = _Search(training_set, source, config, reporter or NullReporter(), memory, tuner)
+    return search.run(memory)

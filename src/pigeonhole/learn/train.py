@@ -1,0 +1,304 @@
+"""Training extractors: fine-tuning a pretrained network, or a small CNN from scratch.
+
+The trained network only serves as a better *extractor*: afterwards its classifier is
+dropped and the incremental ridge head is refit on its features, so every model keeps
+the exact add/remove-class property.
+
+Recipe (what experts use on small data, fixed so users need not know it): AdamW,
+linear warm-up then cosine decay, label smoothing, augmentation done batched on the
+tensor with one affine warp (random-resized crop + flip for photos; small rotation /
+scale / shift for digits), early stopping on a validation plateau keeping the best
+weights, optional bf16 autocast. Pretrained BatchNorm layers stay in eval mode: our
+pretrained files carry folded BatchNorm statistics (see the weights README), which
+batch statistics would destroy, and on small data frozen BN is the safer choice anyway.
+
+A checkpoint is written after every epoch; a retried job with the same data, recipe
+and seed resumes from it instead of starting over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pigeonhole.learn.backbones import ExtractorSpec, PixelExtractor
+from pigeonhole.learn.candidates import TrainParams
+
+EPOCH_STEPS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60)
+
+
+def quantize_epochs(epochs: float, cap: int = 60) -> int:
+    """Largest step of :data:`EPOCH_STEPS` <= epochs: small timing noise rarely changes the plan,
+    which keeps the same job's choices reproducible."""
+    fits = [e for e in EPOCH_STEPS if e <= min(epochs, cap)]
+    return fits[-1] if fits else 0
+
+
+@dataclass
+class TrainOutcome:
+    body: nn.Module
+    epochs_done: int
+    best_epoch: int
+    best_val_accuracy: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped: str = "completed"  # completed | plateau | deadline | cancelled
+    seconds: float = 0.0
+
+
+class _Net(nn.Module):
+    def __init__(self, spec: ExtractorSpec, body: nn.Module, feature_dim: int, classes: int) -> None:
+        super().__init__()
+        self.extractor = PixelExtractor(spec, body)
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(feature_dim, classes)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.extractor(pixels)))
+
+
+def _freeze_bn(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+
+
+def augment(
+    pixels: torch.Tensor, out_size: int, mode: str, generator: torch.Generator, *, crop_eval: float = 0.875
+) -> torch.Tensor:
+    """Batched random affine view of uint8/float pixels (N, C, S, S) -> float (N, C, out, out).
+
+    ``photo``: random-resized crop (area 30-100 % of the eval view's scale range, aspect
+    3/4-4/3) and horizontal flip. ``digits``: +-10 degrees, scale 0.9-1.1, shift +-10 %;
+    no flip (a mirrored digit is another glyph). Pixels stay in 0..255 (the model
+    normalises), so training and serving share one code path.
+    """
+    n = pixels.shape[0]
+    x = pixels.to(torch.float32)
+    rand = torch.rand((n, 5), generator=generator)
+    if mode == "digits":
+        angle = (rand[:, 0] - 0.5) * (2 * math.pi / 18)
+        scale = 1.0 / (0.9 + 0.2 * rand[:, 1])
+        tx, ty = (rand[:, 2] - 0.5) * 0.2, (rand[:, 3] - 0.5) * 0.2
+        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    else:
+        area = 0.30 + 0.70 * rand[:, 0]
+        log_ratio = (rand[:, 1] - 0.5) * 2 * math.log(4 / 3)
+        ratio = torch.exp(log_ratio)
+        sx = torch.clamp(torch.sqrt(area * ratio), max=1.0)
+        sy = torch.clamp(torch.sqrt(area / ratio), max=1.0)
+        tx, ty = (rand[:, 2] * 2 - 1) * (1 - sx), (rand[:, 3] * 2 - 1) * (1 - sy)
+        flip = torch.where(rand[:, 4] < 0.5, -1.0, 1.0)
+        zero = torch.zeros(n)
+        theta = torch.stack([torch.stack([sx * flip, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1)
+    grid = F.affine_grid(theta, [n, x.shape[1], out_size, out_size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def center_view(pixels: torch.Tensor, out_size: int) -> torch.Tensor:
+    """The eval view of ``square`` training pixels: centre crop ``out_size`` (0.875 of S)."""
+    s = pixels.shape[-1]
+    if s == out_size:
+        return pixels
+    off = (s - out_size) // 2
+    return pixels[..., off : off + out_size, off : off + out_size]
+
+
+def _accuracy(net: nn.Module, pixels: np.ndarray, y: np.ndarray, batch: int, autocast) -> float:
+    net.eval()
+    correct = 0
+    with torch.no_grad(), autocast():
+        for s in range(0, len(y), batch):
+            logits = net(torch.from_numpy(pixels[s : s + batch]))
+            correct += int((logits.float().argmax(1).numpy() == y[s : s + batch]).sum())
+    return correct / max(len(y), 1)
+
+
+def measure_step_seconds(
+    spec: ExtractorSpec,
+    body: nn.Module,
+    feature_dim: int,
+    classes: int,
+    params: TrainParams,
+    input_size: int,
+    *,
+    steps: int = 3,
+    pretrained: bool = True,
+) -> float:
+    """Seconds per training step (one batch) on this machine now, on a throwaway copy."""
+    net = _Net(spec, copy.deepcopy(body), feature_dim, classes).train()
+    if pretrained:
+        _freeze_bn(net)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
+    x = torch.randint(0, 255, (params.batch_size, spec.input_spec().channels, input_size, input_size)).float()
+    y = torch.randint(0, classes, (params.batch_size,))
+    autocast = _autocast(params.bf16)
+    times = []
+    for _ in range(steps + 1):
+        t = time.perf_counter()
+        with autocast():
+            loss = F.cross_entropy(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times[1:]))
+
+
+def _autocast(bf16: bool) -> Callable[[], contextlib.AbstractContextManager]:
+    if bf16:
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def train_extractor(
+    spec: ExtractorSpec,
+    body: nn.Module,
+    feature_dim: int,
+    classes: int,
+    params: TrainParams,
+    train_pixels: np.ndarray,
+    train_labels: np.ndarray,
+    val_pixels: np.ndarray,
+    val_labels: np.ndarray,
+    *,
+    input_size: int,
+    seed: int,
+    deadline: float,
+    pretrained: bool,
+    checkpoint: Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainOutcome:
+    """Train ``body`` (in place) and return it at its best validation epoch.
+
+    ``train_pixels`` are ``square`` views at ``round(input_size / 0.875)`` (or exactly
+    ``input_size`` for digits); ``val_pixels`` are the serving geometry at ``input_size``.
+    ``deadline`` is a ``time.monotonic()`` instant: training stops within one batch of it.
+    """
+    started = time.monotonic()
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    net = _Net(spec, body, feature_dim, classes)
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    lr = params.lr
+    resumed = None
+    if checkpoint is not None and checkpoint.is_file():
+        resumed = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if resumed is not None and resumed.get("planned_epochs"):
+        params = replace(params, epochs=int(resumed["planned_epochs"]))  # keep the interrupted run's schedule
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": params.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
+    steps_per_epoch = max(1, math.ceil(len(train_labels) / params.batch_size))
+    total = max(1, params.epochs * steps_per_epoch)
+    warmup = min(steps_per_epoch, total // 10 + 1)
+
+    run_start = time.monotonic()
+
+    def lr_at(step: int) -> float:
+        """Warm-up, then cosine decay driven by steps *or* time, whichever is further along:
+        when the machine turns out slower than measured, the rate still reaches ~0 at the
+        deadline instead of training being cut off at a high learning rate."""
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        if math.isfinite(deadline) and deadline > run_start:
+            progress = max(progress, (time.monotonic() - run_start) / (deadline - run_start))
+        return 0.5 * lr * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    autocast = _autocast(params.bf16)
+    history: list[dict[str, float]] = []
+    best_state = copy.deepcopy(net.state_dict())
+    best_acc, best_epoch, start_epoch = -1.0, 0, 0
+    if resumed is not None:
+        state = resumed
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        generator.set_state(state["generator"])
+        best_state, best_acc, best_epoch = state["best_state"], state["best_acc"], state["best_epoch"]
+        history, start_epoch = state["history"], state["epoch"]
+    y_train = torch.from_numpy(train_labels.astype(np.int64))
+    stopped = "completed"
+    epoch = start_epoch
+    for epoch in range(start_epoch, params.epochs):
+        net.train()
+        if pretrained:
+            _freeze_bn(net)
+        order = torch.randperm(len(train_labels), generator=generator)
+        t0, seen, loss_sum = time.monotonic(), 0, 0.0
+        for b in range(steps_per_epoch):
+            if (should_stop is not None and should_stop()) or time.monotonic() > deadline:
+                stopped = "cancelled" if should_stop is not None and should_stop() else "deadline"
+                break
+            idx = order[b * params.batch_size : (b + 1) * params.batch_size]
+            x = augment(torch.from_numpy(train_pixels[idx.numpy()]), input_size, params.augment, generator)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(epoch * steps_per_epoch + b)
+            with autocast():
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), y_train[idx], label_smoothing=params.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(idx)
+            loss_sum += loss.item() * len(idx)
+        if stopped != "completed":
+            break
+        acc = _accuracy(net, val_pixels, val_labels, 256, autocast)
+        record = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / max(seen, 1),
+            "val_accuracy": acc,
+            "seconds": time.monotonic() - t0,
+        }
+        history.append(record)
+        if acc > best_acc:
+            best_acc, best_epoch, best_state = acc, epoch + 1, copy.deepcopy(net.state_dict())
+        if on_epoch is not None:
+            on_epoch(epoch + 1, record)
+        if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            tmp = checkpoint.with_suffix(".tmp")
+            torch.save(
+                {
+                    "net": net.state_dict(),
+                    "opt": opt.state_dict(),
+                    "generator": generator.get_state(),
+                    "best_state": best_state,
+                    "best_acc": best_acc,
+                    "best_epoch": best_epoch,
+                    "history": history,
+                    "epoch": epoch + 1,
+                    "planned_epochs": params.epochs,
+                },
+                tmp,
+            )
+            tmp.replace(checkpoint)
+        if epoch + 1 - best_epoch >= params.patience:
+            stopped = "plateau"
+            break
+    if best_acc >= 0:
+        net.load_state_dict(best_state)
+    net.eval()
+    return TrainOutcome(
+        body=net.extractor.body,
+        epochs_done=len(history),
+        best_epoch=best_epoch,
+        best_val_accuracy=max(best_acc, 0.0),
+        history=history,
+        stopped=stopped,
+        seconds=time.monotonic() - started,
+    )

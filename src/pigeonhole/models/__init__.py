@@ -1,0 +1,1 @@
+"""Models: training requests, immutable versions, activation and rollback, export, prediction."""

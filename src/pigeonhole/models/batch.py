@@ -1,0 +1,102 @@
+"""Batch prediction: a zip of images (folders ignored) or a list of URLs, classified by a job.
+
+The API stores the upload in the blob store and queues the job; the worker reads the model file and
+the images, predicts in batches with ONNX Runtime, and writes the results to the blob store as JSON
+and CSV (one row per image: name, label or empty for unknown, confidence, top classes).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+from pigeonhole.compute.handlers import JobContext, JobFailed, JobHandler, Placement, Resources, register
+from pigeonhole.serving.model import load_model
+from pigeonhole.serving.preprocess import pixels_for, top_k
+from pigeonhole.storage.archives import ArchiveLimits, ArchiveRejected, RejectedEntry, iter_zip
+from pigeonhole.storage.blobs import BlobStore
+from pigeonhole.storage.fetch import FetchPolicy, FetchRefused, fetch
+from pigeonhole.storage.images import ImageLimits, ImageRejected
+
+BATCH = 32
+
+
+def results_keys(job_id: str) -> dict[str, str]:
+    return {"json": f"batch/{job_id}/results.json", "csv": f"batch/{job_id}/results.csv"}
+
+
+def _inputs(payload: dict[str, Any], blobs: BlobStore, limits: ImageLimits):  # type: ignore[no-untyped-def]
+    """(name, bytes or None, refusal or None) for every input, read lazily."""
+    if payload.get("zip_sha256"):
+        with blobs.open_blob(payload["zip_sha256"], payload["zip_size"]) as archive:
+            try:
+                for entry in iter_zip(archive, limits=ArchiveLimits(max_entry_bytes=limits.max_bytes or 50 << 20),
+                                      default_label="-"):
+                    if isinstance(entry, RejectedEntry):
+                        yield entry.name, None, entry.reason
+                    else:
+                        yield entry.name, entry.stream.read(), None
+            except ArchiveRejected as exc:
+                raise JobFailed(exc.sentence) from exc
+    policy = FetchPolicy(**payload["policy"])
+    for url in payload.get("urls", []):
+        try:
+            fetched = fetch(url, policy)
+            with fetched.body:
+                yield url, fetched.body.read(), None
+        except FetchRefused as exc:
+            yield url, None, exc.sentence
+
+
+@register
+class BatchPredictHandler(JobHandler):
+    kind = "batch-predict"
+    resources = Resources(num_cpus=1)
+    placement = Placement.CPU
+    affinity = "model"
+    description = "predict many images with a model"
+
+    def run(self, ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+        blobs = BlobStore(ctx.blob_url)
+        model = load_model(blobs.read_bytes(payload["onnx_key"]), threads=1)
+        limits = ImageLimits(**payload["limits"])
+        rows: list[dict[str, Any]] = []
+        pending: list[tuple[str, np.ndarray]] = []
+
+        def flush() -> None:
+            if pending:
+                probs = model.run(np.stack([p for _, p in pending]))
+                for (name, _), answer in zip(pending, top_k(model, probs, payload["top_k"]), strict=True):
+                    rows.append({"name": name, **answer})
+                pending.clear()
+                ctx.report(progress=None, stage=f"Classified {len(rows)} images")
+
+        for name, data, refusal in _inputs(payload, blobs, limits):
+            if ctx.cancelled():
+                break
+            if refusal is None and data is not None:
+                try:
+                    pending.append((name, pixels_for(model, data, limits)))
+                except ImageRejected as exc:
+                    refusal = exc.sentence
+            if refusal is not None:
+                rows.append({"name": name, "label": None, "confidence": None, "top": [], "error": refusal})
+            if len(pending) >= BATCH:
+                flush()
+        flush()
+        keys = results_keys(ctx.job_id)
+        blobs.put_bytes(keys["json"], json.dumps({"model_id": payload["model_id"], "version": payload["version"],
+                                                  "predictions": rows}, indent=1).encode())
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["name", "label", "confidence", "top", "error"])
+        for row in rows:
+            top = "; ".join(f"{t['label']}={t['confidence']:.4f}" for t in row["top"])
+            writer.writerow([row["name"], row["label"] or "", "" if row["confidence"] is None else
+                             f"{row['confidence']:.6f}", top, row.get("error", "")])
+        blobs.put_bytes(keys["csv"], out.getvalue().encode())
+        return {"images": len(rows), "errors": sum(1 for r in rows if r.get("error")), "results": keys}

@@ -1,0 +1,182 @@
+"""Growing a model: add or remove classes in seconds, exactly, without retraining (the ``expand`` job).
+
+Worker: read the base version's ONNX file and head statistics from the blob store; remove classes
+by subtracting their statistics; add classes by passing only their images through the version's
+own frozen extractor (features cached per node) and adding their statistics; choose the ridge
+strength, calibration and "unknown" threshold again on the validation images; measure the new
+version on the test images; rebuild the ONNX file (same extractor, new head) and upload it.
+Dispatcher: record the new version and make it the active one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pigeonhole.compute.handlers import JobContext, JobFailed, JobHandler, Placement, Resources, register
+from pigeonhole.db.tables import DatasetImage, Job, Model
+from pigeonhole.ids import new_id
+from pigeonhole.learn.artifacts import measure_speed, split_metrics
+from pigeonhole.learn.features import FeatureCache, ImageItem, compute_features
+from pigeonhole.learn.grow import extractor_of, input_spec_of, rebuild_model
+from pigeonhole.learn.head import RidgeHead
+from pigeonhole.models import repository as repo
+from pigeonhole.models.service import artifact_prefix, settle_version
+from pigeonhole.settings import load_settings
+from pigeonhole.storage.blobs import BlobStore
+
+
+def describe_change(add: list[str], remove: list[str], refresh: list[str] | None = None) -> str:
+    parts = []
+    if refresh:
+        parts.append("updated images of " + ", ".join(repr(c) for c in refresh))
+    if add:
+        parts.append("added " + ", ".join(repr(c) for c in add))
+    if remove:
+        parts.append("removed " + ", ".join(repr(c) for c in remove))
+    return "; ".join(parts) or "refreshed"
+
+
+def _load_manifest(blobs: BlobStore, key: str | None, head: RidgeHead) -> list[list[Any]] | None:
+    """The images the base head holds, if known and consistent with its per-class counts (else None)."""
+    if not key:
+        return None
+    manifest = json.loads(blobs.read_bytes(key))
+    counts: dict[str, int] = {}
+    for _, label, _, _ in manifest:
+        counts[label] = counts.get(label, 0) + 1
+    return manifest if counts == head.counts else None
+
+
+@register
+class ExpandHandler(JobHandler):
+    kind = "expand"
+    resources = Resources(num_cpus=1)
+    placement = Placement.ANY
+    affinity = "dataset"
+    description = "add or remove classes of a model (new head statistics, no retraining)"
+
+    def prepare(self, db: Session, job: Job) -> dict[str, Any]:
+        params = job.params
+        model = db.get(Model, params["model_id"])
+        if model is None:
+            raise JobFailed("The model was deleted.")
+        base = repo.version(db, model.id, int(params["base_version"]))
+        if base is None or base.head_key is None:
+            raise JobFailed("The version to grow from has no head statistics, so classes cannot be added to it. "
+                            "Retrain the model instead.")
+        if model.dataset_id is None and params["add"]:
+            raise JobFailed("The model's dataset was deleted, so there are no images for new classes.")
+        classes = [c for c in base.classes if c not in params["remove"]] + list(params["add"])
+        rows = db.execute(select(DatasetImage.sha256, DatasetImage.label, DatasetImage.split, DatasetImage.size_bytes)
+                          .where(DatasetImage.dataset_id == model.dataset_id, DatasetImage.label.in_(classes))
+                          .order_by(DatasetImage.id)) if model.dataset_id else []
+        images = [[sha, label, split, size] for sha, label, split, size in rows]
+        return {**params, "onnx_key": base.onnx_key, "head_key": base.head_key, "classes": classes,
+                "images": images, "manifest_key": (base.lineage or {}).get("manifest_key")}
+
+    def run(self, ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+        started = time.monotonic()
+        blobs = BlobStore(ctx.blob_url)
+        ctx.report(progress=0.05, stage="Loading the current model")
+        model_bytes = blobs.read_bytes(payload["onnx_key"])
+        head = RidgeHead.from_bytes(blobs.read_bytes(payload["head_key"]))
+        extractor = extractor_of(model_bytes, threads=2)
+        cache = FeatureCache(Path(ctx.cache_dir) / "learn" / "grow", max(1 << 26, int(ctx.cache_max_bytes) // 4))
+        images = payload["images"]
+
+        def items(split: str, labels: set[str] | None = None) -> tuple[list[ImageItem], list[str], list[str]]:
+            rows = [r for r in images if r[2] == split and (labels is None or r[1] in labels)]
+            made = [ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n))) for sha, _, _, size in rows]
+            return made, [r[1] for r in rows], [r[0] for r in rows]
+
+        manifest = _load_manifest(blobs, payload.get("manifest_key"), head)
+        try:
+            # A refreshed class is rebuilt from all its current images: its statistics are independent of
+            # the other classes', so subtracting and adding them again is exact.
+            for name in payload["remove"] + payload.get("refresh", []):
+                if name in head.classes:
+                    head.remove_class(name)
+            new_classes = (set(payload["add"]) | set(payload.get("refresh", []))) - set(head.classes)
+            val_items, val_labels, val_keys = items("val")
+            # As in training: ridge strength, calibration and threshold are chosen on validation images the
+            # head does not hold; the final head then holds train + validation images of every class.
+            chooser = RidgeHead.from_bytes(head.to_bytes())
+            if manifest is not None:
+                held = [r for r in manifest if r[2] == "val" and r[1] in chooser.classes]
+                if held:
+                    held_items = [ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))
+                                  for sha, _, _, size in held]
+                    chooser.remove_images(compute_features(held_items, extractor, cache), [r[1] for r in held])
+            if new_classes:
+                ctx.report(progress=0.2, stage=f"Learning {len(new_classes)} class(es) from their images")
+                new_items, new_labels, _ = items("train", new_classes)
+                if not new_items:
+                    raise JobFailed("The new classes have no training images.")
+                new_features = compute_features(new_items, extractor, cache)
+                chooser.add(new_features, new_labels)
+                head.add(new_features, new_labels)
+            ctx.report(progress=0.6, stage="Checking accuracy on validation images")
+            val_features = compute_features(val_items, extractor, cache) if val_items else None
+            if val_features is not None and len(set(val_labels)) >= 2:
+                chooser.fit(val_features, val_labels)
+            else:
+                chooser.solve()
+            if manifest is None:
+                head = chooser  # older versions hold training images only: keep doing the same
+            else:
+                for attribute in ("alpha", "temperature", "threshold", "threshold_precision", "threshold_coverage"):
+                    setattr(head, attribute, getattr(chooser, attribute))
+                fresh = [i for i, label in enumerate(val_labels) if label in new_classes]
+                if fresh and val_features is not None:
+                    head.add(val_features[fresh], [val_labels[i] for i in fresh])
+                head.solve()
+                manifest = [r for r in manifest if r[1] in head.classes and r[1] not in new_classes] + \
+                    [r for r in images if r[1] in new_classes and r[2] in ("train", "val")]
+            ctx.report(progress=0.8, stage="Measuring the new version")
+            test_items, test_labels, test_keys = items("test")
+            probs = head.predict_proba(compute_features(test_items, extractor, cache)) if test_items else None
+            metrics = (split_metrics(probs, test_labels, test_keys, head.classes, head.threshold)
+                       if probs is not None else {"note": "no test images"})
+        finally:
+            cache.close()
+        grown = rebuild_model(model_bytes, head)
+        speed = measure_speed(grown, input_spec_of(grown), threads=1, repeats=5)
+        version_id = new_id()
+        prefix = artifact_prefix(payload["model_id"], version_id)
+        keys = {"model": f"{prefix}/model.onnx", "head": f"{prefix}/head.npz", "card": f"{prefix}/card.json"}
+        if manifest is not None:
+            keys["manifest"] = f"{prefix}/images.json"
+            blobs.put_bytes(keys["manifest"], json.dumps(manifest).encode())
+        card = {"classes": head.classes, "metrics": metrics, "unknown_threshold": float(head.threshold),
+                "speed": speed, "change": describe_change(payload["add"], payload["remove"], payload.get("refresh")),
+                "parent_version": payload["base_version"], "seconds": round(time.monotonic() - started, 2)}
+        blobs.put_bytes(keys["model"], grown)
+        blobs.put_bytes(keys["head"], head.to_bytes())
+        blobs.put_bytes(keys["card"], json.dumps(card, indent=1).encode())
+        ctx.report(progress=1.0, stage="New version ready")
+        return {"version_id": version_id, "keys": keys, "classes": head.classes, "metrics": metrics,
+                "threshold": float(head.threshold), "size_bytes": len(grown), "input": input_spec_of(grown).as_dict(),
+                "latency_ms": speed.get("latency_ms"), "throughput": speed.get("throughput_img_s"),
+                "seconds": card["seconds"]}
+
+    def on_success(self, db: Session, job: Job, result: dict[str, Any]) -> None:
+        model = db.get(Model, job.params["model_id"])
+        if model is None:
+            return
+        spec = {k: v for k, v in result["input"].items() if k != "crop"}
+        settle_version(db, model, load_settings(), classes=result["classes"], metrics=result["metrics"],
+                       input_spec=spec,
+                       threshold=result["threshold"], size_bytes=result["size_bytes"], onnx_key=result["keys"]["model"],
+                       head_key=result["keys"]["head"], card_key=result["keys"]["card"],
+                       lineage={"change": describe_change(job.params["add"], job.params["remove"],
+                                                          job.params.get("refresh")),
+                                "parent": job.params["base_version"], "job_id": job.id,
+                                "seconds": result["seconds"], "manifest_key": result["keys"].get("manifest")},
+                       latency_ms=result["latency_ms"], throughput=result["throughput"], job_id=job.id,
+                       version_id=result["version_id"])

@@ -1,0 +1,120 @@
+"""Predictions: read images from a multipart or JSON request, decode off the event loop, infer in micro-batches."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import Request
+from pydantic import ValidationError
+
+from pigeonhole.errors import PayloadTooLarge, Unprocessable
+from pigeonhole.models.schemas import PredictRequest
+from pigeonhole.serving.batching import MicroBatcher
+from pigeonhole.serving.cache import ModelCache
+from pigeonhole.serving.model import ServingModel, load_model
+from pigeonhole.serving.preprocess import pixels_for, top_k
+from pigeonhole.settings import Settings
+from pigeonhole.storage.blobs import BlobStore
+from pigeonhole.storage.fetch import FetchPolicy, FetchRefused, fetch
+from pigeonhole.storage.images import ImageLimits, ImageRejected
+
+
+@dataclass(frozen=True)
+class Target:
+    """The version to serve, as plain data resolved (and authorised) before the body is read."""
+
+    model_id: str
+    v: int
+    onnx_key: str
+
+
+@dataclass
+class InputImage:
+    name: str | None
+    data: bytes | None = None
+    url: str | None = None
+
+
+async def read_inputs(request: Request, settings: Settings) -> list[InputImage]:
+    content_type = request.headers.get("content-type", "")
+    limit = settings.predict_max_images
+    if content_type.startswith("multipart/"):
+        form = await request.form(max_files=limit + 1)
+        files = [f for f in form.getlist("files") if hasattr(f, "read")]
+        images = [InputImage(name=getattr(f, "filename", None), data=await f.read()) for f in files]  # type: ignore[union-attr]
+    elif content_type.startswith("application/json"):
+        try:
+            body = PredictRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise Unprocessable("The body must be {\"images\": [{\"base64\": \"...\"} or {\"url\": \"...\"}]}.",
+                                code="invalid_input") from exc
+        images = []
+        for position, item in enumerate(body.images, start=1):
+            if bool(item.base64) == bool(item.url):
+                raise Unprocessable(f"Image {position}: give either 'base64' or 'url'.", code="invalid_input")
+            if item.base64:
+                try:
+                    images.append(InputImage(name=None, data=base64.b64decode(item.base64, validate=True)))
+                except (binascii.Error, ValueError) as exc:
+                    raise Unprocessable(f"Image {position}: the base64 text is not valid.",
+                                        code="invalid_base64") from exc
+            else:
+                images.append(InputImage(name=item.url, url=item.url))
+    else:
+        raise Unprocessable("Send images as multipart 'files', or JSON {\"images\": [...]}.",
+                            code="unsupported_media_type")
+    if not images:
+        raise Unprocessable("Send at least one image.", code="no_images")
+    if len(images) > limit:
+        raise PayloadTooLarge(f"Send at most {limit} images per call.", code="too_many_images")
+    return images
+
+
+def _pixels(model: ServingModel, image: InputImage, limits: ImageLimits, policy: FetchPolicy,
+            position: int) -> np.ndarray:
+    label = f"'{image.name}'" if image.name else f"Image {position}"
+    data = image.data
+    if image.url is not None:
+        try:
+            fetched = fetch(image.url, policy)
+        except FetchRefused as exc:
+            raise Unprocessable(f"{label}: {exc.sentence}", code=exc.code) from exc
+        with fetched.body:
+            data = fetched.body.read()
+    try:
+        return pixels_for(model, data or b"", limits)
+    except ImageRejected as exc:
+        raise Unprocessable(f"{label}: {exc.sentence}", code=exc.code.value) from exc
+
+
+class PredictionService:
+    """One per app: the model cache and the micro-batcher are shared by all requests."""
+
+    def __init__(self, settings: Settings, blobs: BlobStore):
+        self.settings = settings
+        self.blobs = blobs
+        self.cache = ModelCache(settings.serving_cache_bytes)
+        self.batcher = MicroBatcher(max_batch=settings.predict_max_batch, max_wait_s=settings.predict_batch_wait_s)
+
+    def _load(self, target: Target) -> ServingModel:
+        return self.cache.get((target.model_id, target.v),
+                              lambda: load_model(self.blobs.read_bytes(target.onnx_key),
+                                                 threads=self.settings.serving_threads))
+
+    async def predict(self, target: Target, images: list[InputImage], *, k: int,
+                      threshold: float | None) -> list[dict[str, object]]:
+        model = await asyncio.to_thread(self._load, target)
+        limits = ImageLimits(max_pixels=self.settings.max_image_pixels, max_bytes=self.settings.max_image_bytes)
+        policy = FetchPolicy(allow_private=self.settings.fetch_allow_private, timeout_s=self.settings.fetch_timeout_s,
+                             max_bytes=self.settings.max_image_bytes)
+        arrays = await asyncio.gather(*(asyncio.to_thread(_pixels, model, image, limits, policy, i)
+                                        for i, image in enumerate(images, start=1)))
+        probs = await self.batcher.run((target.model_id, target.v), model, np.stack(arrays))
+        answers = top_k(model, probs, k, threshold)
+        for answer, image in zip(answers, images, strict=True):
+            answer["name"] = image.name
+        return answers

@@ -1,0 +1,306 @@
+"""HTTP routes for models: train, inspect, versions, activate, export, predict (thin)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
+from pydantic import BaseModel
+from starlette.background import BackgroundTask
+
+from pigeonhole.api.deps import DbSession, Predictor, Reader, Writer
+from pigeonhole.api.schemas import ListPage
+from pigeonhole.auth.scopes import Principal
+from pigeonhole.db.base import utcnow
+from pigeonhole.db.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, paginate
+from pigeonhole.db.tables import Model, ModelVersion
+from pigeonhole.errors import Conflict, NotFound, TooManyRequests, Unprocessable
+from pigeonhole.jobs.schemas import JobPublic, job_public
+from pigeonhole.jobs.service import create_job, get_job
+from pigeonhole.models import repository as repo
+from pigeonhole.models.batch import results_keys
+from pigeonhole.models.predict import Target, read_inputs
+from pigeonhole.models.schemas import (
+    ClassChange,
+    ClassesAdd,
+    InputSpecPublic,
+    ModelCreate,
+    ModelPublic,
+    PredictionResult,
+    PredictRequest,
+    RefreshRequest,
+    VersionPublic,
+)
+from pigeonhole.models.service import ModelService, TrainingRequest
+from pigeonhole.serving.limits import retry_after
+from pigeonhole.usage.quota import next_month_seconds
+
+router = APIRouter(prefix="/api/v1/models", tags=["models"])
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON schema with its ``$defs`` inlined: OpenAPI cannot resolve pydantic's local refs."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
+def _service(request: Request, db: DbSession, principal: Principal) -> ModelService:
+    return ModelService(db, principal.user_id, request.app.state.settings)
+
+
+def _write_service(request: Request, db: DbSession, principal: Writer) -> ModelService:
+    return _service(request, db, principal)
+
+
+def _read_service(request: Request, db: DbSession, principal: Reader) -> ModelService:
+    return _service(request, db, principal)
+
+
+WriteService = Annotated[ModelService, Depends(_write_service)]
+ReadService = Annotated[ModelService, Depends(_read_service)]
+
+
+def _writable(model_id: str, service: WriteService) -> Model:
+    return service.get(model_id)
+
+
+def _readable(model_id: str, service: ReadService) -> Model:
+    return service.get(model_id)
+
+
+WritableModel = Annotated[Model, Depends(_writable)]
+ReadableModel = Annotated[Model, Depends(_readable)]
+
+
+def model_public(model: Model, active: ModelVersion | None, training: bool = False) -> ModelPublic:
+    # "training" is derived: the job's own status says when it runs (a worker never writes the model row).
+    status_ = "training" if training and model.status == "queued" else model.status
+    return ModelPublic(id=model.id, name=model.name, dataset_id=model.dataset_id, status=status_,
+                       active_version=model.active_version,
+                       classes=active.classes if active else (model.requested_classes or []),
+                       metrics=active.metrics if active else None, target_accuracy=model.target_accuracy,
+                       time_budget_s=model.time_budget_s, preference=model.preference,  # type: ignore[arg-type]
+                       job_id=model.job_id, created_at=model.created_at, updated_at=model.updated_at)
+
+
+def version_public(row: ModelVersion, model: Model) -> VersionPublic:
+    spec = row.input_spec
+    return VersionPublic(v=row.v, classes=row.classes, metrics=row.metrics, size_bytes=row.size_bytes,
+                         latency_ms=row.latency_ms, throughput=row.throughput, threshold=row.threshold,
+                         lineage=row.lineage, created_at=row.created_at, active=row.v == model.active_version,
+                         input=InputSpecPublic(height=spec["height"], width=spec["width"], layout=spec.get("layout",
+                                               "NCHW"), dtype=spec.get("dtype", "uint8"), color=spec["color"],
+                                               mean=spec.get("mean"), std=spec.get("std")))
+
+
+def _public(service: ModelService, model: Model) -> ModelPublic:
+    return model_public(model, repo.active_versions(service.db, [model]).get(model.id),
+                        model.id in repo.running_jobs(service.db, [model]))
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelPublic)
+def create_model(body: ModelCreate, service: WriteService) -> ModelPublic:
+    """Train a model on a dataset. The first version usually serves within a minute; better ones follow."""
+    model = service.create(TrainingRequest(name=body.name, dataset_id=body.dataset_id, classes=body.classes,
+                                           target_accuracy=body.target_accuracy, time_budget_s=body.time_budget_s,
+                                           preference=body.preference))
+    return _public(service, model)
+
+
+@router.get("", response_model=ListPage[ModelPublic])
+def list_models(principal: Reader, db: DbSession, cursor: str | None = None,
+                limit: int = Query(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)) -> ListPage[ModelPublic]:
+    """Your models, newest first, with their status and the metrics of the version that serves."""
+    page = paginate(db, repo.models_readable_by(principal.user_id), Model.id, cursor=cursor, limit=limit)
+    active = repo.active_versions(db, page.items)
+    running = repo.running_jobs(db, page.items)
+    return ListPage(items=[model_public(m, active.get(m.id), m.id in running) for m in page.items],
+                    next_cursor=page.next_cursor)
+
+
+@router.get("/{model_id}", response_model=ModelPublic)
+def get_model(model: ReadableModel, service: ReadService) -> ModelPublic:
+    """A model with its status, classes and the metrics of the version that serves."""
+    return _public(service, model)
+
+
+@router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_model(model: WritableModel, request: Request, service: WriteService) -> Response:
+    """Delete a model, all its versions and their files (a running training is cancelled)."""
+    keys = service.delete(model)
+    blobs = request.app.state.blob_store
+
+    def remove() -> None:
+        for key in keys:
+            blobs.delete_key(key)
+
+    return Response(status_code=status.HTTP_204_NO_CONTENT, background=BackgroundTask(remove))
+
+
+@router.post("/{model_id}/retrain", status_code=status.HTTP_202_ACCEPTED, response_model=ModelPublic)
+def retrain(model: WritableModel, service: WriteService) -> ModelPublic:
+    """Train again from scratch on the dataset as it is now; the current version serves until a better one wins."""
+    return _public(service, service.retrain(model))
+
+
+@router.post("/{model_id}/classes", status_code=status.HTTP_202_ACCEPTED, response_model=ClassChange)
+def add_classes(model: WritableModel, body: ClassesAdd, service: WriteService) -> ClassChange:
+    """Add classes that exist in the model's dataset: a new version serves them within seconds.
+
+    No retraining: only the new classes' images pass through the model's frozen extractor.
+    Follow ``job_id`` (``GET /api/v1/jobs/{id}``) to see when the new version is active.
+    """
+    job = service.change_classes(model, add=list(body.names), remove=[])
+    return ClassChange(model=_public(service, model), job_id=job.id if job else None)
+
+
+@router.delete("/{model_id}/classes/{name}", status_code=status.HTTP_202_ACCEPTED, response_model=ClassChange)
+def remove_class(model: WritableModel, name: str, service: WriteService) -> ClassChange:
+    """Remove a class: a new version without it serves within seconds (no retraining)."""
+    job = service.change_classes(model, add=[], remove=[name])
+    return ClassChange(model=_public(service, model), job_id=job.id if job else None)
+
+
+@router.post("/{model_id}/batch-predictions", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def batch_predict(model: WritableModel, request: Request, service: WriteService,
+                  file: UploadFile | None = File(None, description="a zip of images (any folders)"),
+                  urls: str | None = Form(None, description="image addresses, one per line"),
+                  top_k: int = Query(3, ge=1, le=100), version: int | None = Query(None, ge=1)) -> JobPublic:
+    """Classify a whole zip of images or a list of URLs in the background.
+
+    Follow the job; then download the results with ``GET …/batch-predictions/{job_id}?format=csv|json``.
+    """
+    settings = request.app.state.settings
+    row = service.serving_version(model, version)
+    limits = {"max_pixels": settings.max_image_pixels, "max_bytes": settings.max_image_bytes}
+    policy = {"allow_private": settings.fetch_allow_private, "timeout_s": settings.fetch_timeout_s,
+              "max_bytes": settings.max_image_bytes}
+    params: dict[str, Any] = {"model_id": model.id, "version": row.v, "onnx_key": row.onnx_key, "top_k": top_k,
+                              "limits": limits, "policy": policy}
+    if file is not None and file.filename:
+        ref = request.app.state.blob_store.put_stream(file.file)
+        params.update(zip_sha256=ref.sha256, zip_size=ref.size)
+    lines = [u.strip() for u in (urls or "").splitlines() if u.strip()]
+    if lines:
+        if len(lines) > settings.fetch_max_items:
+            raise Unprocessable(f"Send at most {settings.fetch_max_items} addresses at a time.", code="too_many_items")
+        params["urls"] = lines
+    if "zip_sha256" not in params and not lines:
+        raise Unprocessable("Send a zip file of images ('file') or image addresses ('urls').", code="no_images")
+    job = create_job(service.db, service.owner_id, "batch-predict", params, model_id=model.id, settings=settings)
+    return job_public(job)
+
+
+@router.get("/{model_id}/batch-predictions/{job_id}", response_class=Response,
+            responses={200: {"content": {"text/csv": {}, "application/json": {}}}})
+def batch_results(model: ReadableModel, job_id: str, request: Request, service: ReadService,
+                  format: str = Query("csv", pattern="^(csv|json)$")) -> Response:
+    """The results of a finished batch prediction, as CSV or JSON."""
+    job = get_job(service.db, service.owner_id, job_id)
+    if job.kind != "batch-predict" or job.model_id != model.id:
+        raise NotFound("There is no such batch prediction for this model.", code="job_not_found")
+    if job.status != "succeeded":
+        raise Conflict(f"This batch prediction is {job.status}; results come when it has succeeded.",
+                       code="not_finished")
+    data = request.app.state.blob_store.read_bytes(results_keys(job.id)[format])
+    media = "text/csv; charset=utf-8" if format == "csv" else "application/json"
+    return Response(data, media_type=media,
+                    headers={"Content-Disposition": f'attachment; filename="predictions-{job.id}.{format}"'})
+
+
+@router.post("/{model_id}/refresh", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def refresh(model: WritableModel, service: WriteService, body: RefreshRequest | None = None) -> JobPublic:
+    """Use the images added to (or deleted from) the model's classes since its version was made.
+
+    Not automatic: datasets change in many small steps, so you choose when to update; it takes
+    seconds and only new images pass through the extractor (the others come from the cache).
+    """
+    return job_public(service.refresh(model, body.classes if body else None))
+
+
+@router.get("/{model_id}/versions", response_model=ListPage[VersionPublic])
+def list_versions(model: ReadableModel, service: ReadService, cursor: str | None = None,
+                  limit: int = Query(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)) -> ListPage[VersionPublic]:
+    """Every version of the model, newest first."""
+    page = paginate(service.db, repo.versions_of(model.id), ModelVersion.id, cursor=cursor, limit=limit)
+    return ListPage(items=[version_public(v, model) for v in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/{model_id}/versions/{v}", response_model=VersionPublic)
+def get_version(model: ReadableModel, v: int, service: ReadService) -> VersionPublic:
+    """One version: classes, metrics (accuracy, per-class figures, confusion matrix), size, speed, lineage."""
+    return version_public(service.version(model, v), model)
+
+
+@router.post("/{model_id}/versions/{v}/activate", response_model=ModelPublic)
+def activate_version(model: WritableModel, v: int, service: WriteService) -> ModelPublic:
+    """Serve this version from now on (roll back or forward)."""
+    return _public(service, service.activate(model, v))
+
+
+@router.get("/{model_id}/versions/{v}/export", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+def export_version(model: ReadableModel, v: int, request: Request, service: ReadService,
+                   format: str = Query("onnx", description="only 'onnx' for now")) -> Response:
+    """Download the version as one ONNX file (uint8 NCHW pixels in, probabilities out; see the version's input)."""
+    if format != "onnx":
+        raise Unprocessable("Only format=onnx is available.", code="unsupported_format")
+    row = service.version(model, v)
+    data = request.app.state.blob_store.read_bytes(row.onnx_key)
+    return Response(data, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{model.id}-v{v}.onnx"'})
+
+
+PREDICT_ROUTE = "/api/v1/models/{model_id}/predict"
+
+
+def _within_limits(request: Request, principal: Principal) -> None:
+    """Rate limit per token (or user), then the user's monthly quota: 429 with Retry-After."""
+    settings = request.app.state.settings
+    wait = request.app.state.predict_limiter.acquire(principal.token_id or f"user:{principal.user_id}")
+    if wait > 0:
+        raise TooManyRequests("Too many prediction calls at once. Slow down a little and try again.",
+                              retry_after_s=retry_after(wait), code="rate_limited")
+    monthly = settings.predict_monthly_images_per_user
+    if monthly and request.app.state.monthly_quota.images_this_month(principal.user_id, PREDICT_ROUTE) >= monthly:
+        raise TooManyRequests(f"You have used this month's {monthly} predictions. Ask the administrator for a "
+                              "larger quota, or wait for next month.", retry_after_s=next_month_seconds(utcnow()),
+                              code="monthly_quota")
+
+
+def _target(request: Request, db: DbSession, principal: Predictor, model_id: str,
+            version: int | None = Query(None, ge=1, description="default: the active version")) -> Target:
+    request.state.meter = True  # every prediction counts, from the web app too
+    _within_limits(request, principal)
+    service = ModelService(db, principal.user_id, request.app.state.settings)
+    row = service.serving_version(service.get(model_id), version)
+    return Target(model_id=model_id, v=row.v, onnx_key=row.onnx_key)
+
+
+@router.post("/{model_id}/predict", response_model=PredictionResult,
+             openapi_extra={"requestBody": {"content": {
+                 "multipart/form-data": {"schema": {"type": "object", "properties": {
+                     "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+                 "application/json": {"schema": inline_schema(PredictRequest)}}}})
+async def predict(request: Request, target: Annotated[Target, Depends(_target)],
+                  top_k: int = Query(3, ge=1, le=100),
+                  threshold: float | None = Query(None, ge=0, le=1, description="override the version's threshold"),
+                  ) -> PredictionResult:
+    """Classify images (multipart ``files``, or JSON with base64 or URLs). ``label`` is null when unsure."""
+    settings = request.app.state.settings
+    images = await read_inputs(request, settings)
+    request.state.usage_images = len(images)
+    answers = await request.app.state.predictions.predict(target, images, k=top_k, threshold=threshold)
+    return PredictionResult(model_id=target.model_id, version=target.v, predictions=answers)  # type: ignore[arg-type]

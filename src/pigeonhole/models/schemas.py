@@ -1,0 +1,102 @@
+"""Request and response bodies for models, versions and predictions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from pigeonhole.api.schemas import Text
+
+Preference = Literal["fast", "balanced", "accurate"]
+
+
+class ModelCreate(BaseModel):
+    name: Text = Field(max_length=400, examples=["Garden birds"])
+    dataset_id: Text = Field(max_length=64)
+    classes: list[Text] | None = Field(default=None, description="train on these classes only (default: all)")
+    target_accuracy: float | None = Field(default=None, ge=0, le=1, description="stop once this is reached")
+    time_budget_s: int | None = Field(default=None, ge=10, le=7 * 24 * 3600, description="longest training time")
+    preference: Preference = "balanced"
+
+
+class InputSpecPublic(BaseModel):
+    height: int
+    width: int
+    layout: str
+    dtype: str
+    color: str
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+class VersionPublic(BaseModel):
+    v: int
+    classes: list[str]
+    metrics: dict[str, Any]
+    size_bytes: int
+    latency_ms: float | None
+    throughput: float | None = Field(description="images per second when predicting in batches")
+    threshold: float = Field(description="below this confidence the answer is 'unknown'")
+    lineage: dict[str, Any]
+    input: InputSpecPublic
+    created_at: datetime
+    active: bool
+
+
+class ModelPublic(BaseModel):
+    id: str
+    name: str
+    dataset_id: str | None
+    status: str
+    active_version: int | None
+    classes: list[str]
+    metrics: dict[str, Any] | None = Field(description="of the active version")
+    target_accuracy: float | None
+    time_budget_s: int
+    preference: Preference
+    job_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class PredictionTop(BaseModel):
+    label: str
+    confidence: float
+
+
+class Prediction(BaseModel):
+    label: str | None = Field(description="null means 'unknown': no class is confident enough")
+    confidence: float
+    top: list[PredictionTop]
+    name: str | None = None
+
+
+class PredictionResult(BaseModel):
+    model_id: str
+    version: int
+    predictions: list[Prediction]
+
+
+class PredictImage(BaseModel):
+    base64: Text | None = None
+    url: Text | None = Field(default=None, max_length=2048)
+
+
+class PredictRequest(BaseModel):
+    images: list[PredictImage]
+
+
+class ClassesAdd(BaseModel):
+    names: list[Text] = Field(min_length=1, description="classes of the model's dataset to add")
+
+
+class ClassChange(BaseModel):
+    model: ModelPublic
+    job_id: str | None = Field(description="the job making the new version; null when no version exists yet "
+                                           "(the training's first version will include the change)")
+
+
+class RefreshRequest(BaseModel):
+    classes: list[Text] | None = Field(default=None, description="classes whose images changed (default: all)")

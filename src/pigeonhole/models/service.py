@@ -1,0 +1,254 @@
+"""Model rules: what may be trained, versions and which one serves, deletion."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from pigeonhole.datasets import repository as dataset_repo
+from pigeonhole.db.base import utcnow
+from pigeonhole.db.tables import Job, Model, ModelVersion
+from pigeonhole.errors import Conflict, NotFound, Unprocessable
+from pigeonhole.jobs.service import cancel_job, create_job
+from pigeonhole.models import repository as repo
+from pigeonhole.settings import Settings
+
+# Default training time per preference when the user does not say: quick, sensible, thorough.
+DEFAULT_BUDGET_S = {"fast": 120, "balanced": 600, "accurate": 1800}
+MIN_IMAGES_PER_CLASS = 5
+CHANGE_ATTEMPTS = 5
+
+
+def artifact_prefix(model_id: str, version_id: str) -> str:
+    """Blob keys of a version; versions are immutable, so keys are never reused."""
+    return f"models/{model_id}/{version_id}"
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    name: str
+    dataset_id: str
+    classes: list[str] | None
+    target_accuracy: float | None
+    time_budget_s: int | None
+    preference: str
+
+
+class ModelService:
+    def __init__(self, db: Session, owner_id: str, settings: Settings):
+        self.db = db
+        self.owner_id = owner_id
+        self.settings = settings
+
+    def get(self, model_id: str) -> Model:
+        model = repo.model_readable_by(self.db, self.owner_id, model_id)
+        if model is None:
+            raise NotFound("There is no such model.", code="model_not_found")
+        return model
+
+    def create(self, request: TrainingRequest) -> Model:
+        name = request.name.strip()
+        if not name or len(name) > 200:
+            raise Unprocessable("Give the model a name of 1 to 200 characters.", code="invalid_name")
+        dataset = dataset_repo.dataset_readable_by(self.db, self.owner_id, request.dataset_id)
+        if dataset is None:
+            raise NotFound("There is no such dataset.", code="dataset_not_found")
+        classes = self._trainable_classes(dataset.id, request.classes)
+        budget = request.time_budget_s or DEFAULT_BUDGET_S[request.preference]
+        model = Model(owner_id=self.owner_id, dataset_id=dataset.id, name=name, status="queued",
+                      requested_classes=classes, target_accuracy=request.target_accuracy,
+                      time_budget_s=budget, preference=request.preference)
+        self.db.add(model)
+        self.db.flush()
+        self._start_training(model, classes, kind="train")
+        return model
+
+    def retrain(self, model: Model) -> Model:
+        if model.dataset_id is None:
+            raise Conflict("This model's dataset was deleted, so it cannot be trained again.", code="no_dataset")
+        if model.status in ("queued", "training"):
+            raise Conflict("This model is already training. Wait for it to finish or cancel the job.",
+                           code="already_training")
+        classes = self._trainable_classes(model.dataset_id, model.requested_classes)
+        self._start_training(model, classes, kind="retrain")
+        return model
+
+    def _trainable_classes(self, dataset_id: str, wanted: list[str] | None) -> list[str]:
+        counts = {s.name: s.count for s in dataset_repo.class_stats(self.db, dataset_id)}
+        classes = sorted(counts) if wanted is None else list(dict.fromkeys(wanted))
+        missing = [c for c in classes if c not in counts]
+        if missing:
+            raise Unprocessable(f"The dataset has no class named {', '.join(repr(c) for c in missing)}.",
+                                code="class_not_found")
+        if len(classes) < 2:
+            raise Unprocessable("A model needs at least two classes with images.", code="too_few_classes")
+        small = [c for c in classes if counts[c] < MIN_IMAGES_PER_CLASS]
+        if small:
+            raise Unprocessable(f"Class '{small[0]}' has only {counts[small[0]]} image(s); each class needs at "
+                                f"least {MIN_IMAGES_PER_CLASS} to train.", code="too_few_images")
+        return classes
+
+    def _start_training(self, model: Model, classes: list[str], *, kind: str) -> None:
+        params: dict[str, Any] = {"model_id": model.id, "dataset_id": model.dataset_id, "classes": classes,
+                                  "target_accuracy": model.target_accuracy, "time_budget_s": model.time_budget_s,
+                                  "preference": model.preference, "seed": 0}
+        job = create_job(self.db, self.owner_id, kind, params, model_id=model.id, dataset_id=model.dataset_id,
+                         settings=self.settings)
+        model.job_id = job.id
+        if model.active_version is None:
+            model.status = "queued"
+        model.updated_at = utcnow()
+
+    def change_classes(self, model: Model, *, add: list[str], remove: list[str]) -> Job | None:
+        """Add classes from the dataset or remove classes; the new version comes from an ``expand`` job.
+
+        With no version yet (training has not delivered one), only the wanted classes change: the
+        training's first version is then brought up to date before it serves. Concurrent changes
+        are applied one after the other (compare-and-set on ``classes_rev``), never lost.
+        """
+        add = list(dict.fromkeys(add))
+        for _ in range(CHANGE_ATTEMPTS):
+            wanted = self._wanted_after(model, add, remove)
+            updated = self.db.execute(
+                update(Model).where(Model.id == model.id, Model.classes_rev == model.classes_rev)
+                .values(requested_classes=wanted, classes_rev=model.classes_rev + 1, updated_at=utcnow()))
+            if updated.rowcount == 1:
+                self.db.refresh(model)
+                if model.active_version is None:
+                    return None
+                return self.expand_from(model, model.active_version)
+            self.db.refresh(model)  # someone else changed the classes just now: start again from theirs
+        raise Conflict("The model's classes are being changed by another request. Try again.", code="busy")
+
+    def _wanted_after(self, model: Model, add: list[str], remove: list[str]) -> list[str]:
+        current = list(model.requested_classes or [])
+        for name in add:
+            if name in current:
+                raise Conflict(f"The model already has a class named '{name}'.", code="class_exists")
+        for name in remove:
+            if name not in current:
+                raise NotFound(f"The model has no class named '{name}'.", code="class_not_found")
+        if add:
+            if model.dataset_id is None:
+                raise Conflict("This model's dataset was deleted, so it has no images for new classes.",
+                               code="no_dataset")
+            counts = {s.name: s.count for s in dataset_repo.class_stats(self.db, model.dataset_id)}
+            for name in add:
+                if name not in counts:
+                    raise Unprocessable(f"The dataset has no class named '{name}'. Upload its images first.",
+                                        code="class_not_found")
+                if counts[name] < MIN_IMAGES_PER_CLASS:
+                    raise Unprocessable(f"Class '{name}' has only {counts[name]} image(s); add at least "
+                                        f"{MIN_IMAGES_PER_CLASS - counts[name]} more first.", code="too_few_images")
+        wanted = [c for c in current if c not in remove] + add
+        if len(wanted) < 2:
+            raise Unprocessable("A model needs at least two classes.", code="too_few_classes")
+        return wanted
+
+    def refresh(self, model: Model, classes: list[str] | None) -> Job:
+        """Bring the active version up to date with images added to (or removed from) its classes."""
+        if model.active_version is None:
+            raise Conflict("This model has no version yet; its training will use the images as they are.",
+                           code="no_version")
+        if model.dataset_id is None:
+            raise Conflict("This model's dataset was deleted, so there is nothing to update from.", code="no_dataset")
+        base = self.version(model, model.active_version)
+        wanted = list(dict.fromkeys(classes)) if classes else list(base.classes)
+        unknown = [c for c in wanted if c not in base.classes]
+        if unknown:
+            raise NotFound(f"The model has no class named '{unknown[0]}'.", code="class_not_found")
+        counts = {s.name: s.count for s in dataset_repo.class_stats(self.db, model.dataset_id)}
+        short = [c for c in wanted if counts.get(c, 0) < MIN_IMAGES_PER_CLASS]
+        if short:
+            raise Unprocessable(f"Class '{short[0]}' has only {counts.get(short[0], 0)} image(s) left; a class "
+                                f"needs at least {MIN_IMAGES_PER_CLASS}. Remove the class instead.",
+                                code="too_few_images")
+        return create_job(self.db, self.owner_id, "expand",
+                          {"model_id": model.id, "base_version": base.v, "add": [], "remove": [],
+                           "refresh": wanted}, model_id=model.id, dataset_id=model.dataset_id, settings=self.settings)
+
+    def expand_from(self, model: Model, base_version: int) -> Job | None:
+        """Queue the job that brings ``base_version`` to the model's wanted classes (None: nothing to do)."""
+        base = self.version(model, base_version)
+        wanted = list(model.requested_classes or [])
+        add = [c for c in wanted if c not in base.classes]
+        remove = [c for c in base.classes if c not in wanted]
+        if not add and not remove:
+            return None
+        return create_job(self.db, self.owner_id, "expand",
+                          {"model_id": model.id, "base_version": base_version, "add": add, "remove": remove},
+                          model_id=model.id, dataset_id=model.dataset_id, settings=self.settings)
+
+    def version(self, model: Model, v: int) -> ModelVersion:
+        row = repo.version(self.db, model.id, v)
+        if row is None:
+            raise NotFound(f"This model has no version {v}.", code="version_not_found")
+        return row
+
+    def serving_version(self, model: Model, v: int | None) -> ModelVersion:
+        if v is not None:
+            return self.version(model, v)
+        if model.active_version is None:
+            raise Conflict("This model has no trained version yet. Wait for its first version (usually "
+                           "seconds after training starts).", code="no_version")
+        return self.version(model, model.active_version)
+
+    def activate(self, model: Model, v: int) -> Model:
+        self.version(model, v)
+        model.active_version = v
+        model.status = "ready"
+        model.updated_at = utcnow()
+        return model
+
+    def delete(self, model: Model) -> list[str]:
+        """Delete the model and its versions; returns the artifact keys to remove from the blob store."""
+        if model.job_id:
+            with contextlib.suppress(Conflict, NotFound):  # the job already finished, or is gone
+                cancel_job(self.db, self.owner_id, model.job_id)
+        keys = [k for v in self.db.scalars(repo.versions_of(model.id)) for k in (v.onnx_key, v.head_key, v.card_key)
+                if k]
+        self.db.delete(model)
+        return keys
+
+
+def settle_version(db: Session, model: Model, settings: Settings, **fields: Any) -> ModelVersion:
+    """Record a version a job produced, and activate it only if it has the classes the user wants now.
+
+    Otherwise the classes changed while the job ran: if the active version already has them, this
+    one is just kept in the history; if not, an expand job brings this (newer) version up to date,
+    and that job's version will serve. So changes made during a job are never lost, and the job is
+    never restarted because of them.
+    """
+    wanted = set(model.requested_classes or fields["classes"])
+    current = set(fields["classes"]) == wanted
+    row = record_version(db, model, activate=current, **fields)
+    if not current:
+        active = repo.version(db, model.id, model.active_version) if model.active_version else None
+        if active is None or set(active.classes) != wanted:
+            ModelService(db, model.owner_id, settings).expand_from(model, row.v)
+    return row
+
+
+def record_version(db: Session, model: Model, *, classes: list[str], metrics: dict[str, Any],
+                   input_spec: dict[str, Any], threshold: float, size_bytes: int, onnx_key: str,
+                   head_key: str | None, card_key: str | None, lineage: dict[str, Any], latency_ms: float | None,
+                   throughput: float | None, job_id: str | None, activate: bool, version_id: str | None = None,
+                   ) -> ModelVersion:
+    """A new immutable version (and, with ``activate``, the one that serves from now on)."""
+    row = ModelVersion(model_id=model.id, v=repo.next_version_number(db, model.id), classes=classes, metrics=metrics,
+                       input_spec=input_spec, threshold=threshold, size_bytes=size_bytes, onnx_key=onnx_key,
+                       head_key=head_key, card_key=card_key, lineage=lineage, latency_ms=latency_ms,
+                       throughput=throughput, job_id=job_id)
+    if version_id:
+        row.id = version_id
+    db.add(row)
+    db.flush()
+    if activate:
+        model.active_version = row.v
+        model.status = "ready"
+    model.updated_at = utcnow()
+    return row

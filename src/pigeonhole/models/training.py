@@ -1,0 +1,183 @@
+"""The training job: a thin wrapper that runs the ML core's anytime search on a Ray worker.
+
+Dispatcher side (database): ``prepare`` snapshots the dataset into plain data (sha256, label,
+split per image) and the past searches of the model memory; ``on_event`` records each candidate the
+search hands over as a new version and activates it at once (the user has a working model within
+seconds, better ones replace it); ``on_success`` stores the search in the model memory.
+Worker side (no database): ``run`` reads images from the blob store, runs the search, and uploads
+each winning candidate's files (ONNX, head statistics, card) to the blob store before emitting it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pigeonhole.compute.handlers import JobContext, JobFailed, JobHandler, Placement, Resources, register
+from pigeonhole.db.tables import DatasetImage, Job, Model
+from pigeonhole.ids import new_id
+from pigeonhole.learn.data import TrainingImage, TrainingSet
+from pigeonhole.learn.memory import InMemoryStore, JsonMemoryStore, ModelMemory, SearchRecord
+from pigeonhole.learn.search import CandidateResult, SearchConfig, run_search
+from pigeonhole.models.service import artifact_prefix, settle_version
+from pigeonhole.settings import load_settings
+from pigeonhole.storage.blobs import BlobStore
+
+MEMORY_FILE = "model_memory.json"
+
+
+class BlobSource:
+    """Image bytes by sha256 from the blob store (sizes checked on read)."""
+
+    def __init__(self, blobs: BlobStore, sizes: dict[str, int]):
+        self.blobs = blobs
+        self.sizes = sizes
+
+    def open(self, key: str) -> bytes:
+        return self.blobs.read_blob(key, self.sizes[key])
+
+
+def _memory_store() -> JsonMemoryStore:
+    return JsonMemoryStore(load_settings().data_dir / MEMORY_FILE)
+
+
+class _Reporter:
+    """Adapts the search's reporter to the job context: progress, cancel, and versions as events."""
+
+    def __init__(self, ctx: JobContext, blobs: BlobStore, model_id: str, manifest: list[list[Any]]):
+        self.ctx = ctx
+        self.blobs = blobs
+        self.model_id = model_id
+        self.manifest = manifest  # the images a finished candidate's head holds: train and val
+
+    def progress(self, fraction: float, stage: str, eta_s: float | None, metrics: dict[str, Any]) -> None:
+        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        self.ctx.report(progress=fraction, stage=stage, eta_s=eta_s, metrics=numbers or None)
+
+    def cancelled(self) -> bool:
+        return self.ctx.cancelled()
+
+    def candidate_ready(self, candidate: CandidateResult) -> None:
+        version_id = new_id()
+        prefix = artifact_prefix(self.model_id, version_id)
+        keys = {}
+        for name in ("model", "head", "card"):
+            path = Path(candidate.artifacts[name])
+            key = f"{prefix}/{path.name}"
+            with path.open("rb") as f:
+                self.blobs.put_object(key, f)
+            keys[name] = key
+        keys["manifest"] = f"{prefix}/images.json"
+        self.blobs.put_bytes(keys["manifest"], json.dumps(self.manifest).encode())
+        card = candidate.card
+        self.ctx.emit({
+            "type": "version", "version_id": version_id, "keys": keys, "classes": card["classes"],
+            "metrics": card["metrics"], "input": card["input"], "threshold": card["unknown_threshold"],
+            "size_bytes": candidate.model_size_bytes, "latency_ms": candidate.latency_ms,
+            "throughput": candidate.throughput_img_s, "candidate": candidate.name,
+            "lineage": {**card.get("lineage", {}), "candidate": card.get("candidate"),
+                        "leaderboard": card.get("leaderboard"), "training": card.get("training")},
+        })
+
+
+@register
+class TrainHandler(JobHandler):
+    kind = "train"
+    resources = Resources(num_cpus=1)
+    placement = Placement.GPU_PREFERRED
+    affinity = "dataset"
+    description = "train a model on a dataset (search, fine-tune)"
+
+    def prepare(self, db: Session, job: Job) -> dict[str, Any]:
+        params = job.params
+        if db.get(Model, params["model_id"]) is None:
+            raise JobFailed("The model was deleted before its training started.")
+        rows = db.execute(select(DatasetImage.sha256, DatasetImage.label, DatasetImage.split, DatasetImage.size_bytes)
+                          .where(DatasetImage.dataset_id == params["dataset_id"],
+                                 DatasetImage.label.in_(params["classes"])).order_by(DatasetImage.id))
+        images = [[sha, label, split, size] for sha, label, split, size in rows]
+        if not images:
+            raise JobFailed("The dataset has no images of the chosen classes any more.")
+        settings = load_settings()
+        return {**params, "images": images, "weights_dir": str(settings.resolved_weights_dir),
+                "memory": [r.to_json() for r in _memory_store().load()]}
+
+    def run(self, ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+        blobs = BlobStore(ctx.blob_url)
+        images = tuple(TrainingImage(key=sha, label=label, split=split, size_bytes=size)
+                       for sha, label, split, size in payload["images"])
+        training_set = TrainingSet(images=images, classes=tuple(payload["classes"]))
+        source = BlobSource(blobs, {sha: size for sha, _, _, size in payload["images"]})
+        work = Path(ctx.cache_dir) / "training" / f"{ctx.job_id}-{ctx.attempt}"
+        weights = os.environ.get("PIGEONHOLE_WEIGHTS_DIR") or payload["weights_dir"]
+        config = SearchConfig(target_accuracy=payload.get("target_accuracy"),
+                              time_budget_s=float(payload["time_budget_s"]),
+                              preference=payload.get("preference", "balanced"), seed=int(payload.get("seed", 0)),
+                              weights_dir=Path(weights), cache_dir=Path(ctx.cache_dir) / "learn",
+                              output_dir=work, threads=max(1, int(os.environ.get("PIGEONHOLE_TRAIN_THREADS", "2"))),
+                              cache_bytes=int(ctx.cache_max_bytes), job_id=ctx.job_id)
+        store = InMemoryStore()
+        for raw in payload.get("memory", []):
+            store.append(SearchRecord.from_json(raw))
+        known = len(store.load())
+        ctx.cached(f"dataset:{payload['dataset_id']}")
+        try:
+            manifest = [row for row in payload["images"] if row[2] != "test"]
+            result = run_search(training_set, source, config, _Reporter(ctx, blobs, payload["model_id"], manifest),
+                                memory=ModelMemory(store))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if result.chosen is None and not result.reported and result.stop_reason != "cancelled":
+            raise JobFailed("No model could be trained on this data. Check the dataset's health report.")
+        new_records = [r.to_json() for r in store.load()[known:]]
+        return {"stop_reason": result.stop_reason, "chosen": result.chosen.name if result.chosen else None,
+                "elapsed_s": round(result.elapsed_s, 2), "first_candidate_s": result.first_candidate_s,
+                "leaderboard": result.leaderboard, "memory": new_records}
+
+    def on_event(self, db: Session, job: Job, event: dict[str, Any]) -> None:
+        if event.get("type") != "version":
+            return
+        model = db.get(Model, job.params["model_id"])
+        if model is None:  # deleted meanwhile: nothing to record
+            return
+        keys = event["keys"]
+        spec = {k: v for k, v in event["input"].items() if k in ("height", "width", "layout", "dtype", "color",
+                                                                 "mean", "std")}
+        settle_version(db, model, load_settings(), classes=event["classes"], metrics=event["metrics"],
+                       input_spec=spec, threshold=float(event["threshold"]), size_bytes=int(event["size_bytes"]),
+                       onnx_key=keys["model"], head_key=keys.get("head"), card_key=keys.get("card"),
+                       lineage={**event.get("lineage", {}), "job_id": job.id, "change": "trained",
+                                "manifest_key": keys.get("manifest")},
+                       latency_ms=event.get("latency_ms"), throughput=event.get("throughput"), job_id=job.id,
+                       version_id=event["version_id"])
+
+    def on_success(self, db: Session, job: Job, result: dict[str, Any]) -> None:
+        model = db.get(Model, job.params["model_id"])
+        if model is not None:
+            model.status = "ready" if model.active_version is not None else "failed"
+        store = _memory_store()
+        for raw in result.pop("memory", []):
+            store.append(SearchRecord.from_json(raw))
+
+    def on_failure(self, db: Session, job: Job, reason: str) -> None:
+        model = db.get(Model, job.params["model_id"])
+        if model is not None:
+            model.status = "ready" if model.active_version is not None else "failed"
+
+    def on_cancel(self, db: Session, job: Job) -> None:
+        model = db.get(Model, job.params["model_id"])
+        if model is not None:
+            model.status = "ready" if model.active_version is not None else "cancelled"
+
+
+@register
+class RetrainHandler(TrainHandler):
+    kind = "retrain"
+    description = "retrain a model from scratch on its dataset"
+

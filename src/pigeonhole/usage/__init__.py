@@ -1,0 +1,1 @@
+"""API usage: recorded per token call, aggregated by day, token or model."""

@@ -1,0 +1,230 @@
+"""Adding and removing classes: rules at the API, and the expand job's real work run in-process."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pigeonhole.db.tables import Job, Model, ModelVersion
+from pigeonhole.ids import new_id
+from pigeonhole.learn.features import ImageItem, compute_features
+from pigeonhole.learn.grow import extractor_of, rebuild_model
+from pigeonhole.learn.head import RidgeHead
+from pigeonhole.models.service import record_version
+from pigeonhole.models.training import TrainHandler
+from tests.api.conftest import Account
+from tests.api.datasets_helpers import all_images, upload
+from tests.api.models_helpers import add_version, run_job, trainable_dataset
+from tests.model_factories import dark_bright_version, grey_png
+
+
+@pytest.fixture
+def grown_setup(alice: Account) -> tuple[str, str]:
+    dataset_id = trainable_dataset(alice, per_class=8)
+    upload(alice, dataset_id, [(f"m{i}.png", grey_png(128, 500 + i)) for i in range(8)], label="mid")
+    upload(alice, dataset_id, [(f"f{i}.png", grey_png(128, 600 + i)) for i in range(2)], label="few")
+    model = alice.client.post("/api/v1/models", json={"name": "m", "dataset_id": dataset_id,
+                                                      "classes": ["dark", "bright"]}).json()
+    return model["id"], dataset_id
+
+
+def test_class_changes_are_checked(app, alice: Account, grown_setup: tuple[str, str]) -> None:
+    model_id, _ = grown_setup
+    url = f"/api/v1/models/{model_id}/classes"
+    assert alice.client.post(url, json={"names": ["dark"]}).json()["code"] == "class_exists"
+    assert alice.client.post(url, json={"names": ["zebra"]}).json()["code"] == "class_not_found"
+    assert alice.client.post(url, json={"names": ["few"]}).json()["code"] == "too_few_images"
+    assert alice.client.post(url, json={"names": []}).status_code == 422
+    assert alice.client.delete(f"{url}/zebra").status_code == 404
+    assert alice.client.delete(f"{url}/dark").json()["code"] == "too_few_classes"
+    # before any version exists, only the wanted classes change (training will include them)
+    pending = alice.client.post(url, json={"names": ["mid"]})
+    assert pending.status_code == 202 and pending.json()["job_id"] is None
+
+
+def test_adding_then_removing_a_class_makes_new_versions(app, alice: Account, grown_setup: tuple[str, str],
+                                                         tmp_path: Path) -> None:
+    model_id, _ = grown_setup
+    add_version(app, model_id, growable=True)
+    added = alice.client.post(f"/api/v1/models/{model_id}/classes", json={"names": ["mid"]})
+    assert added.status_code == 202
+    job_id = added.json()["job_id"]
+    assert alice.client.get(f"/api/v1/jobs/{job_id}").json()["kind"] == "expand"
+    run_job(app, job_id, tmp_path)
+
+    model = alice.client.get(f"/api/v1/models/{model_id}").json()
+    assert model["active_version"] == 2 and model["classes"] == ["dark", "bright", "mid"]
+    v2 = alice.client.get(f"/api/v1/models/{model_id}/versions/2").json()
+    assert v2["lineage"]["change"] == "added 'mid'" and v2["lineage"]["parent"] == 1
+    assert "mid" in v2["metrics"]["per_class"]["classes"]
+    files = [("files", ("m.png", grey_png(128, 999))), ("files", ("d.png", grey_png(40, 998)))]
+    answer = alice.client.post(f"/api/v1/models/{model_id}/predict", files=files).json()
+    assert answer["version"] == 2 and [p["top"][0]["label"] for p in answer["predictions"]] == ["mid", "dark"]
+
+    removed = alice.client.delete(f"/api/v1/models/{model_id}/classes/bright")
+    run_job(app, removed.json()["job_id"], tmp_path)
+    model = alice.client.get(f"/api/v1/models/{model_id}").json()
+    assert model["active_version"] == 3 and model["classes"] == ["dark", "mid"]
+    assert alice.client.post(f"/api/v1/models/{model_id}/versions/1/activate").json()["classes"] == ["dark", "bright"]
+
+
+def _probs(alice: Account, model_id: str, v: int) -> list[list[float]]:
+    files = [("files", (f"{i}.png", grey_png(level, 700 + i))) for i, level in enumerate((40, 128, 210, 90))]
+    answer = alice.client.post(f"/api/v1/models/{model_id}/predict", params={"version": v, "top_k": 10},
+                               files=files).json()
+    return [sorted((t["label"], t["confidence"]) for t in p["top"]) for p in answer["predictions"]]
+
+
+def test_add_then_remove_gives_back_the_original_predictions(app, alice: Account, grown_setup: tuple[str, str],
+                                                             tmp_path: Path) -> None:
+    model_id, _ = grown_setup
+    add_version(app, model_id, growable=True)
+    url = f"/api/v1/models/{model_id}/classes"
+    # v2: the original, calibrated on the dataset's validation images like every grown version
+    run_job(app, alice.client.post(url, json={"names": ["mid"]}).json()["job_id"], tmp_path)
+    run_job(app, alice.client.delete(f"{url}/mid").json()["job_id"], tmp_path)  # v3
+    run_job(app, alice.client.post(url, json={"names": ["mid"]}).json()["job_id"], tmp_path)  # v4
+    run_job(app, alice.client.delete(f"{url}/mid").json()["job_id"], tmp_path)  # v5
+    for original, again in ((3, 5), (2, 4)):
+        for a, b in zip(_probs(alice, model_id, original), _probs(alice, model_id, again), strict=True):
+            assert [label for label, _ in a] == [label for label, _ in b]
+            assert max(abs(x - y) for (_, x), (_, y) in zip(a, b, strict=True)) <= 1e-6
+
+
+def test_a_class_added_during_training_is_in_the_jobs_final_version(app, alice: Account,
+                                                                     grown_setup: tuple[str, str],
+                                                                     tmp_path: Path) -> None:
+    model_id, _ = grown_setup
+    train_job = alice.client.get(f"/api/v1/models/{model_id}").json()["job_id"]
+    # While the training runs (no version yet), the user adds a class: accepted at once.
+    assert alice.client.post(f"/api/v1/models/{model_id}/classes", json={"names": ["mid"]}).status_code == 202
+    # The search then hands over its candidate, trained on the classes it started with.
+    v1 = add_version(app, model_id, growable=True, activate=False)
+    with app.state.session_factory() as db:
+        row = db.query(ModelVersion).filter_by(model_id=model_id, v=v1).one()
+        event = {"type": "version", "version_id": "01bbbbbbbbbbbbbbbbbbbbbbbb", "classes": row.classes,
+                 "metrics": row.metrics, "input": row.input_spec, "threshold": row.threshold,
+                 "size_bytes": row.size_bytes, "keys": {"model": row.onnx_key, "head": row.head_key},
+                 "lineage": {}}
+    with app.state.session_factory() as db, db.begin():
+        TrainHandler().on_event(db, db.get(Job, train_job), event)
+        model = db.get(Model, model_id)
+        assert model.active_version is None  # not served with a class missing
+    jobs = alice.client.get("/api/v1/jobs", params={"model_id": model_id}).json()["items"]
+    expand = [j for j in jobs if j["kind"] == "expand"]
+    assert len(expand) == 1 and [j["kind"] for j in jobs].count("train") == 1  # the training was not restarted
+    run_job(app, expand[0]["id"], tmp_path)
+    model = alice.client.get(f"/api/v1/models/{model_id}").json()
+    assert model["classes"] == ["dark", "bright", "mid"] and model["active_version"] == 3
+
+
+def test_concurrent_class_changes_are_serial_and_none_is_lost(app, alice: Account, grown_setup: tuple[str, str],
+                                                              tmp_path: Path) -> None:
+    model_id, dataset_id = grown_setup
+    upload(alice, dataset_id, [(f"g{i}.png", grey_png(170, 800 + i)) for i in range(6)], label="grey")
+    add_version(app, model_id, growable=True)
+    answers: list[int] = []
+    barrier = threading.Barrier(2)
+
+    def add(name: str) -> None:
+        barrier.wait()
+        answers.append(alice.client.post(f"/api/v1/models/{model_id}/classes", json={"names": [name]}).status_code)
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in ("mid", "grey")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [202, 202]
+    jobs = [j for j in alice.client.get("/api/v1/jobs", params={"model_id": model_id}).json()["items"]
+            if j["kind"] == "expand"]
+    for job in reversed(jobs):  # finish them in either order: the result converges on both classes
+        run_job(app, job["id"], tmp_path)
+    pending = [j for j in alice.client.get("/api/v1/jobs", params={"model_id": model_id}).json()["items"]
+               if j["kind"] == "expand" and j["status"] == "queued"]
+    for job in pending:
+        run_job(app, job["id"], tmp_path)
+    model = alice.client.get(f"/api/v1/models/{model_id}").json()
+    assert sorted(model["classes"]) == ["bright", "dark", "grey", "mid"]
+    versions = [v["v"] for v in alice.client.get(f"/api/v1/models/{model_id}/versions").json()["items"]]
+    assert versions == sorted(versions, reverse=True) and len(set(versions)) == len(versions)
+
+
+def test_refresh_uses_new_images_of_existing_classes(app, alice: Account, grown_setup: tuple[str, str],
+                                                     tmp_path: Path) -> None:
+    model_id, dataset_id = grown_setup
+    assert alice.client.post(f"/api/v1/models/{model_id}/refresh").json()["code"] == "no_version"
+    add_version(app, model_id, growable=True)
+    upload(alice, dataset_id, [(f"extra{i}.png", grey_png(35, 900 + i)) for i in range(6)], label="dark")
+    job = alice.client.post(f"/api/v1/models/{model_id}/refresh", json={"classes": ["dark"]})
+    assert job.status_code == 202
+    run_job(app, job.json()["id"], tmp_path)
+    version = alice.client.get(f"/api/v1/models/{model_id}/versions/2").json()
+    assert version["lineage"]["change"] == "updated images of 'dark'"
+    assert sorted(version["classes"]) == ["bright", "dark"]
+    head_counts = version["metrics"]  # test metrics recomputed for the new version
+    assert "accuracy" in head_counts
+    assert alice.client.post(f"/api/v1/models/{model_id}/refresh", json={"classes": ["zebra"]}).status_code == 404
+
+
+def _trained_like_version(app, alice: Account, model_id: str, dataset_id: str) -> None:
+    """A version built the way training builds one: statistics of train + val, hyperparameters chosen on
+    val held out, and a manifest of the images the head holds."""
+    model_bytes, _ = dark_bright_version()
+    extractor = extractor_of(model_bytes)
+    blobs = app.state.blob_store
+    rows = [(i["sha256"], i["label"], i["split"], i["size_bytes"]) for i in all_images(alice, dataset_id)
+            if i["label"] in ("dark", "bright")]
+    head = _reference_head(blobs, extractor, rows, ["dark", "bright"])
+    version_id = new_id()
+    keys = {name: f"models/{model_id}/{version_id}/{name}" for name in ("model.onnx", "head.npz", "images.json")}
+    blobs.put_bytes(keys["model.onnx"], rebuild_model(model_bytes, head))
+    blobs.put_bytes(keys["head.npz"], head.to_bytes())
+    blobs.put_bytes(keys["images.json"], json.dumps([list(r) for r in rows if r[2] != "test"]).encode())
+    with app.state.session_factory() as db, db.begin():
+        record_version(db, db.get(Model, model_id), classes=head.classes, metrics={}, input_spec={"height": 28,
+                       "width": 28, "color": "L"}, threshold=head.threshold, size_bytes=1,
+                       onnx_key=keys["model.onnx"], head_key=keys["head.npz"], card_key=None,
+                       lineage={"manifest_key": keys["images.json"]}, latency_ms=None, throughput=None,
+                       job_id=None, activate=True, version_id=version_id)
+
+
+def _reference_head(blobs, extractor, rows, classes: list[str]) -> RidgeHead:  # type: ignore[no-untyped-def]
+    def feats(split: str) -> tuple[np.ndarray, list[str]]:
+        chosen = sorted((r for r in rows if r[2] == split and r[1] in classes), key=lambda r: classes.index(r[1]))
+        items = [ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n))) for sha, _, _, size in chosen]
+        return compute_features(items, extractor), [r[1] for r in chosen]
+
+    train_f, train_l = feats("train")
+    val_f, val_l = feats("val")
+    head = RidgeHead(train_f.shape[1])
+    head.add(train_f, train_l)
+    head.fit(val_f, val_l)
+    head.add(val_f, val_l)
+    head.solve()
+    return head
+
+
+def test_growing_a_trained_version_equals_a_refit_from_scratch(app, alice: Account, grown_setup: tuple[str, str],
+                                                               tmp_path: Path) -> None:
+    model_id, dataset_id = grown_setup
+    _trained_like_version(app, alice, model_id, dataset_id)
+    run_job(app, alice.client.post(f"/api/v1/models/{model_id}/classes", json={"names": ["mid"]}).json()["job_id"],
+            tmp_path)
+    blobs = app.state.blob_store
+    with app.state.session_factory() as db:
+        grown_row = db.query(ModelVersion).filter_by(model_id=model_id, v=2).one()
+        grown = RidgeHead.from_bytes(blobs.read_bytes(grown_row.head_key))
+        model_bytes = blobs.read_bytes(grown_row.onnx_key)
+    extractor = extractor_of(model_bytes)
+    rows = [(i["sha256"], i["label"], i["split"], i["size_bytes"]) for i in all_images(alice, dataset_id)]
+    reference = _reference_head(blobs, extractor, rows, ["dark", "bright", "mid"])
+    assert grown.classes == reference.classes and grown.counts == reference.counts
+    assert grown.alpha == reference.alpha
+    probe = compute_features([ImageItem(f"p{i}", (lambda i=i: grey_png(30 + 25 * i, 5000 + i)))
+                              for i in range(8)], extractor)
+    np.testing.assert_allclose(grown.predict_proba(probe), reference.predict_proba(probe), atol=1e-6)

@@ -1,0 +1,63 @@
+"""Cancel stops a running job promptly and nothing is created after it; users share the cluster fairly."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pigeonhole.db.base import utcnow
+from pigeonhole.jobs.service import cancel_job
+
+
+@pytest.mark.parametrize("kind", ["selftest", "test-stubborn"])
+def test_cancel_stops_a_running_job_and_keeps_earlier_versions(compute, kind: str) -> None:
+    user = compute.user("cancel@example.com")
+    compute.start_dispatcher()
+    job_id = compute.job(user, kind, {"steps": 400, "step_s": 0.05, "emit_every": 2})
+    compute.wait_for(lambda: len([e for e in compute.events(job_id) if e.type == "version"]) >= 2, 30, "versions")
+    with compute.sessions() as db:
+        asked = cancel_job(db, user, job_id)
+        db.commit()
+    cancelled_at = utcnow()
+    started = time.monotonic()
+    assert asked.status == "running" and asked.cancel_requested
+    job = compute.wait_status(job_id, "cancelled", timeout_s=5)
+    assert time.monotonic() - started < 2.0, "cancel is prompt"
+    kept = [e for e in compute.events(job_id) if e.type == "version"]
+    assert kept, "versions activated before the cancel stay"
+    time.sleep(1.5)  # the worker (stubborn or not) has had time to emit more
+    after = [e for e in compute.events(job_id) if e.type == "version"]
+    assert [e.id for e in after] == [e.id for e in kept], "no version is created after the cancel"
+    assert all(e.created_at <= cancelled_at for e in after)
+    assert compute.get(job_id).status == "cancelled" and job.finished_at is not None
+    dispatcher = compute.dispatchers[0][0]
+    compute.wait_for(lambda: job_id not in dispatcher.tracked, 10, "the Ray task to end")
+
+
+def test_fair_share_between_users(compute) -> None:
+    compute.settings.jobs_max_running_per_user = 2
+    alice, bob = compute.user("a@example.com"), compute.user("b@example.com")
+    a_jobs = [compute.job(alice, "selftest", {"steps": 1, "step_s": 0.4}) for _ in range(10)]
+    b_job = compute.job(bob, "selftest", {"steps": 1, "step_s": 0.4})
+    compute.start_dispatcher()
+    for job_id in [*a_jobs, b_job]:
+        assert compute.wait_status(job_id, "succeeded", timeout_s=60).status == "succeeded"
+    b_started = compute.get(b_job).started_at
+    a_started = sorted(compute.get(j).started_at for j in a_jobs)
+    assert b_started < a_started[9], "B's job starts before A's tenth"
+    assert b_started <= a_started[2], "round-robin: B is served in the first round"
+    assert sum(1 for s in a_started if s < b_started) <= 2
+
+
+def test_progress_reaches_the_database_within_a_second_or_two(compute) -> None:
+    user = compute.user("progress@example.com")
+    compute.start_dispatcher()
+    job_id = compute.job(user, "selftest", {"steps": 3, "step_s": 1.5})
+    compute.wait_for(lambda: compute.get(job_id).progress > 0.3, 30, "the first step")
+    first_seen = time.monotonic()  # the worker reports step 2 about 1.5 s after step 1
+    compute.wait_for(lambda: compute.get(job_id).progress > 0.6, 10, "the second step")
+    assert time.monotonic() - first_seen < 1.5 + 1.5
+    job = compute.get(job_id)
+    assert job.stage == "step 2 of 3" and job.eta_s is not None and job.metrics[-1]["step"] == 2
+    assert compute.wait_status(job_id, "succeeded").progress == 1.0

@@ -1,0 +1,111 @@
+"""Extractor registry: strict pretrained loading, feature shapes, clear unavailability."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pigeonhole.learn._torchvision import tv_models
+from pigeonhole.learn.backbones import (
+    SPECS,
+    PixelExtractor,
+    available_specs,
+    build_architecture,
+    build_extractor,
+    extractor_key,
+    get_spec,
+    unavailable_reason,
+)
+from pigeonhole.learn.preprocess import Normalize, images_to_batch
+from pigeonhole.learn.weights import WeightsCatalog, WeightsError, WeightsNotFoundError
+
+PRETRAINED = ["mobilenet_v2", "squeezenet1_0"]
+NOT_SHIPPED = ["resnet18", "efficientnet_b0", "mobilenet_v3_small", "mobilenet_v3_large"]
+
+
+@pytest.mark.parametrize("extractor_id", PRETRAINED)
+def test_pretrained_loads_strictly_and_gives_features(extractor_id: str, catalog, flowers) -> None:
+    spec = get_spec(extractor_id)
+    assert unavailable_reason(spec, catalog) is None
+    entry = catalog.get(spec.weights)
+    full = getattr(tv_models(), spec.architecture)(weights=None)
+    result = full.load_state_dict(catalog.load_state_dict(entry.name), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+
+    model = PixelExtractor(spec, build_extractor(spec, catalog))
+    pixels = images_to_batch([b for b, _ in flowers.train[:4]], spec.input_size)
+    with torch.no_grad():
+        feats = model(torch.from_numpy(pixels)).numpy()
+    assert feats.shape == (4, spec.feature_dim) == (4, entry.feature_dim)
+    assert np.isfinite(feats).all() and feats.std() > 0
+    # pretrained features differ between different images (not a degenerate network)
+    assert np.abs(feats[0] - feats[1]).max() > 1e-3
+
+
+def test_pretrained_weights_beat_random_init(catalog, flowers) -> None:
+    """Sanity that the real weights are in: the 1000-way ImageNet head of a daisy photo
+    is confident with pretrained weights, near-uniform with random ones."""
+    spec = get_spec("mobilenet_v2")
+    tv = tv_models()
+    full = tv.mobilenet_v2(weights=None)
+    full.load_state_dict(catalog.load_state_dict("mobilenet_v2-imagenet"))
+    pixels = torch.from_numpy(images_to_batch([b for b, _ in flowers.train[:4]], 224))
+    with torch.no_grad():
+        probs = torch.softmax(full.eval()(Normalize(spec.mean, spec.std)(pixels)), dim=1)
+        rand = torch.softmax(tv.mobilenet_v2(weights=None).eval()(Normalize(spec.mean, spec.std)(pixels)), dim=1)
+    assert probs.max(dim=1).values.mean() > 5 * rand.max(dim=1).values.mean()
+
+
+@pytest.mark.parametrize("extractor_id", NOT_SHIPPED)
+def test_specs_without_weights_report_clearly(extractor_id: str, catalog) -> None:
+    spec = get_spec(extractor_id)
+    reason = unavailable_reason(spec, catalog)
+    assert reason is not None and spec.weights in reason
+    assert spec not in available_specs(catalog)
+    with pytest.raises(WeightsNotFoundError, match=spec.weights):
+        build_extractor(spec, catalog)
+    # the architecture itself is right: random init at a small size gives (N, D)
+    with torch.no_grad():
+        out = build_architecture(spec)(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, spec.feature_dim)
+
+
+def test_available_specs_cheapest_first(catalog) -> None:
+    ids = [s.id for s in available_specs(catalog)]
+    assert {"mobilenet_v2", "squeezenet1_0", "smallcnn_l"} <= set(ids)
+    costs = [s.mflops for s in available_specs(catalog)]
+    assert costs == sorted(costs)
+    assert get_spec("mobilenet_v2", 112).mflops == pytest.approx(SPECS["mobilenet_v2"].mflops / 4)
+    assert available_specs(None) == [s for s in available_specs(catalog) if not s.pretrained]
+
+
+def test_catalog_entry_under_another_name_is_found_by_architecture(tmp_path: Path, shared_weights: Path) -> None:
+    entry = json.loads((shared_weights / "weights.json").read_text())["weights"][1]
+    assert entry["architecture"].endswith("squeezenet1_0")
+    (tmp_path / entry["file"]).symlink_to(shared_weights / entry["file"])
+    (tmp_path / "weights.json").write_text(json.dumps({"weights": [{**entry, "name": "my-squeezenet"}]}))
+    catalog = WeightsCatalog(tmp_path)
+    spec = get_spec("squeezenet1_0")
+    assert unavailable_reason(spec, catalog) is None
+    assert extractor_key(spec, catalog) == f"squeezenet1_0:{entry['sha256'][:16]}"
+    assert build_extractor(spec, catalog) is not None
+
+
+def test_mismatched_state_dict_is_refused() -> None:
+    bad = build_architecture(get_spec("squeezenet1_0")).state_dict()
+    with pytest.raises(WeightsError, match="do not match"):
+        build_architecture(get_spec("mobilenet_v2"), bad)
+
+
+def test_small_cnn_on_mnist(mnist) -> None:
+    images, _ = mnist
+    spec = get_spec("smallcnn_l")
+    assert spec.color == "L" and spec.input_size == 28 and not spec.pretrained
+    model = PixelExtractor(spec, build_architecture(spec))
+    with torch.no_grad():
+        feats = model(torch.from_numpy(images[:8, None]))
+    assert feats.shape == (8, spec.feature_dim)

@@ -1,0 +1,174 @@
+"""The automatic search: anytime first model, budget, early stop, cancel, routing, artifacts."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pigeonhole.learn.artifacts import CARD_FILE, HEAD_FILE, MODEL_FILE
+from pigeonhole.learn.data import MappingSource, TrainingImage, TrainingSet, sha256_bytes
+from pigeonhole.learn.export import INPUT_NAME, open_session
+from pigeonhole.learn.head import RidgeHead
+from pigeonhole.learn.memory import InMemoryStore, ModelMemory
+from pigeonhole.learn.search import CandidateResult, SearchConfig, run_search, select
+
+
+def flower_set(flowers, train: int = 12, val: int = 6, test: int = 6) -> tuple[TrainingSet, MappingSource]:
+    blobs: dict[str, bytes] = {}
+    images: list[TrainingImage] = []
+    for split, data, per in (("train", flowers.train, train), ("val", flowers.val, val), ("test", flowers.test, test)):
+        taken: dict[str, int] = {}
+        for raw, label in data:
+            if taken.get(label, 0) < per:
+                key = sha256_bytes(raw)
+                blobs[key] = raw
+                images.append(TrainingImage(key, label, split, len(raw)))
+                taken[label] = taken.get(label, 0) + 1
+    return TrainingSet(tuple(images)), MappingSource(blobs)
+
+
+class Recorder:
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.t0 = time.monotonic()
+        self.ready: list[tuple[float, CandidateResult]] = []
+        self.updates: list[tuple[float, str, float | None]] = []
+        self.cancel_after = cancel_after
+
+    def progress(self, fraction, stage, eta_s, metrics) -> None:
+        assert 0.0 <= fraction <= 1.0 and isinstance(stage, str) and stage
+        self.updates.append((fraction, stage, eta_s))
+
+    def candidate_ready(self, candidate: CandidateResult) -> None:
+        self.ready.append((time.monotonic() - self.t0, candidate))
+
+    def cancelled(self) -> bool:
+        return self.cancel_after is not None and len(self.ready) >= self.cancel_after
+
+
+def _config(tmp_path: Path, weights: Path, **kw) -> SearchConfig:
+    kw.setdefault("time_budget_s", 30.0)
+    return SearchConfig(weights_dir=weights, cache_dir=tmp_path / "cache", output_dir=tmp_path / "out", **kw)
+
+
+@pytest.fixture(scope="module")
+def small_flowers(flowers) -> tuple[TrainingSet, MappingSource]:
+    return flower_set(flowers)
+
+
+def test_first_candidate_is_fast_valid_and_complete(small_flowers, shared_weights, tmp_path) -> None:
+    ts, source = small_flowers
+    rec = Recorder(cancel_after=1)  # cancel right after the anytime model: also checks cancel
+    result = run_search(ts, source, _config(tmp_path, shared_weights), rec)
+    assert result.stop_reason == "cancelled"
+    assert len(rec.ready) == 1 and len(result.reported) == 1
+    seconds, first = rec.ready[0]
+    assert seconds < 30, f"first model took {seconds:.1f}s"  # typically 3-9 s; generous for a shared 2-core box
+    assert first.config["kind"] == "frozen" and result.first_candidate_s == pytest.approx(first.ready_at_s)
+
+    files = {k: Path(v) for k, v in first.artifacts.items()}
+    assert files["model"].name == MODEL_FILE and files["head"].name == HEAD_FILE and files["card"].name == CARD_FILE
+    card = json.loads(files["card"].read_text())
+    assert card["classes"] == list(ts.classes)
+    assert {"height", "width", "layout", "dtype", "color", "mean", "std"} <= set(card["input"])
+    assert card["input"]["dtype"] == "uint8" and card["input"]["layout"] == "NCHW"
+    metrics = card["metrics"]
+    for key in ("accuracy", "balanced_accuracy", "per_class", "confusion", "ece", "confident_mistakes"):
+        assert key in metrics, key
+    assert metrics["split"] == "test" and metrics["n"] == len(ts.split("test"))
+    assert set(metrics["per_class"]["classes"]) == set(ts.classes)
+    assert card["model_size_bytes"] == files["model"].stat().st_size
+    assert card["speed"]["latency_ms"] > 0 and card["speed"]["throughput_img_s"] > 0
+    assert card["leaderboard"] and card["lineage"]["seed"] == 0 and card["training"]["seconds"] > 0
+    for mistake in metrics["confident_mistakes"]:
+        assert mistake["image"] in {i.key for i in ts.split("test")}
+
+    # the ONNX file alone serves: probabilities in card class order, and features for the head
+    session = open_session(files["model"])
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "features"]
+    h, w = card["input"]["height"], card["input"]["width"]
+    probs, feats = session.run(None, {INPUT_NAME: np.zeros((2, 3, h, w), dtype=np.uint8)})
+    assert probs.shape == (2, len(ts.classes)) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    head = RidgeHead.from_bytes(files["head"].read_bytes())
+    assert head.classes == list(ts.classes) and feats.shape[1] == head.input_dim
+    np.testing.assert_allclose(head.predict_proba(feats), probs, atol=1e-4)
+
+
+def test_target_met_stops_early_and_is_reproducible(small_flowers, shared_weights, tmp_path) -> None:
+    ts, source = small_flowers
+    runs = []
+    for _ in range(2):  # the second run reuses the on-disk pixel/feature cache
+        config = _config(tmp_path, shared_weights, target_accuracy=0.5, time_budget_s=120, preference="fast")
+        runs.append(run_search(ts, source, config, Recorder()))
+    first, second = runs
+    assert first.stop_reason == "target_met" and len(first.leaderboard) == 1
+    assert first.elapsed_s < 40
+    assert first.chosen is not None and second.chosen is not None
+    assert second.chosen.name == first.chosen.name
+    assert second.chosen.val_accuracy == first.chosen.val_accuracy
+    assert second.chosen.test_metrics["accuracy"] == first.chosen.test_metrics["accuracy"]
+
+
+def test_budget_is_honoured(small_flowers, shared_weights, tmp_path) -> None:
+    ts, source = small_flowers
+    budget = 25.0
+    rec = Recorder()
+    t = time.monotonic()
+    result = run_search(ts, source, _config(tmp_path, shared_weights, time_budget_s=budget, preference="accurate"), rec)
+    wall = time.monotonic() - t
+    assert wall <= budget * 1.1, f"{wall:.1f}s for a {budget:.0f}s budget"
+    assert result.chosen is not None and result.stop_reason in ("budget", "exhausted", "plateau")
+    fractions = [f for f, _, _ in rec.updates]
+    assert fractions == sorted(fractions) or max(fractions) == 1.0
+
+
+def test_a_budget_too_small_still_yields_a_first_model(small_flowers, shared_weights, tmp_path) -> None:
+    ts, source = small_flowers
+    rec = Recorder()
+    result = run_search(ts, source, _config(tmp_path, shared_weights, time_budget_s=0.5), rec)
+    assert len(rec.ready) == 1 and result.chosen is not None  # the anytime model always completes
+    assert result.stop_reason == "budget"
+
+
+def test_small_grey_images_route_to_small_cnn(mnist, tmp_path) -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    images, labels = mnist
+    blobs: dict[str, bytes] = {}
+    items: list[TrainingImage] = []
+    for i, (img, lab) in enumerate(zip(images[:400], labels[:400], strict=True)):
+        buf = BytesIO()
+        Image.fromarray(img, mode="L").save(buf, "PNG")
+        key = sha256_bytes(buf.getvalue())
+        blobs[key] = buf.getvalue()
+        items.append(TrainingImage(key, str(lab), "test" if i >= 320 else "train"))
+    ts = TrainingSet(tuple(items))
+    memory = ModelMemory(InMemoryStore())
+    config = SearchConfig(time_budget_s=30, cache_dir=tmp_path / "cache", output_dir=tmp_path / "out")
+    result = run_search(ts, MappingSource(blobs), config, Recorder(), memory=memory)
+    names = [row["name"] for row in result.leaderboard]
+    assert names[0].startswith("pixels_l@28/frozen"), names  # no pretrained weights needed
+    assert any(n.startswith("smallcnn_l@28/scratch") for n in names), names
+    assert result.chosen is not None and result.chosen.card["input"]["color"] == "L"
+    assert result.elapsed_s <= 33
+    record = memory.store.load()[0]
+    assert record.traits.grey_fraction == 1.0 and record.traits.median_side == 28
+
+
+def test_selection_rule() -> None:
+    from types import SimpleNamespace
+
+    def cand(acc: float, cost: float, order: int):
+        return SimpleNamespace(val_accuracy=acc, mflops=cost, order=order)
+
+    a, b, c = cand(0.90, 100, 0), cand(0.93, 300, 1), cand(0.95, 900, 2)
+    assert select([a, b, c], 0.92, "balanced") is b  # cheapest meeting the target
+    assert select([a, b, c], 0.92, "accurate") is c
+    assert select([a, b, c], 0.99, "balanced") is c  # none meets: most accurate
+    assert select([a, b, c], None, "fast") is b  # within 2 points of the best, cheaper
+    assert select([], 0.9, "fast") is None

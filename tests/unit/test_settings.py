@@ -1,0 +1,46 @@
+"""Settings: environment variables, derived defaults, and the secret-key rules."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from pigeonhole.settings import Settings, load_settings
+
+
+def test_environment_variables_configure_everything(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PIGEONHOLE_DATA_DIR", str(tmp_path / "d"))
+    monkeypatch.setenv("PIGEONHOLE_PORT", "9123")
+    monkeypatch.setenv("PIGEONHOLE_SIGNUP_OPEN", "false")
+    settings = load_settings()
+    assert settings.data_dir == (tmp_path / "d").resolve()
+    assert settings.port == 9123 and settings.signup_open is False
+    assert settings.resolved_database_url == f"sqlite:///{tmp_path / 'd' / 'pigeonhole.db'}"
+    assert settings.resolved_blob_url == str(tmp_path / "d" / "blobs")
+
+
+def test_explicit_overrides_win_over_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PIGEONHOLE_PORT", "9123")
+    assert load_settings(port=8001, data_dir=tmp_path).port == 8001
+
+
+def test_development_secret_is_generated_once_and_private(tmp_path: Path) -> None:
+    first = Settings(data_dir=tmp_path).secret
+    again = Settings(data_dir=tmp_path).secret
+    assert first == again and len(first) >= 32
+    mode = stat.S_IMODE((tmp_path / "secret_key").stat().st_mode)
+    assert mode == 0o600
+
+
+@pytest.mark.parametrize("secret", [None, "changeme", "secret", "short-but-not-placeholder"])
+def test_production_refuses_missing_or_placeholder_secrets(tmp_path: Path, secret: str | None) -> None:
+    with pytest.raises(ValueError, match="PIGEONHOLE_SECRET_KEY"):
+        Settings(env="production", data_dir=tmp_path, secret_key=secret)
+
+
+def test_production_accepts_a_real_secret(tmp_path: Path) -> None:
+    settings = Settings(env="production", data_dir=tmp_path, secret_key="k" * 8 + "9a8s7d6f5g4h3j2k1l0qwertyuiop")
+    assert settings.secret.startswith(b"kkkk")
+    assert not (tmp_path / "secret_key").exists()
