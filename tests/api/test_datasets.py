@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from pigeonhole.datasets.splits import MIN_FOR_VALIDATION, assign_split, hash_split
+from pigeonhole.datasets.splits import MIN_FOR_TEST, MIN_FOR_VALIDATION, assign_split, hash_split
 from tests.api.conftest import Account
 from tests.api.datasets_helpers import all_images, upload
 from tests.factories import jpeg_bytes, make_zip, png_bytes
@@ -115,15 +115,28 @@ def test_splits_are_deterministic_and_small_classes_get_validation() -> None:
         counts[hash_split(hashlib.sha256(str(i).encode()).hexdigest())] += 1
     assert 1500 < counts["train"] < 1700 and 140 < counts["val"] < 260 and 140 < counts["test"] < 260
     train_sha = "00000000" + "0" * 56  # hashes into train
-    assert assign_split(train_sha, class_count_before=MIN_FOR_VALIDATION - 1, class_has_val=False) == "val"
-    assert assign_split(train_sha, class_count_before=MIN_FOR_VALIDATION - 1, class_has_val=True) == "train"
-    assert assign_split(train_sha, class_count_before=1, class_has_val=False) == "train"
+    test_sha = "ff" * 32  # hashes into test
+    assert assign_split(train_sha, class_count_before=MIN_FOR_VALIDATION - 1, class_has_val=False,
+                        class_has_test=False) == "val"
+    assert assign_split(train_sha, class_count_before=MIN_FOR_VALIDATION - 1, class_has_val=True,
+                        class_has_test=True) == "train"
+    assert assign_split(train_sha, class_count_before=1, class_has_val=False, class_has_test=False) == "train"
+    # A test image is never taken for validation: the next training image is.
+    assert assign_split(test_sha, class_count_before=MIN_FOR_VALIDATION - 1, class_has_val=False,
+                        class_has_test=False) == "test"
+    assert assign_split(train_sha, class_count_before=MIN_FOR_TEST - 1, class_has_val=True,
+                        class_has_test=False) == "test"
+    assert assign_split(train_sha, class_count_before=MIN_FOR_TEST - 1, class_has_val=True,
+                        class_has_test=True) == "train"
 
 
-def test_every_class_of_five_or_more_has_a_validation_image(alice: Account, dataset_id: str) -> None:
+def test_every_class_of_six_or_more_has_validation_and_test_images(alice: Account, dataset_id: str) -> None:
     upload(alice, dataset_id, [(f"c{i}.png", png_bytes(seed=400 + i)) for i in range(5)], label="cats")
     splits = [i["split"] for i in all_images(alice, dataset_id)]
     assert "val" in splits
+    upload(alice, dataset_id, [("c5.png", png_bytes(seed=405))], label="cats")
+    splits = [i["split"] for i in all_images(alice, dataset_id)]
+    assert "test" in splits and "val" in splits
     before = {i["id"]: i["split"] for i in all_images(alice, dataset_id)}
     upload(alice, dataset_id, [(f"n{i}.png", png_bytes(seed=500 + i)) for i in range(10)], label="cats")
     after = {i["id"]: i["split"] for i in all_images(alice, dataset_id)}

@@ -72,6 +72,28 @@ def test_adding_then_removing_a_class_makes_new_versions(app, alice: Account, gr
     assert alice.client.post(f"/api/v1/models/{model_id}/versions/1/activate").json()["classes"] == ["dark", "bright"]
 
 
+def test_without_test_images_the_new_version_is_measured_on_validation_images(
+        app, alice: Account, grown_setup: tuple[str, str], tmp_path: Path) -> None:
+    """A small dataset may have no test image yet: the grown version still gets per-class figures (the
+    new class included), measured on validation images and marked so, rather than none at all."""
+    from sqlalchemy import update
+
+    from pigeonhole.db.tables import DatasetImage
+
+    model_id, dataset_id = grown_setup
+    add_version(app, model_id, growable=True)
+    with app.state.session_factory() as db, db.begin():
+        db.execute(update(DatasetImage).where(DatasetImage.dataset_id == dataset_id, DatasetImage.split == "test")
+                   .values(split="train"))
+    added = alice.client.post(f"/api/v1/models/{model_id}/classes", json={"names": ["mid"]})
+    run_job(app, added.json()["job_id"], tmp_path)
+    metrics = alice.client.get(f"/api/v1/models/{model_id}/versions/2").json()["metrics"]
+    assert metrics["split"] == "val"
+    assert set(metrics["per_class"]["classes"]) == {"dark", "bright", "mid"}
+    assert sum(c["support"] for c in metrics["per_class"]["classes"].values()) == sum(
+        1 for i in all_images(alice, dataset_id) if i["split"] == "val" and i["label"] in ("dark", "bright", "mid"))
+
+
 def _probs(alice: Account, model_id: str, v: int) -> list[list[float]]:
     files = [("files", (f"{i}.png", grey_png(level, 700 + i))) for i, level in enumerate((40, 128, 210, 90))]
     answer = alice.client.post(f"/api/v1/models/{model_id}/predict", params={"version": v, "top_k": 10},

@@ -147,7 +147,8 @@ class Ingestor:
         self.image_limits = ImageLimits(max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
         self.archive_limits = ArchiveLimits(max_entry_bytes=settings.max_image_bytes)
         self._used_bytes, self._used_images = repo.owner_usage(db, dataset.owner_id)
-        self._classes = {s.name: [s.count, s.val_count > 0] for s in repo.class_stats(db, dataset.id)}
+        self._classes = {s.name: (s.count, s.val_count > 0, s.test_count > 0)
+                         for s in repo.class_stats(db, dataset.id)}
         self._uncommitted = 0
         self.autocommit = autocommit
 
@@ -246,9 +247,9 @@ class Ingestor:
         return True
 
     def _record(self, stored: StoredImage, label: str) -> None:
-        count, has_val = self._classes.setdefault(label, [0, False])
-        split = assign_split(stored.sha256, class_count_before=count, class_has_val=has_val)
-        self._classes[label] = [count + 1, has_val or split == "val"]
+        count, has_val, has_test = self._classes.get(label, (0, False, False))
+        split = assign_split(stored.sha256, class_count_before=count, class_has_val=has_val, class_has_test=has_test)
+        self._classes[label] = (count + 1, has_val or split == "val", has_test or split == "test")
         self.db.add(DatasetImage(
             dataset_id=self.dataset.id, owner_id=self.dataset.owner_id, label=label, sha256=stored.sha256,
             size_bytes=stored.size, width=stored.width, height=stored.height, format=stored.format,

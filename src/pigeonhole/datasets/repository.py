@@ -31,17 +31,20 @@ class ClassStats:
     name: str
     count: int
     val_count: int
+    test_count: int = 0
 
 
 def class_stats(db: Session, dataset_id: str) -> list[ClassStats]:
     is_val = func.sum(case((DatasetImage.split == "val", 1), else_=0))
+    is_test = func.sum(case((DatasetImage.split == "test", 1), else_=0))
     rows = db.execute(
-        select(DatasetImage.label, func.count(), is_val)
+        select(DatasetImage.label, func.count(), is_val, is_test)
         .where(DatasetImage.dataset_id == dataset_id)
         .group_by(DatasetImage.label)
         .order_by(DatasetImage.label)
     )
-    return [ClassStats(name=label, count=count, val_count=int(val or 0)) for label, count, val in rows]
+    return [ClassStats(name=label, count=count, val_count=int(val or 0), test_count=int(test or 0))
+            for label, count, val, test in rows]
 
 
 def image_counts(db: Session, dataset_ids: list[str]) -> dict[str, tuple[int, int]]:

@@ -140,9 +140,18 @@ class ExpandHandler(JobHandler):
                     [r for r in images if r[1] in new_classes and r[2] in ("train", "val")]
             ctx.report(progress=0.8, stage="Measuring the new version")
             test_items, test_labels, test_keys = items("test")
-            probs = head.predict_proba(compute_features(test_items, extractor, cache)) if test_items else None
-            metrics = (split_metrics(probs, test_labels, test_keys, head.classes, head.threshold)
-                       if probs is not None else {"note": "no test images"})
+            if test_items:
+                probs = head.predict_proba(compute_features(test_items, extractor, cache))
+                metrics = split_metrics(probs, test_labels, test_keys, head.classes, head.threshold)
+                metrics["split"] = "test"
+            elif val_features is not None:
+                # As training does without test images: measure on validation images, with the head that
+                # chose the settings and never held them, so the figure is not the final head's own data.
+                probs = chooser.predict_proba(val_features)
+                metrics = split_metrics(probs, val_labels, val_keys, chooser.classes, chooser.threshold)
+                metrics["split"] = "val"
+            else:
+                metrics = {"note": "no test images"}
         finally:
             cache.close()
         grown = rebuild_model(model_bytes, head)
