@@ -14,6 +14,7 @@ import argparse
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -38,13 +39,23 @@ def load(name: str, per_class: int) -> tuple[dict, dict]:
     return (zip_images(DATASETS / name / "train.zip", per_class), zip_images(DATASETS / name / "test.zip"))
 
 
-def wait_active(pgh: Client, model_id: str, job_id: str | None) -> float:
-    started = time.monotonic()
-    if job_id:
-        job = pgh.wait_for_job(job_id, poll_s=0.1)
-        if job["status"] != "succeeded":
-            raise SystemExit(f"expand job {job['status']}: {job.get('error')}")
-    return time.monotonic() - started
+def wait_active(pgh: Client, job_id: str | None, started: float) -> tuple[float, str]:
+    """Seconds from the request (``started``) to the active version, and where the job's time went."""
+    if not job_id:
+        return time.monotonic() - started, ""
+    job = pgh.wait_for_job(job_id, poll_s=0.05)
+    seconds = time.monotonic() - started
+    if job["status"] != "succeeded":
+        raise SystemExit(f"expand job {job['status']}: {job.get('error')}")
+    queued = (_when(job["started_at"]) - _when(job["created_at"])).total_seconds()
+    stages = (job.get("result") or {}).get("stage_seconds") or {}
+    detail = f"queued {queued:.2f} s, in the worker {(job.get('result') or {}).get('seconds', 0):.2f} s (" + \
+        ", ".join(f"{k} {v:.2f}" for k, v in stages.items()) + ")"
+    return seconds, detail
+
+
+def _when(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def refit_accuracy(onnx: bytes, pgh: Client, http: httpx.Client, dataset_id: str, classes: list[str],
@@ -86,13 +97,15 @@ def run(pgh: Client, http: httpx.Client, name: str, per_class: int, full_budget:
     pgh.cancel_job(model["job_id"])  # the first served version is the base we grow
     time.sleep(1)
     for cls in later:
+        started = time.monotonic()
         change = pgh.add_classes(model["id"], [cls])
-        seconds = wait_active(pgh, model["id"], change["job_id"])
-        print(f"expand: {name}: add class {cls!r} ({len(train[cls])} images): active after {seconds:.2f} s")
+        seconds, detail = wait_active(pgh, change["job_id"], started)
+        print(f"expand: {name}: add class {cls!r} ({len(train[cls])} images): active after {seconds:.2f} s; {detail}")
     removed = later[-1] if later else first[-1]
+    started = time.monotonic()
     change = pgh.remove_class(model["id"], removed)
-    seconds = wait_active(pgh, model["id"], change["job_id"])
-    print(f"expand: {name}: remove class {removed!r}: active after {seconds:.2f} s")
+    seconds, detail = wait_active(pgh, change["job_id"], started)
+    print(f"expand: {name}: remove class {removed!r}: active after {seconds:.2f} s; {detail}")
     grown = pgh.get_model(model["id"])
     kept = [c for c in classes if c != removed]
     test_kept = {k: v for k, v in test.items() if k in kept}

@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(default=3, description="tries of a job whose node or worker died")
     affinity_wait_s: float = Field(default=30.0, description="how long a job waits for the busy node that "
                                    "caches its data before it runs elsewhere (and rebuilds the cache there)")
-    dispatcher_poll_interval_s: float = 0.2
+    dispatcher_poll_interval_s: float = 0.05
     dispatcher_lease_ttl_s: float = 15.0
     node_sync_interval_s: float = 2.0
     cancel_grace_s: float = 5.0

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 MAX_METRIC_POINTS = 2000
 LOG_TAIL_CHARS = 8000
 PROBE_INTERVAL_S = 15.0
+REPORT_INTERVAL_S = 0.2
+_ANY_QUEUED = select(Job.id).where(Job.status == "queued").limit(1)
+IDLE_CHORES_INTERVAL_S = 1.0
 LOST_NODE_QUARANTINE_S = 60.0
 OUTCOME_SEQ = -1
 
@@ -95,6 +98,7 @@ class Dispatcher:
         self._lease_until = 0.0
         self._next_sync = 0.0
         self._next_probe = 0.0
+        self._last_chores = float("-inf")
         self._probes: dict[Any, str] = {}
         self.lost_nodes: dict[str, float] = {}  # node id -> when Ray said it died (ray.nodes() lags behind)
         self.cache_dir = str(settings.resolved_cache_dir / "compute")
@@ -157,9 +161,14 @@ class Dispatcher:
         if now >= self._next_sync:
             self._sync_nodes()
             self._next_sync = now + self.settings.node_sync_interval_s
-        self._apply_reports()
+        # Claiming runs every tick (a queued job starts within one poll interval); progress reports and
+        # cancels, which cost a call to the Ray sink actor, run a few times a second while work runs and
+        # once a second when idle, so a short poll interval costs almost nothing on an idle machine.
+        if now - self._last_chores >= (REPORT_INTERVAL_S if self.tracked else IDLE_CHORES_INTERVAL_S):
+            self._apply_reports()
+            self._handle_cancels()
+            self._last_chores = now
         self._collect_finished()
-        self._handle_cancels()
         self._claim()
         if now >= self._next_probe:
             self._probe_nodes()
@@ -461,6 +470,9 @@ class Dispatcher:
     def _claim(self) -> None:
         limit = self.settings.jobs_max_running_per_user
         with self.sessions() as db:
+            # The cheap question first: this runs many times a second on an idle service.
+            if db.execute(_ANY_QUEUED).first() is None:
+                return
             queued = list(db.scalars(select(Job).where(Job.status == "queued").order_by(Job.id).limit(1000)))
             if not queued:
                 return

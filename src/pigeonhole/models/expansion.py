@@ -53,6 +53,30 @@ def _load_manifest(blobs: BlobStore, key: str | None, head: RidgeHead) -> list[l
     return manifest if counts == head.counts else None
 
 
+def _speed(grown: bytes, payload: dict[str, Any]) -> dict[str, Any]:
+    """The base version's measured speed when it has one: the extractor, which is unchanged, is nearly all
+    of the cost (the head adds one small matrix product), and measuring again would take most of the
+    second a class change should take. Measured afresh otherwise."""
+    base = payload.get("base_speed") or {}
+    if base.get("latency_ms") is not None and base.get("throughput_img_s") is not None:
+        return {"latency_ms": float(base["latency_ms"]), "throughput_img_s": float(base["throughput_img_s"]),
+                "measured_on_version": payload["base_version"], "runtime": "onnxruntime"}
+    return measure_speed(grown, input_spec_of(grown), threads=1, repeats=5)
+
+
+class _StageClock:
+    """Seconds spent in each stage of the job (kept in the result and the card: where a change's time goes)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, stage: str) -> None:
+        now = time.monotonic()
+        self.laps[stage] = round(self.laps.get(stage, 0.0) + now - self._last, 3)
+        self._last = now
+
+
 @register
 class ExpandHandler(JobHandler):
     kind = "expand"
@@ -78,15 +102,18 @@ class ExpandHandler(JobHandler):
                           .order_by(DatasetImage.id)) if model.dataset_id else []
         images = [[sha, label, split, size] for sha, label, split, size in rows]
         return {**params, "onnx_key": base.onnx_key, "head_key": base.head_key, "classes": classes,
-                "images": images, "manifest_key": (base.lineage or {}).get("manifest_key")}
+                "images": images, "manifest_key": (base.lineage or {}).get("manifest_key"),
+                "base_speed": {"latency_ms": base.latency_ms, "throughput_img_s": base.throughput}}
 
     def run(self, ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
         started = time.monotonic()
+        clock = _StageClock()
         blobs = BlobStore(ctx.blob_url)
         ctx.report(progress=0.05, stage="Loading the current model")
         model_bytes = blobs.read_bytes(payload["onnx_key"])
         head = RidgeHead.from_bytes(blobs.read_bytes(payload["head_key"]))
         extractor = extractor_of(model_bytes, threads=2)
+        clock.lap("load")
         cache = FeatureCache(Path(ctx.cache_dir) / "learn" / "grow", max(1 << 26, int(ctx.cache_max_bytes) // 4))
         images = payload["images"]
 
@@ -113,6 +140,7 @@ class ExpandHandler(JobHandler):
                     held_items = [ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))
                                   for sha, _, _, size in held]
                     chooser.remove_images(compute_features(held_items, extractor, cache), [r[1] for r in held])
+            clock.lap("held_out")
             if new_classes:
                 ctx.report(progress=0.2, stage=f"Learning {len(new_classes)} class(es) from their images")
                 new_items, new_labels, _ = items("train", new_classes)
@@ -121,8 +149,10 @@ class ExpandHandler(JobHandler):
                 new_features = compute_features(new_items, extractor, cache)
                 chooser.add(new_features, new_labels)
                 head.add(new_features, new_labels)
+                clock.lap("new_classes")
             ctx.report(progress=0.6, stage="Checking accuracy on validation images")
             val_features = compute_features(val_items, extractor, cache) if val_items else None
+            clock.lap("val_features")
             if val_features is not None and len(set(val_labels)) >= 2:
                 chooser.fit(val_features, val_labels)
             else:
@@ -136,6 +166,7 @@ class ExpandHandler(JobHandler):
                 if fresh and val_features is not None:
                     head.add(val_features[fresh], [val_labels[i] for i in fresh])
                 head.solve()
+                clock.lap("solve")
                 manifest = [r for r in manifest if r[1] in head.classes and r[1] not in new_classes] + \
                     [r for r in images if r[1] in new_classes and r[2] in ("train", "val")]
             ctx.report(progress=0.8, stage="Measuring the new version")
@@ -152,10 +183,13 @@ class ExpandHandler(JobHandler):
                 metrics["split"] = "val"
             else:
                 metrics = {"note": "no test images"}
+            clock.lap("measure")
         finally:
             cache.close()
         grown = rebuild_model(model_bytes, head)
-        speed = measure_speed(grown, input_spec_of(grown), threads=1, repeats=5)
+        clock.lap("rebuild")
+        speed = _speed(grown, payload)
+        clock.lap("speed")
         version_id = new_id()
         prefix = artifact_prefix(payload["model_id"], version_id)
         keys = {"model": f"{prefix}/model.onnx", "head": f"{prefix}/head.npz", "card": f"{prefix}/card.json"}
@@ -164,7 +198,8 @@ class ExpandHandler(JobHandler):
             blobs.put_bytes(keys["manifest"], json.dumps(manifest).encode())
         card = {"classes": head.classes, "metrics": metrics, "unknown_threshold": float(head.threshold),
                 "speed": speed, "change": describe_change(payload["add"], payload["remove"], payload.get("refresh")),
-                "parent_version": payload["base_version"], "seconds": round(time.monotonic() - started, 2)}
+                "parent_version": payload["base_version"], "seconds": round(time.monotonic() - started, 2),
+                "stage_seconds": clock.laps}
         blobs.put_bytes(keys["model"], grown)
         blobs.put_bytes(keys["head"], head.to_bytes())
         blobs.put_bytes(keys["card"], json.dumps(card, indent=1).encode())
@@ -172,7 +207,7 @@ class ExpandHandler(JobHandler):
         return {"version_id": version_id, "keys": keys, "classes": head.classes, "metrics": metrics,
                 "threshold": float(head.threshold), "size_bytes": len(grown), "input": input_spec_of(grown).as_dict(),
                 "latency_ms": speed.get("latency_ms"), "throughput": speed.get("throughput_img_s"),
-                "seconds": card["seconds"]}
+                "seconds": card["seconds"], "stage_seconds": clock.laps}
 
     def on_success(self, db: Session, job: Job, result: dict[str, Any]) -> None:
         model = db.get(Model, job.params["model_id"])
