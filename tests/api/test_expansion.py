@@ -144,6 +144,52 @@ def test_a_class_added_during_training_is_in_the_jobs_final_version(app, alice: 
     assert model["classes"] == ["dark", "bright", "mid"] and model["active_version"] == 3
 
 
+def _training_hands_over(app, model_id: str, train_job: str) -> None:  # type: ignore[no-untyped-def]
+    """The running search reports a better candidate, trained on the classes it started with."""
+    v = add_version(app, model_id, growable=True, activate=False)
+    with app.state.session_factory() as db, db.begin():
+        row = db.query(ModelVersion).filter_by(model_id=model_id, v=v).one()
+        event = {"type": "version", "version_id": new_id(), "classes": row.classes, "metrics": row.metrics,
+                 "input": row.input_spec, "threshold": row.threshold, "size_bytes": row.size_bytes,
+                 "keys": {"model": row.onnx_key, "head": row.head_key}, "lineage": {}}
+    with app.state.session_factory() as db, db.begin():
+        TrainHandler().on_event(db, db.get(Job, train_job), event)
+
+
+def test_a_better_training_result_after_a_class_change_is_brought_up_to_date(
+        app, alice: Account, grown_setup: tuple[str, str], tmp_path: Path) -> None:
+    """The first candidate serves, the user adds a class (served at once), then the search finds a better
+    candidate without it: that candidate gets the class too and serves. A slow change of an older
+    candidate finishing last does not replace it."""
+    model_id, dataset_id = grown_setup
+    upload(alice, dataset_id, [(f"g{i}.png", grey_png(170, 800 + i)) for i in range(6)], label="grey")
+    train_job = alice.client.get(f"/api/v1/models/{model_id}").json()["job_id"]
+    add_version(app, model_id, growable=True)  # v1: the first candidate, serving
+    run_job(app, alice.client.post(f"/api/v1/models/{model_id}/classes", json={"names": ["mid"]}).json()["job_id"],
+            tmp_path)  # v2 = v1 + mid
+    assert alice.client.get(f"/api/v1/models/{model_id}").json()["active_version"] == 2
+
+    def expand_jobs() -> list[dict]:
+        jobs = alice.client.get("/api/v1/jobs", params={"model_id": model_id}).json()["items"]
+        return sorted((j for j in jobs if j["kind"] == "expand" and j["status"] == "queued"), key=lambda j: j["id"])
+
+    _training_hands_over(app, model_id, train_job)  # v4 (v3 is the stored file of add_version): no 'mid'
+    [older] = expand_jobs()
+    _training_hands_over(app, model_id, train_job)  # an even better one arrives before that change ran
+    newer = [j for j in expand_jobs() if j["id"] != older["id"]][0]
+    run_job(app, newer["id"], tmp_path)
+    model = alice.client.get(f"/api/v1/models/{model_id}").json()
+    serving = alice.client.get(f"/api/v1/models/{model_id}/versions/{model['active_version']}").json()
+    assert serving["classes"] == ["dark", "bright", "mid"]
+    versions = alice.client.get(f"/api/v1/models/{model_id}/versions").json()["items"]
+    newest_trained = max(v["v"] for v in versions if v["lineage"].get("change") == "trained")
+    assert serving["lineage"]["source"] == newest_trained and serving["lineage"]["parent"] == newest_trained
+    run_job(app, older["id"], tmp_path)  # the older candidate's change finishes last
+    assert alice.client.get(f"/api/v1/models/{model_id}").json()["active_version"] == model["active_version"]
+    jobs = alice.client.get("/api/v1/jobs", params={"model_id": model_id}).json()["items"]
+    assert [j["kind"] for j in jobs].count("train") == 1
+
+
 def test_concurrent_class_changes_are_serial_and_none_is_lost(app, alice: Account, grown_setup: tuple[str, str],
                                                               tmp_path: Path) -> None:
     model_id, dataset_id = grown_setup

@@ -26,7 +26,7 @@ from pigeonhole.learn.features import FeatureCache, ImageItem, compute_features
 from pigeonhole.learn.grow import extractor_of, input_spec_of, rebuild_model
 from pigeonhole.learn.head import RidgeHead
 from pigeonhole.models import repository as repo
-from pigeonhole.models.service import artifact_prefix, settle_version
+from pigeonhole.models.service import artifact_prefix, settle_version, source_of
 from pigeonhole.settings import load_settings
 from pigeonhole.storage.blobs import BlobStore
 
@@ -214,6 +214,8 @@ class ExpandHandler(JobHandler):
         if model is None:
             return
         spec = {k: v for k, v in result["input"].items() if k != "crop"}
+        base = repo.version(db, model.id, int(job.params["base_version"]))
+        source = source_of(base) if base is not None else int(job.params["base_version"])
         settle_version(db, model, load_settings(), classes=result["classes"], metrics=result["metrics"],
                        input_spec=spec,
                        threshold=result["threshold"], size_bytes=result["size_bytes"], onnx_key=result["keys"]["model"],
@@ -221,6 +223,7 @@ class ExpandHandler(JobHandler):
                        lineage={"change": describe_change(job.params["add"], job.params["remove"],
                                                           job.params.get("refresh")),
                                 "parent": job.params["base_version"], "job_id": job.id,
-                                "seconds": result["seconds"], "manifest_key": result["keys"].get("manifest")},
+                                "seconds": result["seconds"], "manifest_key": result["keys"].get("manifest"),
+                                "source": source},
                        latency_ms=result["latency_ms"], throughput=result["throughput"], job_id=job.id,
                        version_id=result["version_id"])

@@ -90,6 +90,7 @@ def model_public(model: Model, active: ModelVersion | None, training: bool = Fal
     return ModelPublic(id=model.id, name=model.name, dataset_id=model.dataset_id, status=status_,
                        active_version=model.active_version,
                        classes=active.classes if active else (model.requested_classes or []),
+                       requested_classes=model.requested_classes or (active.classes if active else []),
                        metrics=active.metrics if active else None, target_accuracy=model.target_accuracy,
                        time_budget_s=model.time_budget_s, preference=model.preference,  # type: ignore[arg-type]
                        job_id=model.job_id, created_at=model.created_at, updated_at=model.updated_at)

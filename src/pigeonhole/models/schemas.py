@@ -52,6 +52,8 @@ class ModelPublic(BaseModel):
     status: str
     active_version: int | None
     classes: list[str]
+    requested_classes: list[str] = Field(description="the classes it will have once the class changes under "
+                                         "way are done (equal to classes when none is)")
     metrics: dict[str, Any] | None = Field(description="of the active version")
     target_accuracy: float | None
     time_budget_s: int

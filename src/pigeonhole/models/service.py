@@ -216,21 +216,32 @@ class ModelService:
 
 
 def settle_version(db: Session, model: Model, settings: Settings, **fields: Any) -> ModelVersion:
-    """Record a version a job produced, and activate it only if it has the classes the user wants now.
+    """Record a version a job produced, and activate it if it has the classes the user wants now and
+    descends from a training result at least as recent as the active version's.
 
-    Otherwise the classes changed while the job ran: if the active version already has them, this
-    one is just kept in the history; if not, an expand job brings this (newer) version up to date,
-    and that job's version will serve. So changes made during a job are never lost, and the job is
-    never restarted because of them.
+    If the classes changed while the job ran, an expand job brings this version up to date, and that
+    job's version serves: a better training result is never left behind because a class was added
+    meanwhile (the active version had the class first, from an earlier result), and a change made
+    during a job is never lost nor makes the job restart. The "source" rule keeps a slow expand of an
+    older result from replacing the expanded newer one.
     """
     wanted = set(model.requested_classes or fields["classes"])
     current = set(fields["classes"]) == wanted
-    row = record_version(db, model, activate=current, **fields)
-    if not current:
-        active = repo.version(db, model.id, model.active_version) if model.active_version else None
-        if active is None or set(active.classes) != wanted:
-            ModelService(db, model.owner_id, settings).expand_from(model, row.v)
+    active = repo.version(db, model.id, model.active_version) if model.active_version else None
+    row = record_version(db, model, activate=False, **fields)
+    if active is not None and source_of(row) < source_of(active):
+        return row  # a newer result already serves (or is being brought up to date): keep this one in history
+    if current:
+        model.active_version = row.v
+        model.status = "ready"
+    else:
+        ModelService(db, model.owner_id, settings).expand_from(model, row.v)
     return row
+
+
+def source_of(version: ModelVersion) -> int:
+    """The number of the trained version this one descends from through class changes (itself if trained)."""
+    return int((version.lineage or {}).get("source", version.v))
 
 
 def record_version(db: Session, model: Model, *, classes: list[str], metrics: dict[str, Any],

@@ -6,6 +6,7 @@ import {
   confidentMistakes,
   leaderboard,
   perClassRows,
+  settledVersion,
   statusInfo,
   versionOrigin,
   type Version,
@@ -76,6 +77,15 @@ describe('models in plain words', () => {
     expect(versionOrigin(version(1, { change: 'trained', candidate: { name: 'mobilenet_v2@160/frozen' } }))).toBe('Trained: MobileNetV2 at 160 px, quick')
     expect(versionOrigin(version(2, { change: "added 'wasps'", parent: 1 }))).toBe("Added 'wasps'")
     expect(versionOrigin(version(3, {}))).toBe('Trained')
+  })
+
+  it('the serving version once it has the wanted classes', () => {
+    const v1 = { ...version(1, {}), classes: ['a', 'b'], active: false }
+    const v2 = { ...version(2, {}), classes: ['a', 'b', 'c'], active: true }
+    expect(settledVersion([v1, v2], ['c', 'a', 'b'])).toBe(v2)
+    expect(settledVersion([v1, v2], ['a', 'b', 'c', 'd'])).toBeNull() // another change still settling
+    expect(settledVersion([{ ...v1, active: true }, { ...v2, active: false }], ['a', 'b', 'c'])).toBeNull()
+    expect(settledVersion([v1], ['a', 'b'])).toBeNull() // nothing serves
   })
 
   it('classes the model could add', () => {

@@ -218,3 +218,11 @@ export function addableClasses(datasetClasses: { name: string; count: number }[]
     .filter((c) => !have.has(c.name))
     .map((c) => ({ ...c, enough: c.count >= minimum, missing: Math.max(0, minimum - c.count) }))
 }
+
+/** The serving version if it has exactly the classes the model should have (else null: a change is still settling). */
+export function settledVersion(versions: Version[], wanted: string[]): Version | null {
+  const active = versions.find((v) => v.active)
+  if (!active) return null
+  const have = new Set(active.classes)
+  return have.size === wanted.length && wanted.every((c) => have.has(c)) ? active : null
+}

@@ -1435,6 +1435,11 @@ export interface components {
             /** Classes */
             classes: string[];
             /**
+             * Requested Classes
+             * @description the classes it will have once the class changes under way are done (equal to classes when none is)
+             */
+            requested_classes: string[];
+            /**
              * Metrics
              * @description of the active version
              */
