@@ -12,6 +12,7 @@ import sys
 import click
 
 from pigeonhole.client.commands import register as register_client_commands
+from pigeonhole.backup_cli import backup, restore
 from pigeonhole.doctor_cli import doctor
 from pigeonhole.settings import Settings, load_settings
 
@@ -171,3 +172,5 @@ main.add_command(doctor)
 
 if __name__ == "__main__":
     main()
+main.add_command(backup)
+main.add_command(restore)
