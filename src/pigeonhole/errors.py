@@ -53,3 +53,36 @@ class TooManyRequests(PigeonholeError):
     def __init__(self, detail: str, *, retry_after_s: int, code: str | None = None):
         super().__init__(detail, code=code, headers={"Retry-After": str(max(1, retry_after_s))})
         self.retry_after_s = retry_after_s
+
+
+class StorageFull(PigeonholeError):
+    """The disk (or the database's disk) is full: the server's state, not the user's input, so a 507, with
+    what to do about it; nothing half-written is kept (blob writes are temp + rename, the transaction rolls
+    back)."""
+
+    status, code = 507, "storage_full"
+
+    def __init__(self, detail: str = "", *, code: str | None = None):
+        super().__init__(detail or STORAGE_FULL_SENTENCE, code=code)
+
+
+STORAGE_FULL_SENTENCE = ("The server has run out of storage space, so this was not saved. Nothing already "
+                         "stored was lost. Ask the administrator to free or add disk space, then try again.")
+_NO_SPACE_ERRNOS = {28, 122}  # ENOSPC, EDQUOT
+_NO_SPACE_SQLSTATE = "53100"  # PostgreSQL disk_full
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """True for 'no space left' however it surfaces: an OSError from a file write, SQLite's 'database or disk
+    is full', or PostgreSQL's disk_full, possibly wrapped by SQLAlchemy (``.orig``) or chained."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _NO_SPACE_ERRNOS:
+            return True
+        if "database or disk is full" in str(current) or getattr(current, "sqlstate", None) == _NO_SPACE_SQLSTATE \
+                or getattr(current, "pgcode", None) == _NO_SPACE_SQLSTATE:
+            return True
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return False

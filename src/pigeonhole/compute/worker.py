@@ -17,6 +17,7 @@ from typing import Any
 import ray
 
 from pigeonhole.compute.handlers import JobFailed, load_handler
+from pigeonhole.errors import is_storage_full
 from pigeonhole.storage.cache import DiskCache
 
 SINK_NAME = "pigeonhole-progress-sink"
@@ -180,6 +181,9 @@ def run_job(handler_path: str, job_id: str, attempt: int, payload: dict[str, Any
     except JobFailed as exc:
         return {"error": str(exc), "node_id": ctx.node_id}
     except Exception as exc:  # a bug or bad input in the handler: no retry, a reason for the user
+        if is_storage_full(exc):
+            return {"error": "The job stopped because the server ran out of disk space. Ask the administrator to "
+                             "free or add space, then start it again.", "node_id": ctx.node_id}
         return {"error": f"The job stopped with an error: {type(exc).__name__}: {exc}"[:2000], "node_id": ctx.node_id}
     finally:
         ctx.close()

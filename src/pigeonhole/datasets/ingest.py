@@ -25,7 +25,7 @@ from pigeonhole.datasets.splits import assign_split
 from pigeonhole.datasets.thumbnails import Thumbnails
 from pigeonhole.db.base import utcnow
 from pigeonhole.db.tables import Dataset, DatasetImage
-from pigeonhole.errors import PigeonholeError
+from pigeonhole.errors import STORAGE_FULL_SENTENCE, PigeonholeError, StorageFull, is_storage_full
 from pigeonhole.settings import Settings
 from pigeonhole.storage.archives import ArchiveLimits, ArchiveRejected, EntryRejected, RejectedEntry, iter_zip
 from pigeonhole.storage.blobs import BlobStore
@@ -151,6 +151,7 @@ class Ingestor:
                          for s in repo.class_stats(db, dataset.id)}
         self._uncommitted = 0
         self.autocommit = autocommit
+        self.storage_full = False
 
     # --- entry points ------------------------------------------------------------------------
     def add_upload(self, fileobj: IO[bytes], filename: str, label: str | None) -> None:
@@ -213,11 +214,22 @@ class Ingestor:
             return False
         if self.blobs is None:
             raise RuntimeError("this ingestor was made without a blob store: only add_stored works")
+        if self.storage_full:
+            self.reject(name, STORAGE_FULL_SENTENCE, StorageFull.code)
+            return False
         try:
             stored = store_image(spooled, sha256, size, name, blobs=self.blobs, thumbnails=self.thumbnails,
                                  limits=self.image_limits, source_url=source_url)
         except ImageRejected as exc:
             self.reject(name, exc.sentence, exc.code.value)
+            return False
+        except OSError as exc:
+            if not is_storage_full(exc):
+                raise
+            # The blob store wrote through a temp file, so nothing partial is visible. The files accepted
+            # so far are kept; this one and the rest of the upload are reported, not attempted.
+            self.storage_full = True
+            self.reject(name, STORAGE_FULL_SENTENCE, StorageFull.code)
             return False
         self._record(stored, label)
         return True
