@@ -6,13 +6,14 @@ import contextlib
 import getpass
 import os
 import signal
+import ssl
 import subprocess
 import sys
 
 import click
 
-from pigeonhole.client.commands import register as register_client_commands
 from pigeonhole.backup_cli import backup, restore
+from pigeonhole.client.commands import register as register_client_commands
 from pigeonhole.doctor_cli import doctor
 from pigeonhole.settings import Settings, load_settings
 
@@ -38,23 +39,35 @@ def main() -> None:
 @click.option("--port", type=int, default=None, help="port to listen on (default 8000)")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="where data is kept")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(host: str | None, port: int | None, data_dir: str | None, log_level: str) -> None:
-    """Start the whole service (API, web app) with one command."""
+@click.option("--certfile", type=click.Path(dir_okay=False), default=None,
+              help="serve HTTPS with this PEM certificate (chain); needs --keyfile")
+@click.option("--keyfile", type=click.Path(dir_okay=False), default=None,
+              help="the certificate's PEM private key (not encrypted); needs --certfile")
+def serve(host: str | None, port: int | None, data_dir: str | None, log_level: str, certfile: str | None,
+          keyfile: str | None) -> None:
+    """Start the whole service (API, web app) with one command.
+
+    With --certfile and --keyfile it serves HTTPS itself; behind a reverse proxy that terminates HTTPS,
+    set PIGEONHOLE_TRUSTED_PROXIES to the proxy's address instead (see docs/deployment.md).
+    """
     import uvicorn
 
     from pigeonhole.api.app import create_app
     from pigeonhole.auth import repository as repo
     from pigeonhole.db.engine import create_db_engine, create_session_factory
     from pigeonhole.db.migrate import upgrade
+    from pigeonhole.logs import uvicorn_log_config
 
-    settings = _settings(host=host, port=port, data_dir=data_dir)
+    settings = _settings(host=host, port=port, data_dir=data_dir, tls_certfile=certfile, tls_keyfile=keyfile)
+    tls = _tls_files(settings)
     engine = create_db_engine(settings.resolved_database_url)
     upgrade(engine)
     with create_session_factory(engine)() as db:
         first_start = repo.count_users(db) == 0
     engine.dispose()
 
-    url = settings.public_url or f"http://{_display_host(settings.host)}:{settings.port}"
+    scheme = "https" if tls else "http"
+    url = settings.public_url or f"{scheme}://{_display_host(settings.host)}:{settings.port}"
     click.echo(f"Pigeonhole is starting on {url}  (data in {settings.data_dir})")
     if first_start:
         click.echo(f"First start: open {url} and sign up; the first account becomes the administrator.\n"
@@ -66,10 +79,36 @@ def serve(host: str | None, port: int | None, data_dir: str | None, log_level: s
         signal.signal(stop_signal, lambda *_: None)
     dispatcher_process = _start_dispatcher(settings, log_level)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, proxy_headers=True,
-                    forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"))
+        # proxy_headers off: the app itself believes forwarded headers, from PIGEONHOLE_TRUSTED_PROXIES only.
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level,
+                    log_config=uvicorn_log_config(log_level), proxy_headers=False,
+                    ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None)
     finally:
         _stop_process(dispatcher_process)
+
+
+def _tls_files(settings: Settings) -> tuple[str, str] | None:
+    """The certificate and key to serve HTTPS with, checked now so that a mistake is a sentence, not a
+    traceback from deep inside the server after start-up."""
+    certfile, keyfile = settings.tls_certfile, settings.tls_keyfile
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        raise click.UsageError("HTTPS needs both a certificate and its private key: give --certfile and --keyfile "
+                               "(or PIGEONHOLE_TLS_CERTFILE and PIGEONHOLE_TLS_KEYFILE) together.")
+    for what, path in (("certificate", certfile), ("private key", keyfile)):
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise click.ClickException(f"The TLS {what} file {path} does not exist or cannot be read by this user.")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # A password callback that gives none: an encrypted key fails here instead of prompting on a terminal.
+        context.load_cert_chain(certfile, keyfile, password=lambda: b"")
+    except (ssl.SSLError, ValueError) as exc:
+        raise click.ClickException(
+            f"The TLS certificate {certfile} and key {keyfile} could not be loaded ({exc}). Both must be PEM "
+            "files, the key must belong to the certificate, and it must not be protected by a passphrase."
+        ) from exc
+    return str(certfile), str(keyfile)
 
 
 def _start_dispatcher(settings: Settings, log_level: str) -> subprocess.Popen[bytes]:
@@ -169,8 +208,8 @@ def create_admin(email: str, password_stdin: bool) -> None:
 
 register_client_commands(main)  # login, dataset, model, token, usage: the REST client from a terminal
 main.add_command(doctor)
+main.add_command(backup)
+main.add_command(restore)
 
 if __name__ == "__main__":
     main()
-main.add_command(backup)
-main.add_command(restore)

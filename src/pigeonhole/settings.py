@@ -7,6 +7,7 @@ need no other server: a SQLite file and a blob directory under ``data_dir``. Der
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from functools import cached_property
@@ -39,6 +40,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str | None = None
+    # HTTPS served by `pigeonhole serve` itself (both or neither); behind a reverse proxy, leave them unset.
+    tls_certfile: Path | None = Field(default=None, description="PEM certificate (chain) for HTTPS")
+    tls_keyfile: Path | None = Field(default=None, description="PEM private key of that certificate")
+    trusted_proxies: str = Field(default="127.0.0.1", description="comma-separated IPs or networks (CIDR) of "
+                                 "reverse proxies whose X-Forwarded-For/-Proto headers are believed; '*' trusts "
+                                 "every peer (only when nothing but the proxy can reach this server)")
 
     signup_open: bool = True
     session_ttl_s: int = 14 * 24 * 3600
@@ -78,6 +85,20 @@ class Settings(BaseSettings):
     predict_burst: int = 400
     predict_monthly_images_per_user: int = Field(default=0, description="images a user may classify per month "
                                                  "(0: no limit)")
+    # Where predictions run: "inline" in each API process, or "ray": a Ray Serve application that the
+    # dispatcher deploys on the Ray cluster (model multiplexing, autoscaling); the API still authenticates,
+    # authorises, decodes, meters and applies thresholds, and forwards only the decoded pixels.
+    predict_mode: Literal["inline", "ray"] = Field(default="inline", description="'inline' (the API runs the "
+                                                   "models) or 'ray' (a Ray Serve deployment on the workers)")
+    serve_host: str = Field(default="127.0.0.1", description="address the Ray Serve HTTP proxy binds to (ray mode)")
+    serve_port: int = Field(default=8001, description="port of the Ray Serve HTTP proxy (ray mode)")
+    serve_url: str | None = Field(default=None, description="where API processes reach Ray Serve; default: "
+                                  "http://<serve_host>:<serve_port>")
+    serve_max_replicas: int = Field(default=2, ge=1, description="most prediction replicas Ray Serve scales to")
+    serve_models_per_replica: int = Field(default=3, ge=1, description="model versions one replica keeps loaded "
+                                          "(least recently used ones are unloaded)")
+    serve_replica_cpus: float = Field(default=0.5, ge=0, description="CPUs Ray reserves for each replica")
+    serve_timeout_s: float = Field(default=30.0, gt=0, description="longest wait for Ray Serve's answer")
 
     max_body_bytes: int = 32 * 1024 * 1024
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
@@ -103,10 +124,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _absolute_paths_and_safe_secret(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
-        for name in ("weights_dir", "cache_dir"):
+        for name in ("weights_dir", "cache_dir", "tls_certfile", "tls_keyfile"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.expanduser().resolve())
+        self.trusted_proxies = ",".join(parse_trusted_proxies(self.trusted_proxies))
         if self.env == "production":
             key = self.secret_key.get_secret_value() if self.secret_key else ""
             if key.strip().lower() in PLACEHOLDER_SECRETS or len(key) < MIN_SECRET_LENGTH:
@@ -124,6 +146,13 @@ class Settings(BaseSettings):
     @property
     def resolved_blob_url(self) -> str:
         return self.blob_url or str(self.data_dir / "blobs")
+
+    @property
+    def resolved_serve_url(self) -> str:
+        """A wildcard bind address is reached on this machine's loopback."""
+        host = "127.0.0.1" if self.serve_host in ("0.0.0.0", "::", "") else self.serve_host
+        host = f"[{host}]" if ":" in host else host
+        return (self.serve_url or f"http://{host}:{self.serve_port}").rstrip("/")
 
     @property
     def resolved_weights_dir(self) -> Path:
@@ -158,6 +187,25 @@ class Settings(BaseSettings):
         finally:
             tmp.unlink(missing_ok=True)
         return path.read_text().strip().encode()
+
+
+def parse_trusted_proxies(value: str) -> list[str]:
+    """The entries of PIGEONHOLE_TRUSTED_PROXIES, each checked to be an IP, a network or '*'.
+
+    A typo must fail loudly: uvicorn would silently treat it as a name no peer ever has, and
+    forwarded headers would then be ignored (or, with a wrong network, believed from the wrong peers).
+    """
+    entries = [item.strip() for item in value.split(",") if item.strip()]
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(f"PIGEONHOLE_TRUSTED_PROXIES: '{entry}' is not an IP address or a network "
+                             "like 10.0.0.0/8 (separate several with commas, or use '*' to trust every peer)."
+                             ) from None
+    return entries
 
 
 def load_settings(**overrides: object) -> Settings:

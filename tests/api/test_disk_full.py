@@ -22,6 +22,7 @@ from pigeonhole.errors import StorageFull, is_storage_full
 from pigeonhole.settings import Settings
 from tests.api.conftest import Account
 from tests.api.datasets_helpers import all_images, snapshot, upload
+from tests.conftest import FAST_PASSWORDS
 
 DISK_BYTES = 3 * 1024 * 1024
 
@@ -90,6 +91,38 @@ def test_a_full_disk_stops_uploads_cleanly_and_loses_nothing(app, alice: Account
     check(app.state.session_factory, app.state.blob_store, fix=True, grace_s=0)  # sweeps the freed files
     after = upload(alice, dataset_id, [("late.png", _noise_png(999))], label="noise").json()
     assert after["accepted"] == 1, after
+
+
+def test_a_full_database_disk_answers_507_and_keeps_the_data(tiny_disk: Path, tmp_path: Path) -> None:
+    """The SQLite file itself on the full disk: a write fails inside the database, the transaction rolls
+    back, and the answer is a 507 with a sentence (not a 500); reads keep working and nothing is lost."""
+    from fastapi.testclient import TestClient
+
+    from pigeonhole.api.app import create_app
+
+    local = Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tiny_disk / 'db.sqlite'}",
+                     blob_url=str(tiny_disk / "blobs"), secret_key="test-" + "k" * 40, **FAST_PASSWORDS)
+    with TestClient(create_app(local), raise_server_exceptions=False) as client:
+        signed_up = client.post("/api/v1/auth/signup", json={"email": "a@example.com", "password": "a long password"})
+        assert signed_up.status_code == 201
+        client.headers["X-CSRF-Token"] = client.cookies["pgh_csrf"]
+        kept = client.post("/api/v1/datasets", json={"name": "kept"}).json()["id"]
+        filler = tiny_disk / "filler"
+        with filler.open("wb") as out:  # take every remaining byte of the disk
+            try:
+                while True:
+                    out.write(b"\0" * 65536)
+                    out.flush()
+            except OSError:
+                pass
+        answers = [client.post("/api/v1/datasets", json={"name": f"new {i} " + "x" * 150}) for i in range(200)]
+        failed = [a for a in answers if a.status_code != 201]
+        assert failed, "the database never ran out of space"
+        assert {a.status_code for a in failed} == {507}, [a.text for a in failed[:3]]
+        assert failed[0].json()["code"] == "storage_full" and "storage space" in failed[0].json()["detail"]
+        assert client.get(f"/api/v1/datasets/{kept}").status_code == 200
+        filler.unlink()
+        assert client.post("/api/v1/datasets", json={"name": "after"}).status_code == 201
 
 
 def test_no_space_is_recognised_however_it_surfaces() -> None:

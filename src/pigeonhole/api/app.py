@@ -8,12 +8,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from pigeonhole import __version__
 from pigeonhole.admin.routes import router as admin_router
 from pigeonhole.api.errors import install_error_handlers
 from pigeonhole.api.metrics import Metrics
-from pigeonhole.api.middleware import Observability, RequestLimits
+from pigeonhole.api.middleware import Observability, RequestLimits, SecurityHeaders
 from pigeonhole.api.ops import router as ops_router
 from pigeonhole.api.schemas import ERROR_RESPONSES
 from pigeonhole.api.web import install_web
@@ -97,7 +98,13 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         app.include_router(router)
     install_web(app)
 
-    # Outermost first: observe everything, including refused oversized bodies.
+    # Each one added wraps the ones before it: observe everything, including refused oversized bodies; add
+    # security headers to all of that; and first of all, believe X-Forwarded-For/-Proto only from the
+    # configured proxies, so the client address (sign-in throttling) and the scheme (Secure cookies, HSTS)
+    # that everything inside sees cannot be forged by anyone else. Done here rather than by uvicorn, so it
+    # holds under any ASGI server and in tests.
     app.add_middleware(RequestLimits, settings=settings)
     app.add_middleware(Observability, metrics=metrics, recorder=recorder)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies.split(","))
     return app

@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pigeonhole.errors import PigeonholeError
+from pigeonhole.api.middleware import security_headers
+from pigeonhole.errors import STORAGE_FULL_SENTENCE, PigeonholeError, StorageFull, is_storage_full
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette answers crashes outside every middleware, so the security headers are added here.
+        headers = {name.decode(): value.decode() for name, value in security_headers(request.url.path,
+                                                                                      request.url.scheme)}
+        if is_storage_full(exc):  # the disk or the database is full: the transaction rolled back
+            log.error("no space left while answering %s %s", request.method, request.url.path)
+            return JSONResponse(error_body(STORAGE_FULL_SENTENCE, StorageFull.code), status_code=StorageFull.status,
+                                headers=headers)
+        # Method and path only: never the query, headers or body, which may hold passwords or tokens.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse(error_body("Something went wrong on our side. Try again; if it keeps happening, "
-                                       "tell the administrator.", "internal_error"), status_code=500)
+                                       "tell the administrator.", "internal_error"), status_code=500,
+                            headers=headers)

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request size limits, and metrics + usage recording after each response."""
+"""Pure ASGI middleware: request size limits, security headers, and metrics + usage recording after each
+response."""
 
 from __future__ import annotations
 
@@ -13,6 +14,65 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pigeonhole.api.metrics import Metrics
 from pigeonhole.settings import Settings
 from pigeonhole.usage.recorder import UsageEvent, UsageRecorder
+
+# The built Svelte app needs nothing but its own files: its script and stylesheet are files under /assets
+# (no inline <script> or <style>), Svelte sets dynamic styles through the CSSOM (el.style.setProperty), which
+# style-src does not govern, and previews of picked files are blob: URLs.
+APP_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+           "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'none'; "
+           "form-action 'self'")
+# FastAPI's /docs (Swagger UI) and /redoc pages load their code from a CDN and start it with an inline
+# script; they get a policy that allows exactly that, and keep every other protection.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+            "font-src 'self' https://fonts.gstatic.com; img-src 'self' data: blob: https://fastapi.tiangolo.com "
+            "https://cdn.redoc.ly; worker-src 'self' blob:; connect-src 'self'; object-src 'none'; "
+            "base-uri 'self'; frame-ancestors 'none'; form-action 'self'")
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+HSTS = "max-age=31536000"
+
+
+def security_headers(path: str, scheme: str) -> list[tuple[bytes, bytes]]:
+    """Headers every response carries (the error handler for crashes uses them too).
+
+    HSTS only when the request arrived over HTTPS (served directly, or ``X-Forwarded-Proto: https`` from a
+    trusted proxy): browsers ignore it over plain HTTP, and sending it there would promise what is not true.
+    """
+    headers = [
+        (b"content-security-policy", (DOCS_CSP if path in DOCS_PATHS else APP_CSP).encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"same-origin"),
+        (b"cross-origin-opener-policy", b"same-origin"),
+    ]
+    if scheme in ("https", "wss"):
+        headers.append((b"strict-transport-security", HSTS.encode()))
+    return headers
+
+
+class SecurityHeaders:
+    """Adds :func:`security_headers` to every response; a header a route set itself is kept (the landing
+    page allows its one inline stylesheet by hash)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                present = {name.lower() for name, _ in headers}
+                headers += [(name, value) for name, value in security_headers(scope.get("path", ""),
+                                                                               scope.get("scheme", "http"))
+                            if name not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _too_large_sentence(limit: int) -> str:

@@ -14,7 +14,9 @@ log = logging.getLogger(__name__)
 
 def run_dispatcher(settings: Settings, *, parent_pid: int | None = None) -> None:
     from pigeonhole.compute import runtime
+    from pigeonhole.logs import redact_root_handlers
 
+    redact_root_handlers()  # job payloads and errors may quote what users sent
     runtime.prepare_environment()
     from pigeonhole.compute.dispatcher import Dispatcher
     from pigeonhole.db.engine import create_db_engine, create_session_factory
