@@ -55,4 +55,5 @@ class SelfTest(JobHandler):
             ctx.cached(key)
         if payload.get("fail"):
             raise JobFailed("The self-test was asked to fail.")
-        return {"steps": steps, "resumed_from": start, "node_id": ctx.node_id, "pid": os.getpid()}
+        return {"steps": steps, "resumed_from": start, "node_id": ctx.node_id, "pid": os.getpid(),
+                "niceness": os.nice(0)}

@@ -21,6 +21,7 @@ from pigeonhole.errors import is_storage_full
 from pigeonhole.storage.cache import DiskCache
 
 SINK_NAME = "pigeonhole-progress-sink"
+JOB_NICENESS = 10
 FLUSH_INTERVAL_S = 0.25
 CANCEL_CHECK_INTERVAL_S = 0.25
 LOG_LINE_MAX = 500
@@ -172,9 +173,20 @@ class WorkerContext:
         self.flush()
 
 
+def _background_priority() -> None:
+    """Jobs run at a lower CPU priority than the API: on a machine that both trains and serves (the
+    embedded default), predictions keep their latency while a training job takes every idle cycle.
+    Niceness only goes up, so a reused worker process stays where it is."""
+    with contextlib.suppress(OSError):
+        current = os.nice(0)
+        if current < JOB_NICENESS:
+            os.nice(JOB_NICENESS - current)
+
+
 def run_job(handler_path: str, job_id: str, attempt: int, payload: dict[str, Any],
             env: dict[str, Any]) -> dict[str, Any]:
     """The body of every job's Ray task (submitted by the dispatcher with the job's resources)."""
+    _background_priority()
     ctx = WorkerContext(job_id, attempt, env)
     try:
         result = load_handler(handler_path).run(ctx, payload)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -61,3 +62,14 @@ def test_progress_reaches_the_database_within_a_second_or_two(compute) -> None:
     job = compute.get(job_id)
     assert job.stage == "step 2 of 3" and job.eta_s is not None and job.metrics[-1]["step"] == 2
     assert compute.wait_status(job_id, "succeeded").progress == 1.0
+
+
+def test_jobs_run_below_the_apis_cpu_priority(compute) -> None:
+    """Training shares the machine with the API in the embedded default: jobs yield the CPU to predictions."""
+    from pigeonhole.compute.worker import JOB_NICENESS
+
+    user = compute.user("nice@example.com")
+    compute.start_dispatcher()
+    job_id = compute.job(user, "selftest", {"steps": 1, "step_s": 0.01})
+    job = compute.wait_status(job_id, "succeeded")
+    assert job.result["niceness"] >= JOB_NICENESS > os.nice(0)
