@@ -1,7 +1,8 @@
 """Load and soak: predictions, uploads, listings and a training job together for a fixed time (loopback only).
 
-Prints the number of 5xx answers (target 0), prediction p99 under load versus idle (target ≤ 3×),
-and the server's resident memory sampled over the run (target: flat, no leak).
+Prints the number of 5xx answers (target 0), prediction p99 under load versus idle (target ≤ 3×; "idle" is
+the same two prediction clients for 20 s with nothing else running), and the server's resident memory
+sampled over the run (target: flat after warm-up, i.e. the middle and last thirds alike: no leak).
 
     .venv/bin/python benchmarks/soak.py [--minutes 10]
 """
@@ -48,7 +49,7 @@ def main() -> None:
              for _, data in files]
     server = start_server({"PIGEONHOLE_WEIGHTS_DIR": str(WEIGHTS)})
     stop = threading.Event()
-    stats = {"5xx": 0, "requests": 0, "predict_ms": [], "errors": []}
+    stats: dict = {"5xx": 0, "requests": 0, "predict_ms": [], "errors": []}
     lock = threading.Lock()
     try:
         pgh = Client(server.base, server.token, timeout_s=120)
@@ -75,16 +76,24 @@ def main() -> None:
                     stats["errors"].append(f"{response.request.method} {response.request.url.path}: "
                                            f"{response.status_code}")
 
-        with server.client() as http:
-            idle = sorted(predict_ms(http) for _ in range(100))
-        idle_p99 = float(np.percentile(idle, 99))
-
-        def predictor() -> None:
+        def predictor(until: threading.Event, into: list[float]) -> None:
             with server.client() as http:
-                while not stop.is_set():
+                while not until.is_set():
                     ms = predict_ms(http)
                     with lock:
-                        stats["predict_ms"].append(ms)
+                        into.append(ms)
+
+        # The idle baseline: the same two prediction clients, with nothing else running.
+        idle: list[float] = []
+        idle_done = threading.Event()
+        baseline = [threading.Thread(target=predictor, args=(idle_done, idle)) for _ in range(2)]
+        for t in baseline:
+            t.start()
+        time.sleep(20)
+        idle_done.set()
+        for t in baseline:
+            t.join()
+        idle_p99 = float(np.percentile(idle, 99))
 
         def uploader() -> None:
             seed = 10_000
@@ -111,7 +120,8 @@ def main() -> None:
                 job = pgh.get_model(model["id"])["job_id"]
                 pgh.wait_for_job(job, poll_s=2)
 
-        threads = [threading.Thread(target=f, daemon=True) for f in (predictor, predictor, uploader, lister, trainer)]
+        threads = [threading.Thread(target=predictor, args=(stop, stats["predict_ms"]), daemon=True) for _ in range(2)]
+        threads += [threading.Thread(target=f, daemon=True) for f in (uploader, lister, trainer)]
         for t in threads:
             t.start()
         memory = []
@@ -128,8 +138,9 @@ def main() -> None:
               f"{stats['errors'][:3]}")
         print(f"soak: prediction p99 idle {idle_p99:.1f} ms, under load {loaded_p99:.1f} ms "
               f"({loaded_p99 / idle_p99:.1f}x; target ≤ 3x)")
-        print(f"soak: server RSS first third {np.mean(memory[:third]):.0f} MiB, last third "
-              f"{np.mean(memory[-third:]):.0f} MiB (samples: {', '.join(f'{m:.0f}' for m in memory)})")
+        print(f"soak: server RSS first third {np.mean(memory[:third]):.0f} MiB, middle third "
+              f"{np.mean(memory[third:-third] or memory):.0f} MiB, last third {np.mean(memory[-third:]):.0f} MiB "
+              f"(samples: {', '.join(f'{m:.0f}' for m in memory)})")
     finally:
         stop.set()
         server.stop()
