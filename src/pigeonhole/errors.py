@@ -55,6 +55,15 @@ class TooManyRequests(PigeonholeError):
         self.retry_after_s = retry_after_s
 
 
+class ServiceUnavailable(PigeonholeError):
+    """A part of the service this request needs is starting, restarting or overloaded: worth retrying soon."""
+
+    status, code = 503, "service_unavailable"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 5, code: str | None = None):
+        super().__init__(detail, code=code, headers={"Retry-After": str(max(1, retry_after_s))})
+
+
 class StorageFull(PigeonholeError):
     """The disk (or the database's disk) is full: the server's state, not the user's input, so a 507, with
     what to do about it; nothing half-written is kept (blob writes are temp + rename, the transaction rolls

@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         try:
             yield
         finally:
+            await app.state.predictions.aclose()  # ray mode: its HTTP connections to Ray Serve
             recorder.stop()
             engine.dispose()
 

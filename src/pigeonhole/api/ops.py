@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from pigeonhole.compute.lease import holder_of
 from pigeonhole.db.migrate import pending_revisions
+from pigeonhole.serving.wire import ROUTE_PREFIX
 
 router = APIRouter(tags=["ops"])
 
@@ -42,12 +44,29 @@ def _check_compute(request: Request) -> str | None:
     return None
 
 
+def _check_predictions(request: Request) -> str | None:
+    """Ray mode only: Serve's proxy lists the prediction route once the dispatcher has deployed it."""
+    url = request.app.state.settings.resolved_serve_url
+    try:
+        routes = httpx.get(f"{url}/-/routes", timeout=2.0, trust_env=False)
+        if routes.status_code == 200 and ROUTE_PREFIX in routes.json():
+            return None
+    except (httpx.HTTPError, ValueError):
+        pass
+    return (f"the prediction service (Ray Serve at {url}) is not running yet: predictions answer 503 until the "
+            "dispatcher has started it")
+
+
 @router.get("/readyz", responses={503: {"description": "not ready"}})
 async def readyz(request: Request) -> JSONResponse:
     """Ready to serve: the database answers with the current schema and the blob store is writable (503
-    otherwise). A missing job dispatcher is reported as ``degraded``: the API still serves, jobs wait."""
+    otherwise). A missing job dispatcher is reported as ``degraded``: the API still serves, jobs wait; so is
+    a Ray Serve prediction service that is not running yet (``ray`` mode)."""
     checks: dict[str, Any] = {}
-    for name, check in (("database", _check_database), ("storage", _check_storage), ("compute", _check_compute)):
+    named = [("database", _check_database), ("storage", _check_storage), ("compute", _check_compute)]
+    if request.app.state.settings.predict_mode == "ray":
+        named.append(("predictions", _check_predictions))
+    for name, check in named:
         try:
             problem = await asyncio.to_thread(check, request)
         except Exception as exc:  # readiness reports the reason instead of failing

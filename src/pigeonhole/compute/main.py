@@ -19,11 +19,13 @@ def run_dispatcher(settings: Settings, *, parent_pid: int | None = None) -> None
     redact_root_handlers()  # job payloads and errors may quote what users sent
     runtime.prepare_environment()
     from pigeonhole.compute.dispatcher import Dispatcher
+    from pigeonhole.compute.serving import PredictionDeployment
     from pigeonhole.db.engine import create_db_engine, create_session_factory
     from pigeonhole.db.migrate import upgrade
 
     stop = threading.Event()
     dispatcher: Dispatcher | None = None
+    predictions = PredictionDeployment(settings) if settings.predict_mode == "ray" else None
 
     def request_stop(*_: object) -> None:
         stop.set()
@@ -51,7 +53,15 @@ def run_dispatcher(settings: Settings, *, parent_pid: int | None = None) -> None
         dispatcher = Dispatcher(settings, create_session_factory(engine), namespace=runtime.NAMESPACE)
         if stop.is_set():
             return
-        dispatcher.run(on_ready=lambda: log.info("dispatcher ready"))
+
+        def on_ready() -> None:
+            log.info("dispatcher ready")
+            if predictions is not None:  # the lease holder deploys the Ray Serve prediction service
+                predictions.start()
+
+        dispatcher.run(on_ready=on_ready)
     finally:
+        if predictions is not None:
+            predictions.stop()
         runtime.disconnect()
         engine.dispose()

@@ -1,4 +1,5 @@
-"""Predictions: read images from a multipart or JSON request, decode off the event loop, infer in micro-batches."""
+"""Predictions: read images from a multipart or JSON request, decode off the event loop, infer on the backend
+chosen by ``PIGEONHOLE_PREDICT_MODE`` (this process, or Ray Serve), answer with thresholds and top-k."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from pydantic import ValidationError
 
 from pigeonhole.errors import PayloadTooLarge, Unprocessable
 from pigeonhole.models.schemas import PredictRequest
-from pigeonhole.serving.batching import MicroBatcher
+from pigeonhole.serving.backends import PredictBackend, make_backend
 from pigeonhole.serving.cache import ModelCache
-from pigeonhole.serving.model import ServingModel, load_model
+from pigeonhole.serving.model import ModelContract
 from pigeonhole.serving.preprocess import pixels_for, top_k
 from pigeonhole.settings import Settings
 from pigeonhole.storage.blobs import BlobStore
@@ -74,7 +75,7 @@ async def read_inputs(request: Request, settings: Settings) -> list[InputImage]:
     return images
 
 
-def _pixels(model: ServingModel, image: InputImage, limits: ImageLimits, policy: FetchPolicy,
+def _pixels(model: ModelContract, image: InputImage, limits: ImageLimits, policy: FetchPolicy,
             position: int) -> np.ndarray:
     label = f"'{image.name}'" if image.name else f"Image {position}"
     data = image.data
@@ -92,29 +93,33 @@ def _pixels(model: ServingModel, image: InputImage, limits: ImageLimits, policy:
 
 
 class PredictionService:
-    """One per app: the model cache and the micro-batcher are shared by all requests."""
+    """One per app. Decoding, validation, thresholds and top-k happen here in both modes; only the
+    inference itself goes to the backend, so ``inline`` and ``ray`` answer the same."""
 
-    def __init__(self, settings: Settings, blobs: BlobStore):
+    def __init__(self, settings: Settings, blobs: BlobStore, backend: PredictBackend | None = None):
         self.settings = settings
         self.blobs = blobs
-        self.cache = ModelCache(settings.serving_cache_bytes)
-        self.batcher = MicroBatcher(max_batch=settings.predict_max_batch, max_wait_s=settings.predict_batch_wait_s)
+        self.backend = backend or make_backend(settings, blobs)
 
-    def _load(self, target: Target) -> ServingModel:
-        return self.cache.get((target.model_id, target.v),
-                              lambda: load_model(self.blobs.read_bytes(target.onnx_key),
-                                                 threads=self.settings.serving_threads))
+    @property
+    def cache(self) -> ModelCache | None:
+        """The inline backend's loaded sessions (None in ray mode: the replicas hold them)."""
+        return getattr(self.backend, "cache", None)
 
     async def predict(self, target: Target, images: list[InputImage], *, k: int,
                       threshold: float | None) -> list[dict[str, object]]:
-        model = await asyncio.to_thread(self._load, target)
+        key = (target.model_id, target.v)
+        contract = await self.backend.contract(key, target.onnx_key)
         limits = ImageLimits(max_pixels=self.settings.max_image_pixels, max_bytes=self.settings.max_image_bytes)
         policy = FetchPolicy(allow_private=self.settings.fetch_allow_private, timeout_s=self.settings.fetch_timeout_s,
                              max_bytes=self.settings.max_image_bytes)
-        arrays = await asyncio.gather(*(asyncio.to_thread(_pixels, model, image, limits, policy, i)
+        arrays = await asyncio.gather(*(asyncio.to_thread(_pixels, contract, image, limits, policy, i)
                                         for i, image in enumerate(images, start=1)))
-        probs = await self.batcher.run((target.model_id, target.v), model, np.stack(arrays))
-        answers = top_k(model, probs, k, threshold)
+        probs = await self.backend.probabilities(key, target.onnx_key, np.stack(arrays))
+        answers = top_k(contract, probs, k, threshold)
         for answer, image in zip(answers, images, strict=True):
             answer["name"] = image.name
         return answers
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()

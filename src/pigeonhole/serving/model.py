@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from pigeonhole.learn.export import INPUT_META_KEY, open_session
@@ -15,15 +17,25 @@ MEMORY_PER_FILE_BYTE = 2
 
 
 @dataclass
-class ServingModel:
-    session: ort.InferenceSession
-    input_name: str
+class ModelContract:
+    """What a caller needs to prepare a version's input and read its output, without running it.
+
+    In ``ray`` prediction mode the API process holds only this (a few hundred bytes per version), decodes
+    and answers with it, and leaves the weights to the Ray Serve replicas.
+    """
+
     height: int
     width: int
     color: str
     crop: str
     classes: list[str]
     threshold: float
+
+
+@dataclass
+class ServingModel(ModelContract):
+    session: ort.InferenceSession
+    input_name: str
     memory_bytes: int
     outputs: list[str]
 
@@ -32,20 +44,28 @@ class ServingModel:
         return self.session.run(self.outputs, {self.input_name: pixels})[0]
 
 
-def load_model(onnx_bytes: bytes, *, threads: int | None = None) -> ServingModel:
-    session = open_session(onnx_bytes, intra_op_threads=threads)
-    meta = session.get_modelmeta().custom_metadata_map
+def _contract_fields(meta: Mapping[str, str]) -> dict[str, object]:
     try:
         spec = json.loads(meta[INPUT_META_KEY])
         classes = json.loads(meta["pigeonhole.classes"])
         threshold = float(meta.get("pigeonhole.threshold", "0"))
-    except (KeyError, ValueError) as exc:
+        return dict(height=int(spec["height"]), width=int(spec["width"]), color=str(spec["color"]),
+                    crop=str(spec.get("crop", "center_crop")), classes=list(classes), threshold=threshold)
+    except (KeyError, ValueError, TypeError) as exc:
         raise ValueError(f"this ONNX file lacks Pigeonhole's metadata: {exc}") from exc
+
+
+def read_contract(onnx_bytes: bytes) -> ModelContract:
+    """The contract from the file's metadata, read without building an inference session."""
+    proto = onnx.load_from_string(onnx_bytes)
+    return ModelContract(**_contract_fields({p.key: p.value for p in proto.metadata_props}))  # type: ignore[arg-type]
+
+
+def load_model(onnx_bytes: bytes, *, threads: int | None = None) -> ServingModel:
+    session = open_session(onnx_bytes, intra_op_threads=threads)
+    fields = _contract_fields(session.get_modelmeta().custom_metadata_map)
     names = [o.name for o in session.get_outputs()]
     # Version files also output the extractor's features (for growing the model later): not needed here.
     outputs = ["probabilities"] if "probabilities" in names else names[:1]
     return ServingModel(session=session, input_name=session.get_inputs()[0].name, outputs=outputs,
-                        height=int(spec["height"]),
-                        width=int(spec["width"]), color=str(spec["color"]), crop=str(spec.get("crop", "center_crop")),
-                        classes=list(classes), threshold=threshold,
-                        memory_bytes=len(onnx_bytes) * MEMORY_PER_FILE_BYTE)
+                        memory_bytes=len(onnx_bytes) * MEMORY_PER_FILE_BYTE, **fields)  # type: ignore[arg-type]

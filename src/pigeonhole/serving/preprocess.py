@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from pigeonhole.learn.preprocess import resize_and_crop, to_color
-from pigeonhole.serving.model import ServingModel
+from pigeonhole.serving.model import ModelContract
 from pigeonhole.storage.images import ImageLimits, decode_for_model
 
 
-def pixels_for(model: ServingModel, data: bytes, limits: ImageLimits) -> np.ndarray:
+def pixels_for(model: ModelContract, data: bytes, limits: ImageLimits) -> np.ndarray:
     """(C, H, W) uint8. Raises storage.images.ImageRejected for anything that is not a usable image."""
     decoded = decode_for_model(data, max(model.height, model.width), limits=limits)
     image = resize_and_crop(to_color(decoded.image, model.color), model.height, model.crop)  # type: ignore[arg-type]
@@ -17,7 +17,7 @@ def pixels_for(model: ServingModel, data: bytes, limits: ImageLimits) -> np.ndar
     return array[None, :, :] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def top_k(model: ServingModel, probs: np.ndarray, k: int, threshold: float | None = None) -> list[dict[str, object]]:
+def top_k(model: ModelContract, probs: np.ndarray, k: int, threshold: float | None = None) -> list[dict[str, object]]:
     """Per image: label (None when below the threshold: 'unknown'), confidence and the top k classes."""
     cut = model.threshold if threshold is None else threshold
     k = max(1, min(k, len(model.classes)))
