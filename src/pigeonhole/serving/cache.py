@@ -1,11 +1,18 @@
 """Loaded models kept in memory, least recently used first out, within a byte budget.
 
 Concurrent requests for a model that is not loaded yet wait for one load instead of each loading it.
+
+Keys may be ``(group, member)`` pairs, such as (model id, version): a member that has not been used
+for ``superseded_idle_s`` while another member of its group has is unloaded, whatever the budget.
+Every retrain or class change makes a new version that takes over the traffic; without this the
+old versions' sessions would stay loaded until the (generous) byte budget is reached, and memory
+would climb for hours on a service whose models change often.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
@@ -13,15 +20,21 @@ from pigeonhole.serving.model import ServingModel
 
 
 class ModelCache:
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, *, superseded_idle_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.max_bytes = max_bytes
+        self.superseded_idle_s = superseded_idle_s
+        self._clock = clock
         self._models: OrderedDict[Hashable, ServingModel] = OrderedDict()
+        self._last_used: dict[Hashable, float] = {}
+        self._next_sweep = 0.0
         self._lock = threading.Lock()
         self._loading: dict[Hashable, threading.Lock] = {}
         self.loads = 0
 
     def get(self, key: Hashable, loader: Callable[[], ServingModel]) -> ServingModel:
         with self._lock:
+            self._touch(key)
             model = self._models.get(key)
             if model is not None:
                 self._models.move_to_end(key)
@@ -40,6 +53,26 @@ class ModelCache:
                 self._evict(keep=key)
             return model
 
+    def _touch(self, key: Hashable) -> None:
+        now = self._clock()
+        self._last_used[key] = now
+        if now >= self._next_sweep:  # at most once a second: the sweep looks at every loaded model
+            self._next_sweep = now + 1.0
+            self._unload_superseded(now)
+
+    def _unload_superseded(self, now: float) -> None:
+        latest: dict[Hashable, float] = {}
+        for key in self._models:
+            if isinstance(key, tuple) and len(key) == 2:
+                latest[key[0]] = max(latest.get(key[0], 0.0), self._last_used.get(key, 0.0))
+        for key in list(self._models):
+            if not (isinstance(key, tuple) and len(key) == 2):
+                continue
+            used = self._last_used.get(key, 0.0)
+            if now - used > self.superseded_idle_s and latest[key[0]] > used:
+                del self._models[key]
+                self._last_used.pop(key, None)
+
     def _evict(self, keep: Hashable) -> None:
         while self._used() > self.max_bytes and len(self._models) > 1:
             oldest = next(iter(self._models))
@@ -47,6 +80,7 @@ class ModelCache:
                 self._models.move_to_end(oldest)
                 continue
             del self._models[oldest]
+            self._last_used.pop(oldest, None)
 
     def _used(self) -> int:
         return sum(m.memory_bytes for m in self._models.values())
@@ -54,6 +88,7 @@ class ModelCache:
     def discard(self, key: Hashable) -> None:
         with self._lock:
             self._models.pop(key, None)
+            self._last_used.pop(key, None)
 
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:

@@ -77,6 +77,28 @@ def test_cache_keeps_recent_models_within_budget(onnx_bytes: bytes) -> None:
     assert "c" not in cache and "b" in cache  # b was used more recently than c
 
 
+def test_superseded_versions_are_unloaded_once_idle(onnx_bytes: bytes) -> None:
+    """A retrain or class change moves the traffic to a new version: the old one's session goes after a
+    minute without requests, long before the byte budget would push it out."""
+    now = [0.0]
+    cache = ModelCache(max_bytes=10**12, superseded_idle_s=60, clock=lambda: now[0])
+    cache.get(("m", 1), lambda: load_model(onnx_bytes))
+    cache.get(("other", 1), lambda: load_model(onnx_bytes))
+    now[0] = 10
+    cache.get(("m", 2), lambda: load_model(onnx_bytes))  # version 2 serves from now on
+    for t in range(20, 60, 5):
+        now[0] = t
+        cache.get(("m", 2), lambda: pytest.fail("loaded once"))
+    assert ("m", 1) in cache  # 55 s without a request: kept
+    now[0] = 61
+    cache.get(("m", 2), lambda: pytest.fail("loaded once"))
+    assert ("m", 1) not in cache and ("m", 2) in cache
+    assert ("other", 1) in cache  # the only version of its model: kept however idle (the budget decides)
+    now[0] = 200
+    cache.get(("m", 1), lambda: load_model(onnx_bytes))  # asked for explicitly again: loaded again
+    assert ("m", 1) in cache and cache.loads == 4
+
+
 def test_concurrent_requests_share_one_load(onnx_bytes: bytes) -> None:
     cache = ModelCache(max_bytes=10**9)
     barrier = threading.Barrier(6)
