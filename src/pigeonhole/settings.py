@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     # upload is about to reference is never swept from under it.
     blob_sweep_grace_s: float = 3600.0
 
+    # Models. Head-only class additions can fall behind a retrain when the extractor was fine-tuned on
+    # the original classes; above this gap (validation recall, in points) a retrain is suggested.
+    drift_retrain_gap_points: float = Field(default=2.0, ge=0, description="suggest (or, with a model's "
+                                            "auto_retrain, start) a retrain when classes added without "
+                                            "retraining are recognised this many points less well")
+
     # Remote image imports (dataset imports and predictions by URL).
     fetch_allow_private: bool = Field(default=False, description="allow URLs on private, loopback or "
                                       "link-local addresses (off: protects internal services from SSRF)")

@@ -296,3 +296,90 @@ def test_growing_a_trained_version_equals_a_refit_from_scratch(app, alice: Accou
     probe = compute_features([ImageItem(f"p{i}", (lambda i=i: grey_png(30 + 25 * i, 5000 + i)))
                               for i in range(8)], extractor)
     np.testing.assert_allclose(grown.predict_proba(probe), reference.predict_proba(probe), atol=1e-6)
+
+
+def _finish_training(app, model_id: str) -> None:  # type: ignore[no-untyped-def]
+    """The model's training job is over (in these tests it never runs: versions are recorded directly)."""
+    from sqlalchemy import update
+
+    with app.state.session_factory() as db, db.begin():
+        db.execute(update(Job).where(Job.model_id == model_id, Job.kind.in_(("train", "retrain")))
+                   .values(status="succeeded"))
+
+
+def _manifest_matches_head(app, model_id: str, v: int) -> bool:  # type: ignore[no-untyped-def]
+    from pigeonhole.models.expansion import _load_manifest
+
+    blobs = app.state.blob_store
+    with app.state.session_factory() as db:
+        row = db.query(ModelVersion).filter_by(model_id=model_id, v=v).one()
+        key, head = row.lineage.get("manifest_key"), RidgeHead.from_bytes(blobs.read_bytes(row.head_key))
+    return key is not None and _load_manifest(blobs, key, head) is not None
+
+
+def test_renaming_a_class_changes_its_label_only(app, alice: Account, grown_setup: tuple[str, str],
+                                                 tmp_path: Path) -> None:
+    model_id, dataset_id = grown_setup
+    _trained_like_version(app, alice, model_id, dataset_id)  # v1, with a manifest
+    url = f"/api/v1/models/{model_id}/classes"
+    refused = alice.client.patch(f"{url}/dark", json={"name": "black"})
+    assert refused.status_code == 409 and refused.json()["code"] == "training_in_progress"
+    assert "Wait for the training to finish" in refused.json()["detail"]
+    _finish_training(app, model_id)
+    assert alice.client.patch(f"{url}/zebra", json={"name": "black"}).status_code == 404
+    assert alice.client.patch(f"{url}/dark", json={"name": "bright"}).json()["code"] == "class_exists"
+    in_dataset = alice.client.patch(f"{url}/dark", json={"name": "mid"})  # not in the model, but in its dataset
+    assert in_dataset.status_code == 409 and "dataset already has a class named 'mid'" in in_dataset.json()["detail"]
+    assert alice.client.patch(f"{url}/dark", json={"name": "a/b"}).json()["code"] == "invalid_label"
+    assert alice.client.patch(f"{url}/dark", json={"name": " "}).status_code == 422
+
+    renamed = alice.client.patch(f"{url}/dark", json={"name": "black"})
+    assert renamed.status_code == 202, renamed.text
+    assert renamed.json()["model"]["requested_classes"] == ["black", "bright"]
+    result = run_job(app, renamed.json()["job_id"], tmp_path)
+    assert "new_classes" not in result["stage_seconds"] and "val_features" not in result["stage_seconds"]
+    model = alice.client.get(f"/api/v1/models/{model_id}").json()
+    assert model["active_version"] == 2 and model["classes"] == ["black", "bright"]
+    v1, v2 = (alice.client.get(f"/api/v1/models/{model_id}/versions/{v}").json() for v in (1, 2))
+    assert v2["lineage"]["change"] == "renamed 'dark' to 'black'" and v2["lineage"]["parent"] == 1
+    assert v2["threshold"] == v1["threshold"]
+    swap = {"dark": "black"}
+    for before, after in zip(_probs(alice, model_id, 1), _probs(alice, model_id, 2), strict=True):
+        expected = sorted((swap.get(label, label), p) for label, p in before)
+        assert [label for label, _ in after] == [label for label, _ in expected]
+        assert max(abs(x - y) for (_, x), (_, y) in zip(expected, after, strict=True)) <= 1e-6
+    # the dataset's images moved to the new name, and the manifest still describes the head
+    labels = {i["label"] for i in all_images(alice, dataset_id)}
+    assert "black" in labels and "dark" not in labels
+    assert _manifest_matches_head(app, model_id, 2)
+
+    # adding a class afterwards is still exact (the renamed manifest is accepted), and removing works
+    run_job(app, alice.client.post(url, json={"names": ["mid"]}).json()["job_id"], tmp_path)  # v3
+    assert _manifest_matches_head(app, model_id, 3)
+    blobs = app.state.blob_store
+    with app.state.session_factory() as db:
+        row = db.query(ModelVersion).filter_by(model_id=model_id, v=3).one()
+        grown, model_bytes = RidgeHead.from_bytes(blobs.read_bytes(row.head_key)), blobs.read_bytes(row.onnx_key)
+    extractor = extractor_of(model_bytes)
+    rows = [(i["sha256"], i["label"], i["split"], i["size_bytes"]) for i in all_images(alice, dataset_id)]
+    reference = _reference_head(blobs, extractor, rows, ["black", "bright", "mid"])
+    assert grown.classes == reference.classes and grown.counts == reference.counts
+    probe = compute_features([ImageItem(f"p{i}", (lambda i=i: grey_png(30 + 25 * i, 5000 + i))) for i in range(8)],
+                             extractor)
+    np.testing.assert_allclose(grown.predict_proba(probe), reference.predict_proba(probe), atol=1e-6)
+    run_job(app, alice.client.delete(f"{url}/bright").json()["job_id"], tmp_path)
+    assert alice.client.get(f"/api/v1/models/{model_id}").json()["classes"] == ["black", "mid"]
+
+
+def test_renamed_metrics_name_the_new_class_everywhere() -> None:
+    from pigeonhole.learn.evaluate import rename_classes
+
+    metrics = {"accuracy": 0.5, "per_class": {"classes": {"a": {"recall": 1.0}, "b": {"recall": 0.0}}, "macro": {}},
+               "confusion": {"labels": ["a", "b"], "columns": ["a", "b", "unknown"], "matrix": [[1, 0, 0], [1, 0, 0]]},
+               "confident_mistakes": [{"image": "x", "true": "b", "predicted": "a", "confidence": 0.9}],
+               "drift": {"gap_points": 3.0, "known": ["a"], "added": ["b"], "val_images": 2}}
+    out = rename_classes(metrics, {"a": "z"})
+    assert list(out["per_class"]["classes"]) == ["z", "b"] and out["accuracy"] == 0.5
+    assert out["confusion"]["labels"] == ["z", "b"] and out["confusion"]["columns"] == ["z", "b", "unknown"]
+    assert out["confident_mistakes"][0]["predicted"] == "z" and out["drift"]["known"] == ["z"]
+    assert metrics["per_class"]["classes"].keys() == {"a", "b"}  # the base version's metrics are left alone

@@ -105,6 +105,16 @@ class CandidateConfig:
         return cls(**kwargs)
 
 
+def extractor_classes(config: CandidateConfig, classes: Sequence[str]) -> list[str] | None:
+    """The classes whose images shaped the candidate's extractor, or None for a frozen pretrained one.
+
+    Fine-tuned and from-scratch extractors learnt features for exactly these classes, so classes added
+    later by head-only updates may be served less well than by a retrain (the drift guard watches this);
+    a frozen ImageNet extractor favours none of the user's classes.
+    """
+    return list(classes) if config.kind != "frozen" else None
+
+
 def _smallcnn_mflops(config: CandidateConfig) -> float:
     from pigeonhole.learn.backbones import small_cnn_mflops
 

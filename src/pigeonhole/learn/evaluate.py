@@ -101,3 +101,55 @@ def evaluate(
         "per_class": per_class_report(t, top1, classes),
         "confusion": confusion_matrix(t, with_unknown, classes),
     }
+
+
+def rename_classes(metrics: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+    """The same metrics with classes renamed (a rename changes labels only, so every figure stays valid).
+
+    Covers every place a metrics dict names a class: per-class figures, confusion labels and columns,
+    confident mistakes, and the drift estimate's class groups.
+    """
+    if not mapping:
+        return dict(metrics)
+    name = lambda c: mapping.get(c, c)  # noqa: E731
+    out = dict(metrics)
+    per_class = metrics.get("per_class")
+    if isinstance(per_class, dict) and isinstance(per_class.get("classes"), dict):
+        out["per_class"] = {**per_class, "classes": {name(c): v for c, v in per_class["classes"].items()}}
+    confusion = metrics.get("confusion")
+    if isinstance(confusion, dict):
+        out["confusion"] = {**confusion, **{k: [name(c) for c in confusion[k]]
+                                            for k in ("labels", "columns") if isinstance(confusion.get(k), list)}}
+    if isinstance(metrics.get("confident_mistakes"), list):
+        out["confident_mistakes"] = [{**m, "true": name(m.get("true")), "predicted": name(m.get("predicted"))}
+                                     for m in metrics["confident_mistakes"]]
+    drift = metrics.get("drift")
+    if isinstance(drift, dict):
+        out["drift"] = {**drift, **{k: [name(c) for c in drift[k]] for k in ("known", "added")
+                                    if isinstance(drift.get(k), list)}}
+    return out
+
+
+def recall_gap(true: Sequence[str], predicted: Sequence[str], known: Sequence[str],
+               added: Sequence[str]) -> dict[str, Any] | None:
+    """Mean recall of the ``known`` classes minus that of the ``added`` ones, in points (0-100).
+
+    Why: when the extractor was fine-tuned on the original classes, classes added later with a head-only
+    update are seen through features that were never shaped for them. Their lower recall on validation
+    images, compared with the original classes', estimates what a full retrain would gain. Only classes
+    with validation images count; None when either group has none.
+    """
+    recalls: dict[str, float] = {}
+    images = 0
+    for cls in [*known, *added]:
+        hits = [p == cls for t, p in zip(true, predicted, strict=True) if t == cls]
+        if hits:
+            recalls[cls] = sum(hits) / len(hits)
+            images += len(hits)
+    known_r = [recalls[c] for c in known if c in recalls]
+    added_r = [recalls[c] for c in added if c in recalls]
+    if not known_r or not added_r:
+        return None
+    gap = 100.0 * (float(np.mean(known_r)) - float(np.mean(added_r)))
+    return {"gap_points": round(gap, 2), "known": [c for c in known if c in recalls],
+            "added": [c for c in added if c in recalls], "val_images": images}

@@ -48,6 +48,7 @@ from pigeonhole.learn.candidates import (
     TrainParams,
     build_stack,
     extract_features,
+    extractor_classes,
     member_key,
 )
 from pigeonhole.learn.data import ImageSource, PixelStore, TrainingImage, TrainingSet
@@ -526,7 +527,8 @@ class _Search:
         if head.classes != self.classes:
             raise RuntimeError(f"head classes {head.classes} differ from the training set's {self.classes}")
         lineage = {"job": self.job, "dataset": self.ts.fingerprint(), "seed": self.config.seed,
-                   "extractor_key": scored.extractor.key, "parent": self.current.config.name if self.current else None}
+                   "extractor_key": scored.extractor.key, "parent": self.current.config.name if self.current else None,
+                   "extractor_classes": extractor_classes(config, self.classes)}
         model = export_model(scored.extractor.module, scored.extractor.input_spec, head,
                              metadata={"pigeonhole.candidate": config.name})
         eval_split = "test" if self.splits["test"] else "val"

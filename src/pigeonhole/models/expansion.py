@@ -1,11 +1,13 @@
-"""Growing a model: add or remove classes in seconds, exactly, without retraining (the ``expand`` job).
+"""Growing a model: add, remove or rename classes in seconds, exactly, without retraining (the ``expand`` job).
 
-Worker: read the base version's ONNX file and head statistics from the blob store; remove classes
-by subtracting their statistics; add classes by passing only their images through the version's
-own frozen extractor (features cached per node) and adding their statistics; choose the ridge
-strength, calibration and "unknown" threshold again on the validation images; measure the new
-version on the test images; rebuild the ONNX file (same extractor, new head) and upload it.
-Dispatcher: record the new version and make it the active one.
+Worker: read the base version's ONNX file and head statistics from the blob store; rename classes
+(labels only: statistics, weights and metrics carry over); remove classes by subtracting their
+statistics; add classes by passing only their images through the version's own frozen extractor
+(features cached per node) and adding their statistics; choose the ridge strength, calibration and
+"unknown" threshold again on the validation images; measure the new version on the test images and,
+when the extractor was fine-tuned on the original classes, how much less well the added classes are
+recognised (the drift guard); rebuild the ONNX file (same extractor, new head) and upload it.
+Dispatcher: record the new version and make it the active one; suggest or start a retrain on drift.
 """
 
 from __future__ import annotations
@@ -19,20 +21,23 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pigeonhole.compute.handlers import JobContext, JobFailed, JobHandler, Placement, Resources, register
-from pigeonhole.db.tables import DatasetImage, Job, Model
+from pigeonhole.db.tables import DatasetImage, Job, Model, ModelVersion
 from pigeonhole.ids import new_id
 from pigeonhole.learn.artifacts import measure_speed, split_metrics
+from pigeonhole.learn.evaluate import recall_gap, rename_classes
 from pigeonhole.learn.features import FeatureCache, ImageItem, compute_features
 from pigeonhole.learn.grow import extractor_of, input_spec_of, rebuild_model
 from pigeonhole.learn.head import RidgeHead
+from pigeonhole.models import drift
 from pigeonhole.models import repository as repo
 from pigeonhole.models.service import artifact_prefix, settle_version, source_of
 from pigeonhole.settings import load_settings
 from pigeonhole.storage.blobs import BlobStore
 
 
-def describe_change(add: list[str], remove: list[str], refresh: list[str] | None = None) -> str:
-    parts = []
+def describe_change(add: list[str], remove: list[str], refresh: list[str] | None = None,
+                    rename: dict[str, str] | None = None) -> str:
+    parts = [f"renamed {old!r} to {new!r}" for old, new in (rename or {}).items()]
     if refresh:
         parts.append("updated images of " + ", ".join(repr(c) for c in refresh))
     if add:
@@ -51,6 +56,37 @@ def _load_manifest(blobs: BlobStore, key: str | None, head: RidgeHead) -> list[l
     for _, label, _, _ in manifest:
         counts[label] = counts.get(label, 0) + 1
     return manifest if counts == head.counts else None
+
+
+def _rename(head: RidgeHead, manifest: list[list[Any]] | None, rename: dict[str, str]) -> list[list[Any]] | None:
+    """Rename classes in the head (labels only) and in its manifest, which then still matches the head."""
+    for old, new in rename.items():
+        head.rename_class(old, new)
+    if manifest is None:
+        return None
+    return [[sha, rename.get(label, label), split, size] for sha, label, split, size in manifest]
+
+
+def _only_renames(payload: dict[str, Any]) -> bool:
+    return bool(payload.get("rename")) and not payload["add"] and not payload["remove"] and not payload.get("refresh")
+
+
+def extractor_classes_after(base: ModelVersion, rename: dict[str, str] | None) -> list[str] | None:
+    """The classes the base's extractor was fine-tuned on, under their current names (None: pretrained)."""
+    known = (base.lineage or {}).get("extractor_classes")
+    if known is None:
+        return None
+    return [(rename or {}).get(c, c) for c in known]
+
+
+def _drift(chooser: RidgeHead, val_features: Any, val_labels: list[str],
+           known: list[str] | None) -> dict[str, Any] | None:
+    """The drift guard's estimate, with the head that chose the settings (it never held these images)."""
+    if known is None or val_features is None or not val_labels:
+        return None
+    predicted = [chooser.classes[i] for i in chooser.predict_proba(val_features).argmax(axis=1)]
+    return recall_gap(val_labels, predicted, known=[c for c in chooser.classes if c in known],
+                      added=[c for c in chooser.classes if c not in known])
 
 
 def _speed(grown: bytes, payload: dict[str, Any]) -> dict[str, Any]:
@@ -96,14 +132,17 @@ class ExpandHandler(JobHandler):
                             "Retrain the model instead.")
         if model.dataset_id is None and params["add"]:
             raise JobFailed("The model's dataset was deleted, so there are no images for new classes.")
-        classes = [c for c in base.classes if c not in params["remove"]] + list(params["add"])
+        rename = params.get("rename") or {}
+        classes = [c for c in (rename.get(c, c) for c in base.classes) if c not in params["remove"]] + \
+            list(params["add"])
         rows = db.execute(select(DatasetImage.sha256, DatasetImage.label, DatasetImage.split, DatasetImage.size_bytes)
                           .where(DatasetImage.dataset_id == model.dataset_id, DatasetImage.label.in_(classes))
                           .order_by(DatasetImage.id)) if model.dataset_id else []
         images = [[sha, label, split, size] for sha, label, split, size in rows]
         return {**params, "onnx_key": base.onnx_key, "head_key": base.head_key, "classes": classes,
                 "images": images, "manifest_key": (base.lineage or {}).get("manifest_key"),
-                "base_speed": {"latency_ms": base.latency_ms, "throughput_img_s": base.throughput}}
+                "base_speed": {"latency_ms": base.latency_ms, "throughput_img_s": base.throughput},
+                "base_metrics": base.metrics, "extractor_classes": extractor_classes_after(base, rename)}
 
     def run(self, ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
         started = time.monotonic()
@@ -112,80 +151,18 @@ class ExpandHandler(JobHandler):
         ctx.report(progress=0.05, stage="Loading the current model")
         model_bytes = blobs.read_bytes(payload["onnx_key"])
         head = RidgeHead.from_bytes(blobs.read_bytes(payload["head_key"]))
-        extractor = extractor_of(model_bytes, threads=2)
+        manifest = _load_manifest(blobs, payload.get("manifest_key"), head)  # checked against the old names
+        rename = payload.get("rename") or {}
+        manifest = _rename(head, manifest, rename)
         clock.lap("load")
-        cache = FeatureCache(Path(ctx.cache_dir) / "learn" / "grow", max(1 << 26, int(ctx.cache_max_bytes) // 4))
-        images = payload["images"]
-
-        def items(split: str, labels: set[str] | None = None) -> tuple[list[ImageItem], list[str], list[str]]:
-            rows = [r for r in images if r[2] == split and (labels is None or r[1] in labels)]
-            made = [ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n))) for sha, _, _, size in rows]
-            return made, [r[1] for r in rows], [r[0] for r in rows]
-
-        manifest = _load_manifest(blobs, payload.get("manifest_key"), head)
-        try:
-            # A refreshed class is rebuilt from all its current images: its statistics are independent of
-            # the other classes', so subtracting and adding them again is exact.
-            for name in payload["remove"] + payload.get("refresh", []):
-                if name in head.classes:
-                    head.remove_class(name)
-            new_classes = (set(payload["add"]) | set(payload.get("refresh", []))) - set(head.classes)
-            val_items, val_labels, val_keys = items("val")
-            # As in training: ridge strength, calibration and threshold are chosen on validation images the
-            # head does not hold; the final head then holds train + validation images of every class.
-            chooser = RidgeHead.from_bytes(head.to_bytes())
-            if manifest is not None:
-                held = [r for r in manifest if r[2] == "val" and r[1] in chooser.classes]
-                if held:
-                    held_items = [ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))
-                                  for sha, _, _, size in held]
-                    chooser.remove_images(compute_features(held_items, extractor, cache), [r[1] for r in held])
-            clock.lap("held_out")
-            if new_classes:
-                ctx.report(progress=0.2, stage=f"Learning {len(new_classes)} class(es) from their images")
-                new_items, new_labels, _ = items("train", new_classes)
-                if not new_items:
-                    raise JobFailed("The new classes have no training images.")
-                new_features = compute_features(new_items, extractor, cache)
-                chooser.add(new_features, new_labels)
-                head.add(new_features, new_labels)
-                clock.lap("new_classes")
-            ctx.report(progress=0.6, stage="Checking accuracy on validation images")
-            val_features = compute_features(val_items, extractor, cache) if val_items else None
-            clock.lap("val_features")
-            if val_features is not None and len(set(val_labels)) >= 2:
-                chooser.fit(val_features, val_labels)
-            else:
-                chooser.solve()
-            if manifest is None:
-                head = chooser  # older versions hold training images only: keep doing the same
-            else:
-                for attribute in ("alpha", "temperature", "threshold", "threshold_precision", "threshold_coverage"):
-                    setattr(head, attribute, getattr(chooser, attribute))
-                fresh = [i for i, label in enumerate(val_labels) if label in new_classes]
-                if fresh and val_features is not None:
-                    head.add(val_features[fresh], [val_labels[i] for i in fresh])
+        if _only_renames(payload):
+            # A label change only: no image passes through the extractor, statistics and weights are the
+            # base's, so predictions are the base's and so are its measurements (under the new name).
+            if head.weights is None:
                 head.solve()
-                clock.lap("solve")
-                manifest = [r for r in manifest if r[1] in head.classes and r[1] not in new_classes] + \
-                    [r for r in images if r[1] in new_classes and r[2] in ("train", "val")]
-            ctx.report(progress=0.8, stage="Measuring the new version")
-            test_items, test_labels, test_keys = items("test")
-            if test_items:
-                probs = head.predict_proba(compute_features(test_items, extractor, cache))
-                metrics = split_metrics(probs, test_labels, test_keys, head.classes, head.threshold)
-                metrics["split"] = "test"
-            elif val_features is not None:
-                # As training does without test images: measure on validation images, with the head that
-                # chose the settings and never held them, so the figure is not the final head's own data.
-                probs = chooser.predict_proba(val_features)
-                metrics = split_metrics(probs, val_labels, val_keys, chooser.classes, chooser.threshold)
-                metrics["split"] = "val"
-            else:
-                metrics = {"note": "no test images"}
-            clock.lap("measure")
-        finally:
-            cache.close()
+            metrics = rename_classes(payload.get("base_metrics") or {}, rename)
+        else:
+            head, manifest, metrics = _grow(ctx, payload, blobs, model_bytes, head, manifest, clock)
         grown = rebuild_model(model_bytes, head)
         clock.lap("rebuild")
         speed = _speed(grown, payload)
@@ -197,7 +174,8 @@ class ExpandHandler(JobHandler):
             keys["manifest"] = f"{prefix}/images.json"
             blobs.put_bytes(keys["manifest"], json.dumps(manifest).encode())
         card = {"classes": head.classes, "metrics": metrics, "unknown_threshold": float(head.threshold),
-                "speed": speed, "change": describe_change(payload["add"], payload["remove"], payload.get("refresh")),
+                "speed": speed, "change": describe_change(payload["add"], payload["remove"], payload.get("refresh"),
+                                                          rename),
                 "parent_version": payload["base_version"], "seconds": round(time.monotonic() - started, 2),
                 "stage_seconds": clock.laps}
         blobs.put_bytes(keys["model"], grown)
@@ -216,14 +194,104 @@ class ExpandHandler(JobHandler):
         spec = {k: v for k, v in result["input"].items() if k != "crop"}
         base = repo.version(db, model.id, int(job.params["base_version"]))
         source = source_of(base) if base is not None else int(job.params["base_version"])
-        settle_version(db, model, load_settings(), classes=result["classes"], metrics=result["metrics"],
-                       input_spec=spec,
-                       threshold=result["threshold"], size_bytes=result["size_bytes"], onnx_key=result["keys"]["model"],
-                       head_key=result["keys"]["head"], card_key=result["keys"]["card"],
-                       lineage={"change": describe_change(job.params["add"], job.params["remove"],
-                                                          job.params.get("refresh")),
-                                "parent": job.params["base_version"], "job_id": job.id,
-                                "seconds": result["seconds"], "manifest_key": result["keys"].get("manifest"),
-                                "source": source},
-                       latency_ms=result["latency_ms"], throughput=result["throughput"], job_id=job.id,
-                       version_id=result["version_id"])
+        rename = job.params.get("rename") or {}
+        settings = load_settings()
+        row = settle_version(
+            db, model, settings, guarded=bool(job.params.get("guarded")), classes=result["classes"],
+            metrics=result["metrics"], input_spec=spec, threshold=result["threshold"],
+            size_bytes=result["size_bytes"], onnx_key=result["keys"]["model"], head_key=result["keys"]["head"],
+            card_key=result["keys"]["card"],
+            lineage={"change": describe_change(job.params["add"], job.params["remove"], job.params.get("refresh"),
+                                               rename),
+                     "parent": job.params["base_version"], "job_id": job.id, "seconds": result["seconds"],
+                     "manifest_key": result["keys"].get("manifest"), "source": source,
+                     "extractor_classes": extractor_classes_after(base, rename) if base is not None else None},
+            latency_ms=result["latency_ms"], throughput=result["throughput"], job_id=job.id,
+            version_id=result["version_id"])
+        drift.after_expand(db, model, row, settings)
+
+
+def _grow(ctx: JobContext, payload: dict[str, Any], blobs: BlobStore, model_bytes: bytes, head: RidgeHead,
+          manifest: list[list[Any]] | None, clock: _StageClock,
+          ) -> tuple[RidgeHead, list[list[Any]] | None, dict[str, Any]]:
+    """Remove, refresh and add classes; choose the settings on validation images; measure the result.
+
+    Returns the new head, the manifest of the images it holds (None if unknown) and its metrics.
+    """
+    extractor = extractor_of(model_bytes, threads=2)
+    clock.lap("load")
+    cache = FeatureCache(Path(ctx.cache_dir) / "learn" / "grow", max(1 << 26, int(ctx.cache_max_bytes) // 4))
+    images = payload["images"]
+
+    def items(split: str, labels: set[str] | None = None) -> tuple[list[ImageItem], list[str], list[str]]:
+        rows = [r for r in images if r[2] == split and (labels is None or r[1] in labels)]
+        made = [ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n))) for sha, _, _, size in rows]
+        return made, [r[1] for r in rows], [r[0] for r in rows]
+
+    try:
+        # A refreshed class is rebuilt from all its current images: its statistics are independent of
+        # the other classes', so subtracting and adding them again is exact.
+        for name in payload["remove"] + payload.get("refresh", []):
+            if name in head.classes:
+                head.remove_class(name)
+        new_classes = (set(payload["add"]) | set(payload.get("refresh", []))) - set(head.classes)
+        val_items, val_labels, val_keys = items("val")
+        # As in training: ridge strength, calibration and threshold are chosen on validation images the
+        # head does not hold; the final head then holds train + validation images of every class.
+        chooser = RidgeHead.from_bytes(head.to_bytes())
+        if manifest is not None:
+            held = [r for r in manifest if r[2] == "val" and r[1] in chooser.classes]
+            if held:
+                held_items = [ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))
+                              for sha, _, _, size in held]
+                chooser.remove_images(compute_features(held_items, extractor, cache), [r[1] for r in held])
+        clock.lap("held_out")
+        if new_classes:
+            ctx.report(progress=0.2, stage=f"Learning {len(new_classes)} class(es) from their images")
+            new_items, new_labels, _ = items("train", new_classes)
+            if not new_items:
+                raise JobFailed("The new classes have no training images.")
+            new_features = compute_features(new_items, extractor, cache)
+            chooser.add(new_features, new_labels)
+            head.add(new_features, new_labels)
+            clock.lap("new_classes")
+        ctx.report(progress=0.6, stage="Checking accuracy on validation images")
+        val_features = compute_features(val_items, extractor, cache) if val_items else None
+        clock.lap("val_features")
+        if val_features is not None and len(set(val_labels)) >= 2:
+            chooser.fit(val_features, val_labels)
+        else:
+            chooser.solve()
+        gap = _drift(chooser, val_features, val_labels, payload.get("extractor_classes"))
+        if manifest is None:
+            head = chooser  # older versions hold training images only: keep doing the same
+        else:
+            for attribute in ("alpha", "temperature", "threshold", "threshold_precision", "threshold_coverage"):
+                setattr(head, attribute, getattr(chooser, attribute))
+            fresh = [i for i, label in enumerate(val_labels) if label in new_classes]
+            if fresh and val_features is not None:
+                head.add(val_features[fresh], [val_labels[i] for i in fresh])
+            head.solve()
+            clock.lap("solve")
+            manifest = [r for r in manifest if r[1] in head.classes and r[1] not in new_classes] + \
+                [r for r in images if r[1] in new_classes and r[2] in ("train", "val")]
+        ctx.report(progress=0.8, stage="Measuring the new version")
+        test_items, test_labels, test_keys = items("test")
+        if test_items:
+            probs = head.predict_proba(compute_features(test_items, extractor, cache))
+            metrics = split_metrics(probs, test_labels, test_keys, head.classes, head.threshold)
+            metrics["split"] = "test"
+        elif val_features is not None:
+            # As training does without test images: measure on validation images, with the head that
+            # chose the settings and never held them, so the figure is not the final head's own data.
+            probs = chooser.predict_proba(val_features)
+            metrics = split_metrics(probs, val_labels, val_keys, chooser.classes, chooser.threshold)
+            metrics["split"] = "val"
+        else:
+            metrics = {"note": "no test images"}
+        if gap is not None:
+            metrics["drift"] = gap
+        clock.lap("measure")
+    finally:
+        cache.close()
+    return head, manifest, metrics

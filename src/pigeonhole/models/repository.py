@@ -46,3 +46,12 @@ def running_jobs(db: Session, models: list[Model]) -> set[str]:
         return set()
     running = set(db.scalars(select(Job.id).where(Job.id.in_(ids), Job.status == "running")))
     return {m.id for m in models if m.job_id in running}
+
+
+TRAINING_KINDS = ("train", "retrain")
+
+
+def training_in_progress(db: Session, model_id: str) -> bool:
+    """Whether a training or retrain job of the model is queued or running."""
+    return db.scalar(select(Job.id).where(Job.model_id == model_id, Job.kind.in_(TRAINING_KINDS),
+                                          Job.status.in_(("queued", "running"))).limit(1)) is not None

@@ -24,11 +24,14 @@ from pigeonhole.models.schemas import (
     ClassChange,
     ClassesAdd,
     InputSpecPublic,
+    ModelClassRename,
     ModelCreate,
     ModelPublic,
+    ModelUpdate,
     PredictionResult,
     PredictRequest,
     RefreshRequest,
+    RetrainSuggestion,
     VersionPublic,
 )
 from pigeonhole.models.service import ModelService, TrainingRequest
@@ -87,13 +90,16 @@ ReadableModel = Annotated[Model, Depends(_readable)]
 def model_public(model: Model, active: ModelVersion | None, training: bool = False) -> ModelPublic:
     # "training" is derived: the job's own status says when it runs (a worker never writes the model row).
     status_ = "training" if training and model.status == "queued" else model.status
+    suggestion = RetrainSuggestion(**model.retrain_suggested) if model.retrain_suggested else None
     return ModelPublic(id=model.id, name=model.name, dataset_id=model.dataset_id, status=status_,
                        active_version=model.active_version,
                        classes=active.classes if active else (model.requested_classes or []),
                        requested_classes=model.requested_classes or (active.classes if active else []),
                        metrics=active.metrics if active else None, target_accuracy=model.target_accuracy,
                        time_budget_s=model.time_budget_s, preference=model.preference,  # type: ignore[arg-type]
-                       job_id=model.job_id, created_at=model.created_at, updated_at=model.updated_at)
+                       job_id=model.job_id, auto_retrain=bool(model.auto_retrain),
+                       retrain_suggested=suggestion,
+                       created_at=model.created_at, updated_at=model.updated_at)
 
 
 def version_public(row: ModelVersion, model: Model) -> VersionPublic:
@@ -116,7 +122,7 @@ def create_model(body: ModelCreate, service: WriteService) -> ModelPublic:
     """Train a model on a dataset. The first version usually serves within a minute; better ones follow."""
     model = service.create(TrainingRequest(name=body.name, dataset_id=body.dataset_id, classes=body.classes,
                                            target_accuracy=body.target_accuracy, time_budget_s=body.time_budget_s,
-                                           preference=body.preference))
+                                           preference=body.preference, auto_retrain=bool(body.auto_retrain)))
     return _public(service, model)
 
 
@@ -135,6 +141,12 @@ def list_models(principal: Reader, db: DbSession, cursor: str | None = None,
 def get_model(model: ReadableModel, service: ReadService) -> ModelPublic:
     """A model with its status, classes and the metrics of the version that serves."""
     return _public(service, model)
+
+
+@router.patch("/{model_id}", response_model=ModelPublic)
+def update_model(model: WritableModel, body: ModelUpdate, service: WriteService) -> ModelPublic:
+    """Rename the model, or turn the automatic retrain on or off (``auto_retrain``)."""
+    return _public(service, service.update(model, name=body.name, auto_retrain=body.auto_retrain))
 
 
 @router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -171,6 +183,17 @@ def add_classes(model: WritableModel, body: ClassesAdd, service: WriteService) -
 def remove_class(model: WritableModel, name: str, service: WriteService) -> ClassChange:
     """Remove a class: a new version without it serves within seconds (no retraining)."""
     job = service.change_classes(model, add=[], remove=[name])
+    return ClassChange(model=_public(service, model), job_id=job.id if job else None)
+
+
+@router.patch("/{model_id}/classes/{name}", status_code=status.HTTP_202_ACCEPTED, response_model=ClassChange)
+def rename_class(model: WritableModel, name: str, body: ModelClassRename, service: WriteService) -> ClassChange:
+    """Rename a class, in the model and in its dataset: a label change only, predictions stay the same.
+
+    A new version with the new name serves within a second or two (follow ``job_id``). Refused while
+    the model is training (409): rename once the training has finished.
+    """
+    job = service.rename_class(model, name, body.name)
     return ClassChange(model=_public(service, model), job_id=job.id if job else None)
 
 

@@ -19,6 +19,21 @@ class ModelCreate(BaseModel):
     target_accuracy: float | None = Field(default=None, ge=0, le=1, description="stop once this is reached")
     time_budget_s: int | None = Field(default=None, ge=10, le=7 * 24 * 3600, description="longest training time")
     preference: Preference = "balanced"
+    # Optional (null = off) so that clients written before the setting existed keep type-checking.
+    auto_retrain: bool | None = Field(default=None, description="retrain by itself when classes added later "
+                                      "are recognised clearly less well than the original ones (see "
+                                      "retrain_suggested); default off")
+
+
+class ModelUpdate(BaseModel):
+    name: Text | None = Field(default=None, max_length=400)
+    auto_retrain: bool | None = None
+
+
+class RetrainSuggestion(BaseModel):
+    gap_points: float = Field(description="how many points less well (validation recall) the classes added "
+                              "since the last training are recognised than the original ones")
+    reason: str
 
 
 class InputSpecPublic(BaseModel):
@@ -59,6 +74,10 @@ class ModelPublic(BaseModel):
     time_budget_s: int
     preference: Preference
     job_id: str | None
+    auto_retrain: bool = False
+    retrain_suggested: RetrainSuggestion | None = Field(
+        default=None, description="set when a retrain would likely do better than the class changes made "
+        "since the last training; cleared once a newer training version exists")
     created_at: datetime
     updated_at: datetime
 
@@ -94,10 +113,15 @@ class ClassesAdd(BaseModel):
     names: list[Text] = Field(min_length=1, description="classes of the model's dataset to add")
 
 
+class ModelClassRename(BaseModel):
+    name: Text = Field(description="the class's new name (renamed in the model's dataset too)")
+
+
 class ClassChange(BaseModel):
     model: ModelPublic
     job_id: str | None = Field(description="the job making the new version; null when no version exists yet "
-                                           "(the training's first version will include the change)")
+                                           "(the training's first version will include the change) or when "
+                                           "nothing changes")
 
 
 class RefreshRequest(BaseModel):

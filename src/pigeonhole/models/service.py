@@ -10,6 +10,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from pigeonhole.datasets import repository as dataset_repo
+from pigeonhole.datasets.labels import clean_label
 from pigeonhole.db.base import utcnow
 from pigeonhole.db.tables import Job, Model, ModelVersion
 from pigeonhole.errors import Conflict, NotFound, Unprocessable
@@ -36,6 +37,7 @@ class TrainingRequest:
     target_accuracy: float | None
     time_budget_s: int | None
     preference: str
+    auto_retrain: bool = False
 
 
 class ModelService:
@@ -61,10 +63,22 @@ class ModelService:
         budget = request.time_budget_s or DEFAULT_BUDGET_S[request.preference]
         model = Model(owner_id=self.owner_id, dataset_id=dataset.id, name=name, status="queued",
                       requested_classes=classes, target_accuracy=request.target_accuracy,
-                      time_budget_s=budget, preference=request.preference)
+                      time_budget_s=budget, preference=request.preference, auto_retrain=request.auto_retrain)
         self.db.add(model)
         self.db.flush()
         self._start_training(model, classes, kind="train")
+        return model
+
+    def update(self, model: Model, *, name: str | None = None, auto_retrain: bool | None = None) -> Model:
+        """Change what the user may change without training: the name and the automatic retrain."""
+        if name is not None:
+            name = name.strip()
+            if not name or len(name) > 200:
+                raise Unprocessable("Give the model a name of 1 to 200 characters.", code="invalid_name")
+            model.name = name
+        if auto_retrain is not None:
+            model.auto_retrain = auto_retrain
+        model.updated_at = utcnow()
         return model
 
     def retrain(self, model: Model) -> Model:
@@ -103,7 +117,8 @@ class ModelService:
             model.status = "queued"
         model.updated_at = utcnow()
 
-    def change_classes(self, model: Model, *, add: list[str], remove: list[str]) -> Job | None:
+    def change_classes(self, model: Model, *, add: list[str], remove: list[str],
+                       rename: dict[str, str] | None = None) -> Job | None:
         """Add classes from the dataset or remove classes; the new version comes from an ``expand`` job.
 
         With no version yet (training has not delivered one), only the wanted classes change: the
@@ -111,8 +126,9 @@ class ModelService:
         are applied one after the other (compare-and-set on ``classes_rev``), never lost.
         """
         add = list(dict.fromkeys(add))
+        rename = rename or {}
         for _ in range(CHANGE_ATTEMPTS):
-            wanted = self._wanted_after(model, add, remove)
+            wanted = self._wanted_after(model, add, remove, rename)
             updated = self.db.execute(
                 update(Model).where(Model.id == model.id, Model.classes_rev == model.classes_rev)
                 .values(requested_classes=wanted, classes_rev=model.classes_rev + 1, updated_at=utcnow()))
@@ -120,12 +136,18 @@ class ModelService:
                 self.db.refresh(model)
                 if model.active_version is None:
                     return None
-                return self.expand_from(model, model.active_version)
+                return self.expand_from(model, model.active_version, rename=rename)
             self.db.refresh(model)  # someone else changed the classes just now: start again from theirs
         raise Conflict("The model's classes are being changed by another request. Try again.", code="busy")
 
-    def _wanted_after(self, model: Model, add: list[str], remove: list[str]) -> list[str]:
+    def _wanted_after(self, model: Model, add: list[str], remove: list[str],
+                      rename: dict[str, str] | None = None) -> list[str]:
         current = list(model.requested_classes or [])
+        for old, new in (rename or {}).items():
+            if old not in current:
+                raise NotFound(f"The model has no class named '{old}'.", code="class_not_found")
+            if new in current:
+                raise Conflict(f"The model already has a class named '{new}'.", code="class_exists")
         for name in add:
             if name in current:
                 raise Conflict(f"The model already has a class named '{name}'.", code="class_exists")
@@ -144,10 +166,41 @@ class ModelService:
                 if counts[name] < MIN_IMAGES_PER_CLASS:
                     raise Unprocessable(f"Class '{name}' has only {counts[name]} image(s); add at least "
                                         f"{MIN_IMAGES_PER_CLASS - counts[name]} more first.", code="too_few_images")
-        wanted = [c for c in current if c not in remove] + add
+        wanted = [(rename or {}).get(c, c) for c in current if c not in remove] + add
         if len(wanted) < 2:
             raise Unprocessable("A model needs at least two classes.", code="too_few_classes")
         return wanted
+
+    def rename_class(self, model: Model, old: str, new: str) -> Job | None:
+        """Rename a class of the model and of its dataset: a label change only (no new statistics).
+
+        The dataset's class is renamed too, so later additions and refreshes find its images under the
+        new name. Refused while a training of the model is queued or running: the training reads the
+        dataset by class name and would deliver versions with the old name, and its extractor would be
+        recorded as fine-tuned on the old name (the drift guard would then count the class as added).
+        """
+        new = clean_label(new)
+        wanted = model.requested_classes or []
+        if old not in wanted:
+            raise NotFound(f"The model has no class named '{old}'.", code="class_not_found")
+        if new == old:
+            return None
+        if new in wanted:
+            raise Conflict(f"The model already has a class named '{new}'.", code="class_exists")
+        if repo.training_in_progress(self.db, model.id):
+            raise Conflict("This model is training. Wait for the training to finish, then rename the class.",
+                           code="training_in_progress")
+        dataset = dataset_repo.dataset_readable_by(self.db, self.owner_id, model.dataset_id) \
+            if model.dataset_id else None
+        names = {s.name for s in dataset_repo.class_stats(self.db, dataset.id)} if dataset else set()
+        if new in names:
+            raise Conflict(f"The model's dataset already has a class named '{new}'. Pick another name, or "
+                           "rename or delete that class in the dataset first.", code="class_exists")
+        job = self.change_classes(model, add=[], remove=[], rename={old: new})
+        if dataset is not None and old in names:
+            dataset_repo.rename_label(self.db, dataset.id, old, new)
+            dataset.updated_at = utcnow()
+        return job
 
     def refresh(self, model: Model, classes: list[str] | None) -> Job:
         """Bring the active version up to date with images added to (or removed from) its classes."""
@@ -171,17 +224,30 @@ class ModelService:
                           {"model_id": model.id, "base_version": base.v, "add": [], "remove": [],
                            "refresh": wanted}, model_id=model.id, dataset_id=model.dataset_id, settings=self.settings)
 
-    def expand_from(self, model: Model, base_version: int) -> Job | None:
-        """Queue the job that brings ``base_version`` to the model's wanted classes (None: nothing to do)."""
+    def expand_from(self, model: Model, base_version: int, *, rename: dict[str, str] | None = None,
+                    guarded: bool = False) -> Job | None:
+        """Queue the job that brings ``base_version`` to the model's wanted classes (None: nothing to do).
+
+        ``rename`` ({old: new}) applies only where the base has the old name and the new one is wanted;
+        what is left differs by class name and becomes additions and removals (exact too, only slower).
+        ``guarded``: the result must beat the active version to serve (a retrain's result).
+        """
         base = self.version(model, base_version)
         wanted = list(model.requested_classes or [])
-        add = [c for c in wanted if c not in base.classes]
-        remove = [c for c in base.classes if c not in wanted]
-        if not add and not remove:
+        rename = {old: new for old, new in (rename or {}).items()
+                  if old in base.classes and new in wanted and new not in base.classes}
+        renamed = [rename.get(c, c) for c in base.classes]
+        add = [c for c in wanted if c not in renamed]
+        remove = [c for c in renamed if c not in wanted]
+        if not add and not remove and not rename:
             return None
-        return create_job(self.db, self.owner_id, "expand",
-                          {"model_id": model.id, "base_version": base_version, "add": add, "remove": remove},
-                          model_id=model.id, dataset_id=model.dataset_id, settings=self.settings)
+        params: dict[str, Any] = {"model_id": model.id, "base_version": base_version, "add": add, "remove": remove}
+        if rename:
+            params["rename"] = rename
+        if guarded:
+            params["guarded"] = True
+        return create_job(self.db, self.owner_id, "expand", params, model_id=model.id, dataset_id=model.dataset_id,
+                          settings=self.settings)
 
     def version(self, model: Model, v: int) -> ModelVersion:
         row = repo.version(self.db, model.id, v)
@@ -215,9 +281,14 @@ class ModelService:
         return keys
 
 
-def settle_version(db: Session, model: Model, settings: Settings, **fields: Any) -> ModelVersion:
+def settle_version(db: Session, model: Model, settings: Settings, *, guarded: bool = False,
+                   **fields: Any) -> ModelVersion:
     """Record a version a job produced, and activate it if it has the classes the user wants now and
     descends from a training result at least as recent as the active version's.
+
+    ``guarded`` (a retrain's results, and their class changes): the version also has to be at least as
+    accurate as the active one on the test images, otherwise it stays in the history and the active
+    version keeps serving. A first training is never guarded: anything beats having no version.
 
     If the classes changed while the job ran, an expand job brings this version up to date, and that
     job's version serves: a better training result is never left behind because a class was added
@@ -232,11 +303,26 @@ def settle_version(db: Session, model: Model, settings: Settings, **fields: Any)
     if active is not None and source_of(row) < source_of(active):
         return row  # a newer result already serves (or is being brought up to date): keep this one in history
     if current:
+        if guarded and active is not None and not at_least_as_good(row, active):
+            return row  # the retrain did not beat what serves: keep it in history, keep serving the active one
         model.active_version = row.v
         model.status = "ready"
     else:
-        ModelService(db, model.owner_id, settings).expand_from(model, row.v)
+        ModelService(db, model.owner_id, settings).expand_from(model, row.v, guarded=guarded)
     return row
+
+
+def at_least_as_good(candidate: ModelVersion, active: ModelVersion) -> bool:
+    """Whether ``candidate`` measured at least the active version's test accuracy.
+
+    Only versions with the same classes are compared (their accuracies come from the same test images);
+    otherwise the candidate, which has the classes the user wants, is taken. A missing figure loses.
+    """
+    if set(candidate.classes) != set(active.classes):
+        return True
+    mine = (candidate.metrics or {}).get("accuracy")
+    theirs = (active.metrics or {}).get("accuracy")
+    return float("-inf" if mine is None else mine) >= float("-inf" if theirs is None else theirs)
 
 
 def source_of(version: ModelVersion) -> int:

@@ -22,9 +22,11 @@ from sqlalchemy.orm import Session
 from pigeonhole.compute.handlers import JobContext, JobFailed, JobHandler, Placement, Resources, register
 from pigeonhole.db.tables import DatasetImage, Job, Model
 from pigeonhole.ids import new_id
+from pigeonhole.learn.candidates import CandidateConfig, extractor_classes
 from pigeonhole.learn.data import TrainingImage, TrainingSet
 from pigeonhole.learn.memory import InMemoryStore, JsonMemoryStore, ModelMemory, SearchRecord
 from pigeonhole.learn.search import CandidateResult, SearchConfig, run_search
+from pigeonhole.models import drift
 from pigeonhole.models.service import artifact_prefix, settle_version
 from pigeonhole.settings import load_settings
 from pigeonhole.storage.blobs import BlobStore
@@ -41,6 +43,16 @@ class BlobSource:
 
     def open(self, key: str) -> bytes:
         return self.blobs.read_blob(key, self.sizes[key])
+
+
+def event_extractor_classes(event: dict[str, Any]) -> list[str] | None:
+    """The classes the candidate's extractor was fine-tuned (or trained from scratch) on; None when it is a
+    frozen pretrained network. From the search's lineage, else from the candidate's configuration."""
+    lineage = event.get("lineage") or {}
+    if "extractor_classes" in lineage:
+        return lineage["extractor_classes"]
+    config = (lineage.get("candidate") or {}).get("config")
+    return extractor_classes(CandidateConfig.from_dict(config), event["classes"]) if config else None
 
 
 def _memory_store() -> JsonMemoryStore:
@@ -149,11 +161,15 @@ class TrainHandler(JobHandler):
         keys = event["keys"]
         spec = {k: v for k, v in event["input"].items() if k in ("height", "width", "layout", "dtype", "color",
                                                                  "mean", "std")}
-        settle_version(db, model, load_settings(), classes=event["classes"], metrics=event["metrics"],
+        drift.training_version_recorded(model)
+        # A retrain's result serves only if it beats the active version; a first training's always does.
+        settle_version(db, model, load_settings(), guarded=job.kind == "retrain", classes=event["classes"],
+                       metrics=event["metrics"],
                        input_spec=spec, threshold=float(event["threshold"]), size_bytes=int(event["size_bytes"]),
                        onnx_key=keys["model"], head_key=keys.get("head"), card_key=keys.get("card"),
                        lineage={**event.get("lineage", {}), "job_id": job.id, "change": "trained",
-                                "manifest_key": keys.get("manifest")},
+                                "manifest_key": keys.get("manifest"),
+                                "extractor_classes": event_extractor_classes(event)},
                        latency_ms=event.get("latency_ms"), throughput=event.get("throughput"), job_id=job.id,
                        version_id=event["version_id"])
 
@@ -178,6 +194,8 @@ class TrainHandler(JobHandler):
 
 @register
 class RetrainHandler(TrainHandler):
+    """Training again on the dataset as it is now; its versions serve only if they beat the active one."""
+
     kind = "retrain"
     description = "retrain a model from scratch on its dataset"
 

@@ -83,6 +83,7 @@ def test_first_candidate_is_fast_valid_and_complete(small_flowers, shared_weight
     assert card["model_size_bytes"] == files["model"].stat().st_size
     assert card["speed"]["latency_ms"] > 0 and card["speed"]["throughput_img_s"] > 0
     assert card["leaderboard"] and card["lineage"]["seed"] == 0 and card["training"]["seconds"] > 0
+    assert card["lineage"]["extractor_classes"] is None  # frozen pretrained: fine-tuned on none of the classes
     for mistake in metrics["confident_mistakes"]:
         assert mistake["image"] in {i.key for i in ts.split("test")}
 

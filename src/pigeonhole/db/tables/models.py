@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pigeonhole.db.base import Base, CreatedMixin, IdMixin, UTCDateTime, utcnow
@@ -30,6 +30,10 @@ class Model(IdMixin, CreatedMixin, Base):
     time_budget_s: Mapped[int] = mapped_column(Integer, nullable=False)
     preference: Mapped[str] = mapped_column(String(10), nullable=False)
     job_id: Mapped[str | None] = mapped_column(String(26))  # the latest training job
+    # Drift guard: start a retrain by itself when classes added without retraining lag behind; and the
+    # suggestion shown until a newer training version exists ({gap_points, reason}, or null).
+    auto_retrain: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), nullable=False)
+    retrain_suggested: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
 

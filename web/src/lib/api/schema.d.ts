@@ -398,7 +398,11 @@ export interface paths {
         delete: operations["models-delete_model"];
         options?: never;
         head?: never;
-        patch?: never;
+        /**
+         * Update Model
+         * @description Rename the model, or turn the automatic retrain on or off (``auto_retrain``).
+         */
+        patch: operations["models-update_model"];
         trace?: never;
     };
     "/api/v1/models/{model_id}/retrain": {
@@ -461,7 +465,14 @@ export interface paths {
         delete: operations["models-remove_class"];
         options?: never;
         head?: never;
-        patch?: never;
+        /**
+         * Rename Class
+         * @description Rename a class, in the model and in its dataset: a label change only, predictions stay the same.
+         *
+         *     A new version with the new name serves within a second or two (follow ``job_id``). Refused while
+         *     the model is training (409): rename once the training has finished.
+         */
+        patch: operations["models-rename_class"];
         trace?: never;
     };
     "/api/v1/models/{model_id}/batch-predictions": {
@@ -860,7 +871,8 @@ export interface paths {
         /**
          * Readyz
          * @description Ready to serve: the database answers with the current schema and the blob store is writable (503
-         *     otherwise). A missing job dispatcher is reported as ``degraded``: the API still serves, jobs wait.
+         *     otherwise). A missing job dispatcher is reported as ``degraded``: the API still serves, jobs wait; so is
+         *     a Ray Serve prediction service that is not running yet (``ray`` mode).
          */
         get: operations["ops-readyz"];
         put?: never;
@@ -926,7 +938,7 @@ export interface components {
             model: components["schemas"]["ModelPublic"];
             /**
              * Job Id
-             * @description the job making the new version; null when no version exists yet (the training's first version will include the change)
+             * @description the job making the new version; null when no version exists yet (the training's first version will include the change) or when nothing changes
              */
             job_id: string | null;
         };
@@ -1389,6 +1401,14 @@ export interface components {
             /** Scopes */
             scopes: components["schemas"]["Scope"][];
         };
+        /** ModelClassRename */
+        ModelClassRename: {
+            /**
+             * Name
+             * @description the class's new name (renamed in the model's dataset too)
+             */
+            name: string;
+        };
         /** ModelCreate */
         ModelCreate: {
             /**
@@ -1419,6 +1439,11 @@ export interface components {
              * @enum {string}
              */
             preference: "fast" | "balanced" | "accurate";
+            /**
+             * Auto Retrain
+             * @description retrain by itself when classes added later are recognised clearly less well than the original ones (see retrain_suggested); default off
+             */
+            auto_retrain?: boolean | null;
         };
         /** ModelPublic */
         ModelPublic: {
@@ -1458,6 +1483,13 @@ export interface components {
             /** Job Id */
             job_id: string | null;
             /**
+             * Auto Retrain
+             * @default false
+             */
+            auto_retrain: boolean;
+            /** @description set when a retrain would likely do better than the class changes made since the last training; cleared once a newer training version exists */
+            retrain_suggested?: components["schemas"]["RetrainSuggestion"] | null;
+            /**
              * Created At
              * Format: date-time
              */
@@ -1467,6 +1499,13 @@ export interface components {
              * Format: date-time
              */
             updated_at: string;
+        };
+        /** ModelUpdate */
+        ModelUpdate: {
+            /** Name */
+            name?: string | null;
+            /** Auto Retrain */
+            auto_retrain?: boolean | null;
         };
         /** NodePublic */
         NodePublic: {
@@ -1563,6 +1602,16 @@ export interface components {
              * @description classes whose images changed (default: all)
              */
             classes?: string[] | null;
+        };
+        /** RetrainSuggestion */
+        RetrainSuggestion: {
+            /**
+             * Gap Points
+             * @description how many points less well (validation recall) the classes added since the last training are recognised than the original ones
+             */
+            gap_points: number;
+            /** Reason */
+            reason: string;
         };
         /**
          * Scope
@@ -4289,6 +4338,104 @@ export interface operations {
             };
         };
     };
+    "models-update_model": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                model_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ModelUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelPublic"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     "models-retrain": {
         parameters: {
             query?: never;
@@ -4492,6 +4639,105 @@ export interface operations {
             cookie?: never;
         };
         requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ClassChange"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    "models-rename_class": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+                model_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ModelClassRename"];
+            };
+        };
         responses: {
             /** @description Successful Response */
             202: {
