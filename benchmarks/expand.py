@@ -29,7 +29,7 @@ from pigeonhole.client import Client  # noqa: E402
 from pigeonhole.learn.data import sha256_bytes  # noqa: E402
 from pigeonhole.learn.features import ImageItem, compute_features  # noqa: E402
 from pigeonhole.learn.grow import extractor_of  # noqa: E402
-from pigeonhole.learn.head import RidgeHead  # noqa: E402
+from pigeonhole.learn.head import HeadConfig, RidgeHead  # noqa: E402
 
 
 def load(name: str, per_class: int) -> tuple[dict, dict]:
@@ -58,9 +58,18 @@ def _when(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
+def head_config(blob_dir: Path, model_id: str) -> HeadConfig:
+    """The head configuration the model's versions share (random features, seed...): a refit must use it too."""
+    found = next((blob_dir / "models" / model_id).glob("*/head.npz"), None)
+    if found is None:
+        raise SystemExit(f"no head statistics stored for model {model_id} under {blob_dir}")
+    return RidgeHead.from_bytes(found.read_bytes()).config
+
+
 def refit_accuracy(onnx: bytes, pgh: Client, http: httpx.Client, dataset_id: str, classes: list[str],
-                   test: dict) -> float:
-    """A head refit from scratch on the grown model's classes, same extractor, same splits."""
+                   test: dict, config: HeadConfig) -> float:
+    """A head refit from scratch on the grown model's classes, same extractor, same head configuration,
+    same splits."""
     extractor = extractor_of(onnx)
     images = [i for i in pgh.list_images(dataset_id) if i["label"] in classes]
 
@@ -72,7 +81,7 @@ def refit_accuracy(onnx: bytes, pgh: Client, http: httpx.Client, dataset_id: str
     train = [i for i in images if i["split"] == "train"]
     val = [i for i in images if i["split"] == "val"]
     train_features = feats(train)
-    head = RidgeHead(train_features.shape[1])
+    head = RidgeHead(train_features.shape[1], config=config)
     head.add(train_features, [i["label"] for i in train])
     val_features, val_labels = feats(val), [i["label"] for i in val]
     head.fit(val_features, val_labels)  # as training does: choose on held-out val, then hold val too
@@ -84,7 +93,7 @@ def refit_accuracy(onnx: bytes, pgh: Client, http: httpx.Client, dataset_id: str
     return float(np.mean([head.classes[j] == label for j, (label, _) in zip(probs.argmax(1), items, strict=True)]))
 
 
-def run(pgh: Client, http: httpx.Client, name: str, per_class: int, full_budget: int) -> None:
+def run(pgh: Client, http: httpx.Client, name: str, per_class: int, full_budget: int, blob_dir: Path) -> None:
     train, test = load(name, per_class)
     classes = sorted(train)
     first, later = classes[: max(2, len(classes) // 2)], classes[max(2, len(classes) // 2):]
@@ -111,7 +120,7 @@ def run(pgh: Client, http: httpx.Client, name: str, per_class: int, full_budget:
     test_kept = {k: v for k, v in test.items() if k in kept}
     grown_acc = accuracy(pgh, model["id"], test_kept)
     onnx = http.get(f"/api/v1/models/{model['id']}/versions/{grown['active_version']}/export").content
-    refit = refit_accuracy(onnx, pgh, http, dataset["id"], kept, test)
+    refit = refit_accuracy(onnx, pgh, http, dataset["id"], kept, test, head_config(blob_dir, model["id"]))
     full = pgh.create_model(f"{name} full", dataset["id"], classes=kept, preference="balanced",
                             time_budget_s=full_budget)
     pgh.wait_for_job(full["job_id"], poll_s=2)
@@ -131,7 +140,7 @@ def main() -> None:
     try:
         with Client(server.base, server.token, timeout_s=600) as pgh, server.client() as http:
             for name in args.datasets.split(","):
-                run(pgh, http, name, args.per_class, args.full_budget)
+                run(pgh, http, name, args.per_class, args.full_budget, server.data_dir / "blobs")
     finally:
         server.stop()
 
