@@ -1,8 +1,9 @@
 """The issue's whole story in a real browser against a real server that really trains:
 
 sign up → a new model from a small set of real photos uploaded as folders → watch training → try an image →
-add a class and see the new version → versions, the API panel → create and revoke a token → the admin page lists
-the local compute node and the jobs. A screenshot of each step lands in the test-output folder (``model-*.png``).
+add a class, rename it and see the new versions → versions, the API panel → create and revoke a token → the admin
+page lists the local compute node and the jobs. A screenshot of each step lands in the test-output folder
+(``model-*.png``).
 
 It needs the shared real photos and pretrained weights (``../shared``); without them it is skipped.
 """
@@ -168,19 +169,35 @@ def test_from_sign_up_to_a_grown_model(server: str, browser, shots: Path, photos
     expect(page.get_by_role("button", name="Remove class sunflower")).to_be_enabled()
     shot("08-grown")
 
+    # Rename the new class: a label change only, so another version serves within seconds.
+    page.get_by_role("button", name="Rename class sunflower").click()
+    dialog = page.get_by_role("dialog", name="Rename “sunflower”")
+    dialog.get_by_label("New name").fill("sunflowers")
+    dialog.get_by_role("button", name="Rename class").click()
+    expect(dialog).to_be_hidden()
+    heading = new_version.get_by_role("heading", name=re.compile(rf"New version (?!{grown} )\d+ is serving"))
+    expect(heading).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
+    renamed = int(re.search(r"\d+", heading.inner_text()).group())  # type: ignore[union-attr]
+    assert renamed > grown
+    expect(new_version.get_by_role("cell", name="sunflowers", exact=True)).to_be_visible()
+    classes = page.get_by_role("region", name="Its classes now")
+    expect(classes.get_by_text("sunflowers", exact=True)).to_be_visible()
+    expect(page.get_by_role("button", name="Remove class sunflowers")).to_be_enabled()
+
     # 8. Versions: all of them, the grown one serving; roll back and forward; ONNX downloads.
     tabs.get_by_role("link", name="Versions").click()
     rows = page.get_by_role("row")
-    expect(rows.filter(has_text=f"v{grown}").get_by_text("serving")).to_be_visible()
+    expect(rows.filter(has_text=f"v{renamed}").get_by_text("serving")).to_be_visible()
     expect(rows.filter(has_text="Added 'sunflower'")).to_have_count(1)
+    expect(rows.filter(has_text="Renamed 'sunflower' to 'sunflowers'")).to_have_count(1)
     page.get_by_role("button", name=f"Use version {previous}", exact=True).click()
     expect(page.get_by_text(f"Version {previous} serves from now on.")).to_be_visible()
     expect(rows.filter(has_text=f"v{previous}").get_by_text("serving")).to_be_visible()
-    page.get_by_role("button", name=f"Use version {grown}", exact=True).click()
-    expect(rows.filter(has_text=f"v{grown}").get_by_text("serving")).to_be_visible()
-    export = page.get_by_role("link", name=f"Download version {grown} as ONNX")
+    page.get_by_role("button", name=f"Use version {renamed}", exact=True).click()
+    expect(rows.filter(has_text=f"v{renamed}").get_by_text("serving")).to_be_visible()
+    export = page.get_by_role("link", name=f"Download version {renamed} as ONNX")
     href = export.get_attribute("href") or ""
-    assert href.endswith(f"/api/v1/models/{model_id}/versions/{grown}/export?format=onnx")
+    assert href.endswith(f"/api/v1/models/{model_id}/versions/{renamed}/export?format=onnx")
     shot("09-versions")
 
     # 9. The "Use the API" panel, with the real model id in ready-to-paste snippets.
@@ -215,7 +232,7 @@ def test_from_sign_up_to_a_grown_model(server: str, browser, shots: Path, photos
     expect(nodes.get_by_role("button", name=re.compile("^Drain"))).to_be_visible()
     jobs = page.get_by_role("region", name="All jobs")
     expect(jobs.get_by_role("cell", name="Training")).to_be_visible()
-    expect(jobs.get_by_role("cell", name="Changing classes")).to_be_visible()
+    expect(jobs.get_by_role("cell", name="Changing classes").first).to_be_visible()  # adding, then renaming
     nodes.get_by_role("button", name=re.compile("^Drain")).click()
     expect(nodes.get_by_text("draining")).to_be_visible()
     shot("13-admin")

@@ -6,6 +6,7 @@ import {
   confidentMistakes,
   leaderboard,
   perClassRows,
+  renameCheck,
   settledVersion,
   statusInfo,
   versionOrigin,
@@ -77,6 +78,18 @@ describe('models in plain words', () => {
     expect(versionOrigin(version(1, { change: 'trained', candidate: { name: 'mobilenet_v2@160/frozen' } }))).toBe('Trained: MobileNetV2 at 160 px, quick')
     expect(versionOrigin(version(2, { change: "added 'wasps'", parent: 1 }))).toBe("Added 'wasps'")
     expect(versionOrigin(version(3, {}))).toBe('Trained')
+    expect(versionOrigin(version(4, { change: "renamed 'sunflower' to 'sunflowers'", parent: 3 }))).toBe("Renamed 'sunflower' to 'sunflowers'")
+    expect(versionOrigin(version(5, { change: "renamed 'a' to 'b'; added 'c'", parent: 4 }))).toBe("Renamed 'a' to 'b'; added 'c'")
+  })
+
+  it('checks a new class name before renaming', () => {
+    const classes = ['daisy', 'dandelion', 'sunflower']
+    expect(renameCheck('  sunflowers ', 'sunflower', classes)).toEqual({ name: 'sunflowers', ok: true, problem: null })
+    expect(renameCheck('sunflower', 'sunflower', classes)).toEqual({ name: 'sunflower', ok: false, problem: null }) // unchanged
+    expect(renameCheck('   ', 'sunflower', classes)).toEqual({ name: '', ok: false, problem: null })
+    expect(renameCheck('daisy', 'sunflower', classes)).toEqual({ name: 'daisy', ok: false, problem: 'The model already has a class named “daisy”.' })
+    expect(renameCheck('Daisy', 'sunflower', classes).ok).toBe(true) // names are case-sensitive, as in the API
+    expect(renameCheck('cafe\u0301', 'tea', ['café']).ok).toBe(false) // compared as the API stores names (NFC)
   })
 
   it('the serving version once it has the wanted classes', () => {

@@ -211,6 +211,17 @@ export function versionOrigin(version: Version): string {
   return typeof cand?.name === 'string' ? `Trained: ${candidateName(cand.name)}` : 'Trained'
 }
 
+/**
+ * Whether a class can be renamed to what was typed: the trimmed name, whether the rename can be sent, and a
+ * sentence when it cannot (nothing to say for an empty or unchanged name: the button just stays disabled).
+ */
+export function renameCheck(typed: string, current: string, classes: string[]): { name: string; ok: boolean; problem: string | null } {
+  const name = typed.normalize('NFC').trim() // as the API stores it
+  if (!name || name === current) return { name, ok: false, problem: null }
+  if (classes.includes(name)) return { name, ok: false, problem: `The model already has a class named “${name}”.` }
+  return { name, ok: true, problem: null }
+}
+
 /** Classes of the dataset that the model could add (with enough images). */
 export function addableClasses(datasetClasses: { name: string; count: number }[], modelClasses: string[], minimum = 5) {
   const have = new Set(modelClasses)
