@@ -122,6 +122,11 @@ def test_model_commands_from_folder_to_export(server: LiveServer, cli, tmp_path:
     assert sorted(status["classes"]) == ["bright", "dark"]
     added = cli("model", "add-class", model["id"], "mid", extra_env=env)
     assert added.returncode == 0, added.stderr
+    renamed = cli("model", "rename-class", model["id"], "mid", "middle", "--json", extra_env=env)
+    assert renamed.returncode == 0, renamed.stderr
+    assert sorted(json.loads(renamed.stdout)["classes"]) == ["bright", "dark", "middle"]
+    taken = cli("model", "rename-class", model["id"], "middle", "dark", extra_env=env)
+    assert taken.returncode != 0 and "already has a class" in taken.stderr
     exported = tmp_path / "shades.onnx"
     assert cli("model", "export", model["id"], str(exported), extra_env=env).returncode == 0
     assert exported.stat().st_size > 0

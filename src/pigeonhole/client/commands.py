@@ -334,6 +334,17 @@ def model_remove_class(model_id: str, name: str, as_json: bool) -> None:
         _settle_change(client, model_id, _call(lambda: client.remove_class(model_id, name)), as_json)
 
 
+@model.command("rename-class")
+@click.argument("model_id")
+@click.argument("name")
+@click.argument("new_name")
+@json_option
+def model_rename_class(model_id: str, name: str, new_name: str, as_json: bool) -> None:
+    """Rename a class of the model (and of its dataset): a label change, seconds."""
+    with _client() as client:
+        _settle_change(client, model_id, _call(lambda: client.rename_class(model_id, name, new_name)), as_json)
+
+
 @model.command("export")
 @click.argument("model_id")
 @click.argument("destination", type=click.Path(path_type=Path))

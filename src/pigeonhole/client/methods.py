@@ -126,6 +126,14 @@ class Methods:
     def remove_class(self, model_id: str, name: str) -> Any:
         return self._run(_one(Call("DELETE", f"/api/v1/models/{model_id}/classes/{name}")))
 
+    def rename_class(self, model_id: str, name: str, new_name: str) -> Any:
+        """A label change only: the new version predicts exactly as before, under the new name."""
+        return self._run(_one(Call("PATCH", f"/api/v1/models/{model_id}/classes/{name}", json={"name": new_name})))
+
+    def update_model(self, model_id: str, *, name: str | None = None, auto_retrain: bool | None = None) -> Any:
+        body = {k: v for k, v in (("name", name), ("auto_retrain", auto_retrain)) if v is not None}
+        return self._run(_one(Call("PATCH", f"/api/v1/models/{model_id}", json=body)))
+
     def export_model(self, model_id: str, v: int, destination: str | Path) -> Any:
         return self._run(_one(Call("GET", f"/api/v1/models/{model_id}/versions/{v}/export", params={"format": "onnx"},
                                    idempotent=True, download_to=Path(destination))))
