@@ -48,6 +48,9 @@ class Settings(BaseSettings):
                                  "every peer (only when nothing but the proxy can reach this server)")
 
     signup_open: bool = True
+    token_cache_ttl_s: float = Field(default=5.0, ge=0, description="how long an API process remembers who a "
+                                     "token belongs to (a revocation reaches other API replicas within this; 0: "
+                                     "look every token up on every call)")
     session_ttl_s: int = 14 * 24 * 3600
     cookie_secure: Literal["auto", "always", "never"] = "auto"
     login_max_failures_per_account: int = 5

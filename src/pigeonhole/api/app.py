@@ -21,6 +21,7 @@ from pigeonhole.api.web import install_web
 from pigeonhole.auth.passwords import Passwords
 from pigeonhole.auth.routes import router as auth_router
 from pigeonhole.auth.routes import tokens_router
+from pigeonhole.auth.token_cache import TokenCache
 from pigeonhole.datasets.routes import router as datasets_router
 from pigeonhole.datasets.service import BlobSweeper
 from pigeonhole.datasets.thumbnails import Thumbnails
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.engine = engine
     app.state.session_factory = session_factory
     app.state.passwords = passwords_from(settings)
+    app.state.token_cache = TokenCache(settings.token_cache_ttl_s)
     app.state.metrics = metrics
     app.state.usage_recorder = recorder
     app.state.blob_store = blobs = BlobStore(settings.resolved_blob_url)

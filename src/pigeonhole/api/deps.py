@@ -49,7 +49,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_auth_service(request: Request, db: DbSession) -> AuthService:
-    return AuthService(db, request.app.state.settings, request.app.state.passwords)
+    return AuthService(db, request.app.state.settings, request.app.state.passwords, request.app.state.token_cache)
 
 
 AuthServiceDep = Annotated[AuthService, Depends(get_auth_service)]

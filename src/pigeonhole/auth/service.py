@@ -22,6 +22,7 @@ from pigeonhole.auth.secrets import (
     new_csrf_token,
     new_session_secret,
 )
+from pigeonhole.auth.token_cache import TokenCache
 from pigeonhole.db.base import utcnow
 from pigeonhole.db.tables import ApiToken, LoginFailure, User, WebSession
 from pigeonhole.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized, Unprocessable
@@ -56,10 +57,11 @@ class NewSession:
 
 
 class AuthService:
-    def __init__(self, db: Session, settings: Settings, passwords: Passwords):
+    def __init__(self, db: Session, settings: Settings, passwords: Passwords, tokens: TokenCache | None = None):
         self.db = db
         self.settings = settings
         self.passwords = passwords
+        self.tokens = tokens
 
     # --- users -------------------------------------------------------------------------------
     def signup(self, email: str, password: str) -> User:
@@ -203,7 +205,10 @@ class AuthService:
     def token_principal(self, plaintext: str) -> Principal | None:
         if not plaintext.startswith(TOKEN_PREFIX) or not is_well_formed_token(plaintext):
             return None
-        token = repo.token_by_digest(self.db, self._digest(plaintext))
+        digest = self._digest(plaintext)
+        if self.tokens is not None and (known := self.tokens.get(digest)) is not None:
+            return known
+        token = repo.token_by_digest(self.db, digest)
         now = utcnow()
         if token is None or token.revoked_at is not None:
             return None
@@ -214,14 +219,19 @@ class AuthService:
             return None
         if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
             token.last_used_at = now
-        return Principal(user_id=user.id, email=user.email, is_admin=user.is_admin,
-                         scopes=frozenset(Scope(s) for s in token.scopes), token_id=token.id)
+        principal = Principal(user_id=user.id, email=user.email, is_admin=user.is_admin,
+                              scopes=frozenset(Scope(s) for s in token.scopes), token_id=token.id)
+        if self.tokens is not None and not user.is_admin:  # losing admin powers must take effect at once
+            self.tokens.put(digest, principal, token.expires_at)
+        return principal
 
     def revoke_token(self, principal: Principal, token_id: str) -> None:
         token = repo.token_readable_by(self.db, principal.user_id, token_id)
         if token is None:
             raise NotFound("There is no such API token.", code="token_not_found")
         token.revoked_at = utcnow()
+        if self.tokens is not None:
+            self.tokens.clear()  # here at once; other API replicas within the cache's few seconds
 
     def _digest(self, value: str) -> str:
         return keyed_digest(self.settings.secret, value)
