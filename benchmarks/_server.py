@@ -28,12 +28,23 @@ class Server:
         return httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {self.token}"},
                             timeout=600, **kwargs)  # type: ignore[arg-type]
 
+    def api_pids(self) -> list[int]:
+        """The API process and, with ``--workers`` > 1, its worker processes (not the dispatcher or Ray)."""
+        pids = [self.process.pid]
+        for child in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            if b"spawn_main" in cmdline:
+                pids.append(int(child))
+        return pids
+
     def peak_rss_mib(self) -> float:
-        """High-water mark of the server's resident memory (VmHWM), in MiB."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """High-water mark of the API's resident memory (VmHWM, summed over its worker processes), in MiB."""
+        total = 0.0
+        for pid in self.api_pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        return total or float("nan")
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)

@@ -85,11 +85,13 @@ def raw_throughput(onnx: bytes, images: list[bytes], seconds: float = 5.0) -> tu
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=20.0, help="per concurrency level")
+    parser.add_argument("--workers", type=int, default=1, help="API processes (serve --workers)")
     args = parser.parse_args()
     train = zip_images(DATASETS / "flowers5" / "train.zip", per_class=40)
     test_images = [data for files in zip_images(DATASETS / "flowers5" / "test.zip", per_class=13).values()
                    for _, data in files]
-    server = start_server({"PIGEONHOLE_WEIGHTS_DIR": str(WEIGHTS)})
+    server = start_server({"PIGEONHOLE_WEIGHTS_DIR": str(WEIGHTS), "PIGEONHOLE_API_WORKERS": str(args.workers)})
+    print(f"predict: {args.workers} API process(es)")
     try:
         with server.client() as http, tempfile.TemporaryDirectory() as tmp:
             pgh = Client(server.base, server.token)

@@ -43,8 +43,10 @@ def main() -> None:
               help="serve HTTPS with this PEM certificate (chain); needs --keyfile")
 @click.option("--keyfile", type=click.Path(dir_okay=False), default=None,
               help="the certificate's PEM private key (not encrypted); needs --certfile")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="API processes (default 1, or PIGEONHOLE_API_WORKERS): more answer more predictions on spare cores")
 def serve(host: str | None, port: int | None, data_dir: str | None, log_level: str, certfile: str | None,
-          keyfile: str | None) -> None:
+          keyfile: str | None, workers: int | None) -> None:
     """Start the whole service (API, web app) with one command.
 
     With --certfile and --keyfile it serves HTTPS itself; behind a reverse proxy that terminates HTTPS,
@@ -58,7 +60,8 @@ def serve(host: str | None, port: int | None, data_dir: str | None, log_level: s
     from pigeonhole.db.migrate import upgrade
     from pigeonhole.logs import uvicorn_log_config
 
-    settings = _settings(host=host, port=port, data_dir=data_dir, tls_certfile=certfile, tls_keyfile=keyfile)
+    settings = _settings(host=host, port=port, data_dir=data_dir, tls_certfile=certfile, tls_keyfile=keyfile,
+                         api_workers=workers)
     tls = _tls_files(settings)
     engine = create_db_engine(settings.resolved_database_url)
     upgrade(engine)
@@ -72,7 +75,7 @@ def serve(host: str | None, port: int | None, data_dir: str | None, log_level: s
     if first_start:
         click.echo(f"First start: open {url} and sign up; the first account becomes the administrator.\n"
                    "Or create one from a terminal: pigeonhole create-admin --email you@example.com")
-    app = create_app(settings, migrate=False)
+    app = create_app(settings, migrate=False) if settings.api_workers == 1 else None
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal into the handlers it
     # found: no-op handlers make a requested stop exit with status 0 instead of dying by the signal.
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
@@ -80,11 +83,29 @@ def serve(host: str | None, port: int | None, data_dir: str | None, log_level: s
     dispatcher_process = _start_dispatcher(settings, log_level)
     try:
         # proxy_headers off: the app itself believes forwarded headers, from PIGEONHOLE_TRUSTED_PROXIES only.
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level,
-                    log_config=uvicorn_log_config(log_level), proxy_headers=False,
-                    ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None)
+        options: dict[str, object] = dict(
+            host=settings.host, port=settings.port, log_level=log_level, log_config=uvicorn_log_config(log_level),
+            proxy_headers=False, ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None)
+        if app is not None:
+            uvicorn.run(app, **options)  # type: ignore[arg-type]
+        else:
+            # Each worker process builds its own app from the environment: hand it what the flags said,
+            # and settle the generated development secret first, so that every worker reads the same one.
+            _ = settings.secret
+            _export_settings(settings)
+            uvicorn.run("pigeonhole.api.app:worker_app", factory=True, workers=settings.api_workers,
+                        **options)  # type: ignore[arg-type]
     finally:
         _stop_process(dispatcher_process)
+
+
+def _export_settings(settings: Settings) -> None:
+    """Settings given as flags, as the environment variables worker processes read."""
+    values = {"DATA_DIR": settings.data_dir, "HOST": settings.host, "PORT": settings.port,
+              "TLS_CERTFILE": settings.tls_certfile, "TLS_KEYFILE": settings.tls_keyfile}
+    for name, value in values.items():
+        if value is not None:
+            os.environ[f"PIGEONHOLE_{name}"] = str(value)
 
 
 def _tls_files(settings: Settings) -> tuple[str, str] | None:

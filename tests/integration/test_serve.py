@@ -42,6 +42,25 @@ def test_serve_end_to_end(server: LiveServer) -> None:
     assert "first account becomes the administrator" in output
 
 
+def test_serve_with_several_api_processes(tmp_path: Path) -> None:
+    """`serve --workers 2`: two API processes on one port share the data, the database and the generated
+    secret, so a token created through one works through the other."""
+    live = start_live_server(tmp_path / "data", extra_env={"PIGEONHOLE_API_WORKERS": "2"})
+    try:
+        token = live.signup_token()
+        children = Path(f"/proc/{live.process.pid}/task/{live.process.pid}/children").read_text().split()
+        workers = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(workers) == 2
+        answers = [httpx.get(f"{live.base}/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+                   for _ in range(20)]  # new connections: the kernel spreads them over both processes
+        assert {a.status_code for a in answers} == {200}
+        assert live.stop() == 0
+    finally:
+        if live.process.poll() is None:
+            live.process.kill()
+            live.process.wait()
+
+
 def test_cli_create_admin_and_migrate(tmp_path: Path) -> None:
     env = {**os.environ, "PIGEONHOLE_DATA_DIR": str(tmp_path / "data"), **FAST_ENV}
     migrated = subprocess.run([str(PIGEONHOLE), "migrate"], env=env, capture_output=True, text=True, timeout=60)

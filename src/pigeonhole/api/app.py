@@ -111,3 +111,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.add_middleware(SecurityHeaders)
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies.split(","))
     return app
+
+
+def worker_app() -> FastAPI:
+    """The app of one of several API worker processes (``serve --workers N``): settings from the
+    environment that ``serve`` prepared, migrations already applied by ``serve``."""
+    return create_app(load_settings(), migrate=False)

@@ -54,7 +54,7 @@ class InlineBackend:
 
     def _load(self, key: Hashable, onnx_key: str) -> ServingModel:
         return self.cache.get(key, lambda: load_model(self.blobs.read_bytes(onnx_key),
-                                                      threads=self.settings.serving_threads))
+                                                      threads=self.settings.resolved_serving_threads))
 
     async def contract(self, key: Hashable, onnx_key: str) -> ServingModel:
         return await asyncio.to_thread(self._load, key, onnx_key)
