@@ -79,12 +79,12 @@ def extractor_classes_after(base: ModelVersion, rename: dict[str, str] | None) -
     return [(rename or {}).get(c, c) for c in known]
 
 
-def _drift(chooser: RidgeHead, val_features: Any, val_labels: list[str],
+def _drift(chooser: RidgeHead, val_probs: Any, val_labels: list[str],
            known: list[str] | None) -> dict[str, Any] | None:
     """The drift guard's estimate, with the head that chose the settings (it never held these images)."""
-    if known is None or val_features is None or not val_labels:
+    if known is None or val_probs is None or not val_labels:
         return None
-    predicted = [chooser.classes[i] for i in chooser.predict_proba(val_features).argmax(axis=1)]
+    predicted = [chooser.classes[i] for i in val_probs.argmax(axis=1)]
     return recall_gap(val_labels, predicted, known=[c for c in chooser.classes if c in known],
                       added=[c for c in chooser.classes if c not in known])
 
@@ -262,7 +262,10 @@ def _grow(ctx: JobContext, payload: dict[str, Any], blobs: BlobStore, model_byte
             chooser.fit(val_features, val_labels)
         else:
             chooser.solve()
-        gap = _drift(chooser, val_features, val_labels, payload.get("extractor_classes"))
+        # The chooser's answers on the validation images it never held: the drift estimate, and the
+        # measurement when there are no test images.
+        val_probs = chooser.predict_proba(val_features) if val_features is not None else None
+        gap = _drift(chooser, val_probs, val_labels, payload.get("extractor_classes"))
         if manifest is None:
             head = chooser  # older versions hold training images only: keep doing the same
         else:
@@ -281,11 +284,10 @@ def _grow(ctx: JobContext, payload: dict[str, Any], blobs: BlobStore, model_byte
             probs = head.predict_proba(compute_features(test_items, extractor, cache))
             metrics = split_metrics(probs, test_labels, test_keys, head.classes, head.threshold)
             metrics["split"] = "test"
-        elif val_features is not None:
+        elif val_probs is not None:
             # As training does without test images: measure on validation images, with the head that
             # chose the settings and never held them, so the figure is not the final head's own data.
-            probs = chooser.predict_proba(val_features)
-            metrics = split_metrics(probs, val_labels, val_keys, chooser.classes, chooser.threshold)
+            metrics = split_metrics(val_probs, val_labels, val_keys, chooser.classes, chooser.threshold)
             metrics["split"] = "val"
         else:
             metrics = {"note": "no test images"}
