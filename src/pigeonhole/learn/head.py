@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -104,6 +104,33 @@ class FeatureMap:
 NLL_MARGIN = 1e-6
 
 
+_SAME_ROW = 1e-9
+
+
+def _rows_without(rows: np.ndarray, phi: np.ndarray) -> np.ndarray | None:
+    """Indices of ``rows`` left after removing one held row per row of ``phi``, or None if some row of
+    ``phi`` is not held (to rounding: a matrix product may differ in the last bit between batches).
+
+    Removing images the head holds as rows (a held-out validation set, a deleted image) then keeps
+    the class factored, which keeps the cheap dual solve available, instead of densifying it.
+    """
+    if len(phi) == 0:
+        return np.arange(len(rows))
+    if len(rows) == 0:
+        return None
+    dist = (phi * phi).sum(axis=1)[:, None] + (rows * rows).sum(axis=1)[None, :] - 2.0 * (phi @ rows.T)
+    used = np.zeros(len(rows), dtype=bool)
+    for i in range(len(phi)):
+        candidates = np.argsort(dist[i])[:8]
+        match = next((int(j) for j in candidates if not used[j]
+                      and np.max(np.abs(rows[j] - phi[i])) <= _SAME_ROW * max(1.0, float(np.max(np.abs(phi[i]))))),
+                     None)
+        if match is None:
+            return None
+        used[match] = True
+    return np.flatnonzero(~used)
+
+
 class _ClassStats:
     """Sufficient statistics of one class (Gram dense or as factor rows, sum, count)."""
 
@@ -128,8 +155,12 @@ class _ClassStats:
     def subtract(self, phi: np.ndarray) -> None:
         if len(phi) > self.count:
             raise ValueError("cannot remove more images than the class holds")
-        self.gram = self.gram_matrix() - phi.T @ phi
-        self.rows = None
+        keep = _rows_without(self.rows, phi) if self.rows is not None else None
+        if keep is not None:  # the rows being removed are held: drop them and stay factored
+            self.rows = self.rows[keep]
+        else:
+            self.gram = self.gram_matrix() - phi.T @ phi
+            self.rows = None
         self.sum -= phi.sum(axis=0)
         self.count -= len(phi)
 
@@ -188,6 +219,76 @@ def choose_threshold(
         i = int(idx[np.flatnonzero(p == p.max())[-1]])
     threshold = 0.0 if i == len(conf) - 1 else float(conf[i])
     return threshold, float(precision[i]), (i + 1) / len(conf)
+
+
+class _RidgeProblem:
+    """The standardised normal equations of some class statistics, solvable for any ridge strength.
+
+    Two exact forms of the same solution. *Primal*: the D x D correlation matrix (module docstring).
+    *Dual*, used when every class is still held as rows and there are fewer rows N than feature
+    dimensions D (the usual case for a user's first hundred images per class against a 1,280- or
+    2,000-dimension head): with ``Z`` the standardised, centred rows divided by sqrt(N), ``Corr = Z^T Z``
+    and ``B = Z^T Y / sqrt(N)`` (Y the one-hot labels of the rows), so
+    ``W_z = (Z^T Z + a I)^-1 Z^T Y / sqrt(N) = Z^T (Z Z^T + a I)^-1 Y / sqrt(N)``: an N x N problem
+    instead of a D x D one. A class change then costs milliseconds instead of a D x D eigendecomposition.
+    Both forms standardise with the same ``mu`` and ``sigma`` taken from the sums and the Gram diagonal,
+    so a head held as rows and one held densely give the same weights up to rounding.
+    """
+
+    def __init__(self, stats: Sequence[_ClassStats], dim: int) -> None:
+        n = np.array([s.count for s in stats], dtype=np.float64)
+        total = float(n.sum())
+        sums = np.stack([s.sum for s in stats], axis=1)  # (D, K)
+        mu = sums.sum(axis=1) / total
+        factored = [s.rows for s in stats if s.rows is not None and len(s.rows)]
+        rows = np.vstack(factored) if factored else np.zeros((0, dim))
+        self.dual = all(s.rows is not None for s in stats) and len(rows) < dim
+        gram_diag = np.einsum("ij,ij->j", rows, rows)
+        gram = None
+        if not self.dual:
+            gram = rows.T @ rows
+            for s in stats:
+                if s.gram is not None:
+                    gram += s.gram
+            gram_diag = np.diag(gram).copy()
+        var = np.clip((gram_diag - total * mu * mu) / total, 0.0, None)
+        sigma = np.sqrt(var)
+        sigma[sigma <= _EPS * max(float(sigma.max()), 1.0)] = 1.0  # constant features: weight 0 anyway
+        self.mu, self.sigma, self.n, self.total = mu, sigma, n, total
+        if self.dual:
+            self.z = (rows - mu) / (sigma * np.sqrt(total))
+            self.y = np.zeros((len(rows), len(stats)))
+            start = 0
+            for k, s in enumerate(stats):
+                self.y[start : start + s.count, k] = 1.0 / np.sqrt(total)
+                start += s.count
+            self.matrix = self.z @ self.z.T
+        else:
+            assert gram is not None
+            scatter = gram - total * np.outer(mu, mu)
+            self.matrix = scatter / (total * np.outer(sigma, sigma))
+            self.rhs = (sums - np.outer(mu, n)) / (total * sigma[:, None])
+
+    def _unstandardise(self, wz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w = wz / self.sigma[:, None]
+        return w, self.n / self.total - self.mu @ w
+
+    def solve(self, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        a = self.matrix + alpha * np.eye(len(self.matrix))
+        if self.dual:
+            return self._unstandardise(self.z.T @ np.linalg.solve(a, self.y))
+        return self._unstandardise(np.linalg.solve(a, self.rhs))
+
+    def path(self, alphas: Sequence[float]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(weights, bias) for each alpha from one eigendecomposition: (M + aI)^-1 = V (L + a)^-1 V^T,
+        so trying seven strengths costs about one solve."""
+        eigenvalues, vectors = np.linalg.eigh(self.matrix)
+        if self.dual:
+            projected, back = vectors.T @ self.y, self.z.T @ vectors
+        else:
+            projected, back = vectors.T @ self.rhs, vectors
+        for alpha in alphas:
+            yield self._unstandardise(back @ (projected / (eigenvalues + alpha)[:, None]))
 
 
 class RidgeHead:
@@ -271,44 +372,16 @@ class RidgeHead:
         self.weights = self.bias = None
 
     # ---- solving ----------------------------------------------------------------
-    def _system(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-        """(Corr, B, mu, sigma, n, N) of the standardised normal equations."""
+    def _problem(self) -> _RidgeProblem:
         if len(self.classes) < 2:
             raise ValueError("a classifier needs at least two classes")
-        stats = [self._stats[c] for c in self.classes]
-        n = np.array([s.count for s in stats], dtype=np.float64)
-        total = float(n.sum())
-        sums = np.stack([s.sum for s in stats], axis=1)  # (D, K)
-        mu = sums.sum(axis=1) / total
-        factored = [s.rows for s in stats if s.rows is not None and len(s.rows)]
-        gram = np.zeros((self.map.dim, self.map.dim))
-        if factored:
-            rows = np.vstack(factored)
-            gram += rows.T @ rows
-        for s in stats:
-            if s.gram is not None:
-                gram += s.gram
-        scatter = gram - total * np.outer(mu, mu)
-        var = np.clip(np.diag(scatter) / total, 0.0, None)
-        sigma = np.sqrt(var)
-        sigma[sigma <= _EPS * max(float(sigma.max()), 1.0)] = 1.0  # constant features: weight 0 anyway
-        corr = scatter / (total * np.outer(sigma, sigma))
-        rhs = (sums - np.outer(mu, n)) / (total * sigma[:, None])
-        return corr, rhs, mu, sigma, n, total
-
-    @staticmethod
-    def _solve_system(system: tuple, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-        corr, rhs, mu, sigma, n, total = system
-        a = corr + alpha * np.eye(len(corr))
-        wz = np.linalg.solve(a, rhs)
-        w = wz / sigma[:, None]
-        return w, n / total - mu @ w
+        return _RidgeProblem([self._stats[c] for c in self.classes], self.map.dim)
 
     def solve(self, alpha: float | None = None) -> None:
         """Solve for the weights with ridge strength ``alpha`` (default: the current one)."""
         if alpha is not None:
             self.alpha = float(alpha)
-        self.weights, self.bias = self._solve_system(self._system(), self.alpha)
+        self.weights, self.bias = self._problem().solve(self.alpha)
 
     def fit(
         self,
@@ -329,16 +402,8 @@ class RidgeHead:
         y = np.array([index[lab] for lab in np.asarray(val_labels)[keep]], dtype=np.int64)
         if len(y) == 0:
             raise ValueError("no validation images of known classes")
-        system = self._system()
-        # One eigendecomposition serves every alpha: (C + aI)^-1 = V (L + a)^-1 V^T, so trying seven
-        # strengths costs about one solve (this is most of a class change's time).
-        corr, rhs, mu, sigma, n, total = system
-        eigenvalues, vectors = np.linalg.eigh(corr)
-        projected = vectors.T @ rhs
         best: tuple[float, float, float, float, np.ndarray, np.ndarray] | None = None
-        for alpha in alphas:
-            w = (vectors @ (projected / (eigenvalues + alpha)[:, None])) / sigma[:, None]
-            b = n / total - mu @ w
+        for alpha, (w, b) in zip(alphas, self._problem().path(alphas), strict=True):
             scores = phi @ w + b
             temp = fit_temperature(scores, y)
             acc = float((scores.argmax(axis=1) == y).mean())

@@ -59,6 +59,55 @@ def test_incremental_equals_refit(flower_features, config: HeadConfig, dense_aft
     np.testing.assert_allclose(inc.predict_proba(probe), refit.predict_proba(probe), rtol=1e-6, atol=1e-9)
 
 
+def test_removing_held_images_keeps_the_class_factored(flower_features) -> None:
+    """Images the class holds are dropped from its rows (any order); others densify it, exactly."""
+    x, labels = flower_features["train"]
+    xv, labels_v = flower_features["val"]
+    config = HeadConfig(random_features=64, seed=2)
+    head = RidgeHead(x.shape[1], config)
+    head.add(x, labels)
+    held, names = _subset(x, labels, "daisy", slice(0, 5))
+    head.remove_images(held[::-1], names)
+    stats = head._stats["daisy"]
+    assert stats.rows is not None and len(stats.rows) == stats.count == labels.count("daisy") - 5
+    foreign, foreign_names = _subset(xv, labels_v, "rose", slice(0, 2))
+    head.add(foreign[:1], foreign_names[:1])
+    head.remove_images(foreign, foreign_names[:1] * 2)  # one held, one never added: subtracted as a Gram
+    assert head._stats["rose"].rows is None and head._stats["rose"].gram is not None
+    kept = [i for i, lab in enumerate(labels) if not (lab == "daisy" and i in set(
+        [j for j, name in enumerate(labels) if name == "daisy"][:5]))]
+    expected = RidgeHead(x.shape[1], config)
+    expected.add(x[kept], [labels[i] for i in kept])
+    expected.remove_images(foreign[1:], foreign_names[:1])
+    head.solve(0.1)
+    expected.solve(0.1)
+    assert _rel(head.weights, expected.weights) < 1e-6
+
+
+@pytest.mark.parametrize("config", [HeadConfig(), HeadConfig(random_features=512, seed=1)], ids=["plain", "rff"])
+def test_dual_form_equals_primal(flower_features, config: HeadConfig) -> None:
+    """Fewer rows than dimensions: the N x N (dual) solve chooses and solves exactly as the D x D one."""
+    from pigeonhole.learn.head import _RidgeProblem
+
+    x, labels = flower_features["train"]
+    xv, labels_v = flower_features["val"]
+    rows = RidgeHead(x.shape[1], config)  # held as rows: 150 images < 1,280+ dimensions
+    dense = RidgeHead(x.shape[1], config, dense_after=0)
+    for head in (rows, dense):
+        head.add(x, labels)
+    assert _RidgeProblem([rows._stats[c] for c in rows.classes], rows.map.dim).dual
+    assert not _RidgeProblem([dense._stats[c] for c in dense.classes], dense.map.dim).dual
+    chosen_rows, chosen_dense = rows.fit(xv, labels_v), dense.fit(xv, labels_v)
+    assert chosen_rows["alpha"] == chosen_dense["alpha"]
+    for key in ("val_accuracy", "val_nll", "temperature", "threshold"):
+        assert chosen_rows[key] == pytest.approx(chosen_dense[key], rel=1e-6, abs=1e-9)
+    assert _rel(rows.weights, dense.weights) < 1e-6 and _rel(rows.bias, dense.bias) < 1e-6
+    for alpha in (1e-3, 10.0):
+        rows.solve(alpha)
+        dense.solve(alpha)
+        assert _rel(rows.weights, dense.weights) < 1e-6 and _rel(rows.bias, dense.bias) < 1e-6
+
+
 def test_statistics_equal_plain_least_squares(flower_features) -> None:
     """The statistics-only solve is the textbook ridge on standardised data."""
     x, labels = flower_features["train"]
