@@ -34,6 +34,7 @@ from torch import nn
 from pigeonhole.learn.backbones import ExtractorSpec, PixelExtractor
 from pigeonhole.learn.candidates import TrainParams
 
+PLATEAU_AFTER_PROGRESS = 2 / 3  # of the learning-rate decay, before a plateau may stop training
 EPOCH_STEPS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60)
 
 
@@ -208,16 +209,20 @@ def train_extractor(
 
     run_start = time.monotonic()
 
-    def lr_at(step: int) -> float:
-        """Warm-up, then cosine decay driven by steps *or* time, whichever is further along:
-        when the machine turns out slower than measured, the rate still reaches ~0 at the
-        deadline instead of training being cut off at a high learning rate."""
-        if step < warmup:
-            return lr * (step + 1) / warmup
+    def schedule_progress(step: int) -> float:
+        """How far along the decay is, by steps *or* time, whichever is further: when the machine
+        turns out slower than measured, the rate still reaches ~0 at the deadline instead of
+        training being cut off at a high learning rate."""
         progress = (step - warmup) / max(1, total - warmup)
         if math.isfinite(deadline) and deadline > run_start:
             progress = max(progress, (time.monotonic() - run_start) / (deadline - run_start))
-        return 0.5 * lr * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return min(max(progress, 0.0), 1.0)
+
+    def lr_at(step: int) -> float:
+        """Warm-up, then cosine decay."""
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return 0.5 * lr * (1 + math.cos(math.pi * schedule_progress(step)))
 
     autocast = _autocast(params.bf16)
     history: list[dict[str, float]] = []
@@ -287,7 +292,11 @@ def train_extractor(
                 tmp,
             )
             tmp.replace(checkpoint)
-        if epoch + 1 - best_epoch >= params.patience:
+        # A plateau only ends training once the rate has mostly decayed: early on, validation accuracy
+        # stalls while the rate is high and jumps in the last third (MNIST: stopped at round 8 of 20
+        # with 99.2 %, the full schedule reaches 99.6 %). The best round's weights are kept anyway.
+        if epoch + 1 - best_epoch >= params.patience and \
+                schedule_progress((epoch + 1) * steps_per_epoch) >= PLATEAU_AFTER_PROGRESS:
             stopped = "plateau"
             break
     if best_acc >= 0:

@@ -54,3 +54,20 @@ def test_scratch_training_learns_and_resumes(mnist, tmp_path: Path) -> None:
         f1 = first.body(torch.from_numpy(x_val[:4]).float())
         f2 = again.body(torch.from_numpy(x_val[:4]).float())
     np.testing.assert_allclose(f1.numpy(), f2.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_plateau_stops_training_only_once_the_rate_has_decayed(mnist, monkeypatch) -> None:
+    """Validation accuracy that never improves: no stop in the first two thirds of the schedule."""
+    import pigeonhole.learn.train as train
+
+    monkeypatch.setattr(train, "_accuracy", lambda *args: 0.5)
+    images, labels = mnist
+    spec = get_spec("smallcnn_l")
+    params = TrainParams(epochs=6, lr=3e-3, batch_size=16, augment="digits", patience=1)
+    torch.manual_seed(0)
+    outcome = train_extractor(
+        spec, build_architecture(spec), spec.feature_dim, 10, params, images[:32, None], labels[:32],
+        images[32:48, None], labels[32:48], input_size=28, seed=0, deadline=float("inf"), pretrained=False,
+    )
+    # 2 steps a round, 2 of warm-up: after round 4 the decay is 60 % along, after round 5 80 %
+    assert outcome.stopped == "plateau" and outcome.epochs_done == 5 and outcome.best_epoch == 1
