@@ -247,23 +247,29 @@ class Dispatcher:
         except Exception:  # the sink is an actor with restarts; a lost note is retried by the next call
             self._sink = get_sink(self.namespace)
 
-    def _apply_reports(self) -> None:
+    def _apply_reports(self, hold: frozenset[str] = frozenset()) -> dict[tuple[str, int], list[dict[str, Any]]]:
+        """Apply what workers reported; the reports of the jobs in ``hold`` (finished ones) are returned
+        instead, to be written in the transaction that records the job's outcome (one instead of two)."""
         try:
             messages = ray.get(self._sink.drain.remote(), timeout=10)
         except Exception:
             log.warning("the progress sink did not answer; looking it up again")
             self._sink = get_sink(self.namespace)
-            return
-        if not messages:
-            return
+            return {}
         groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-        for message in messages:
+        for message in messages or []:
             groups[(message["job_id"], int(message["attempt"]))].append(message)
+        held: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for (job_id, attempt), batch in groups.items():
+            batch.sort(key=lambda m: m["seq"])
+            if job_id in hold:
+                held[(job_id, attempt)] = batch
+                continue
             try:
-                self._apply_batch(job_id, attempt, sorted(batch, key=lambda m: m["seq"]))
+                self._apply_batch(job_id, attempt, batch)
             except Exception:
                 log.exception("could not apply reports of job %s", job_id)
+        return held
 
     @staticmethod
     def _lock_running(db: Session, job_id: str, attempt: int) -> Job | None:
@@ -281,31 +287,37 @@ class Dispatcher:
             job = self._lock_running(db, job_id, attempt)
             if job is None:
                 return
-            handler = handler_for(job.kind)
-            metrics = list(job.metrics or [])
-            elapsed = (utcnow() - job.started_at).total_seconds() if job.started_at else 0.0
-            for message in batch:
-                kind = message["type"]
-                if kind == "progress":
-                    for name in ("progress", "stage", "eta_s"):
-                        if name in message:
-                            setattr(job, name, message[name])
-                elif kind == "metrics":
-                    metrics.append({"t": round(elapsed, 2), "attempt": attempt, **message["metrics"]})
-                elif kind == "log":
-                    _append_log(job, message["line"])
-                elif kind == "checkpoint":
-                    job.checkpoint = message["state"]
-                elif kind == "cached":
-                    nodes.record_cache(db, message["node_id"], message["key"])
-                elif kind == "event":
-                    self._apply_event(db, job, handler, attempt, message)
-            if len(metrics) > MAX_METRIC_POINTS:  # keep the curve's shape: thin the older half
-                half = len(metrics) // 2
-                metrics = metrics[:half:2] + metrics[half:]
-            if metrics != job.metrics:
-                job.metrics = metrics
+            self._apply_messages(db, job, attempt, batch)
             db.commit()
+
+    def _apply_messages(self, db: Session, job: Job, attempt: int, batch: list[dict[str, Any]]) -> None:
+        """Write one job's reports, in order, into the caller's transaction (which holds the job's row)."""
+        if not batch:
+            return
+        handler = handler_for(job.kind)
+        metrics = list(job.metrics or [])
+        elapsed = (utcnow() - job.started_at).total_seconds() if job.started_at else 0.0
+        for message in batch:
+            kind = message["type"]
+            if kind == "progress":
+                for name in ("progress", "stage", "eta_s"):
+                    if name in message:
+                        setattr(job, name, message[name])
+            elif kind == "metrics":
+                metrics.append({"t": round(elapsed, 2), "attempt": attempt, **message["metrics"]})
+            elif kind == "log":
+                _append_log(job, message["line"])
+            elif kind == "checkpoint":
+                job.checkpoint = message["state"]
+            elif kind == "cached":
+                nodes.record_cache(db, message["node_id"], message["key"])
+            elif kind == "event":
+                self._apply_event(db, job, handler, attempt, message)
+        if len(metrics) > MAX_METRIC_POINTS:  # keep the curve's shape: thin the older half
+            half = len(metrics) // 2
+            metrics = metrics[:half:2] + metrics[half:]
+        if metrics != job.metrics:
+            job.metrics = metrics
 
     def _apply_event(self, db: Session, job: Job, handler: type[JobHandler] | None, attempt: int,
                      message: dict[str, Any]) -> None:
@@ -328,31 +340,43 @@ class Dispatcher:
             return
         by_ref = {r.ref: r for r in self.tracked.values()}
         ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=0)
-        if ready:  # a worker flushes its reports before returning: apply them before the outcome
-            self._apply_reports()
+        if not ready:
+            return
+        # A worker flushes its reports before returning: they are written before (or, for a success, with)
+        # the outcome.
+        held = self._apply_reports(hold=frozenset(by_ref[ref].job_id for ref in ready))
         for ref in ready:
             running = by_ref[ref]
             self._untrack(running)
+            reports = held.pop((running.job_id, running.attempt), [])
             try:
-                out = ray.get(ref)
-            except TaskCancelledError:
+                out, lost = ray.get(ref), None
+            except RayError as exc:
+                out, lost = None, exc
+            if reports and (lost is not None or "error" in out):
+                self._apply_batch(running.job_id, running.attempt, reports)
+                reports = []
+            if isinstance(lost, TaskCancelledError):
                 if running.cancel_sent_at is None:
                     self._retry_or_fail(running.job_id, running.attempt, "Its Ray task was cancelled.")
                 continue
-            except RayTaskError as exc:  # the task body itself raised (not the handler: run_job catches that)
-                self._finish_failed(running.job_id, running.attempt, f"The job stopped with an error: {exc}"[:2000])
+            if isinstance(lost, RayTaskError):  # the task body itself raised (not the handler: run_job catches that)
+                self._finish_failed(running.job_id, running.attempt, f"The job stopped with an error: {lost}"[:2000])
                 continue
-            except RayError as exc:  # node died, worker crashed, out of memory, object lost …
-                if isinstance(exc, NodeDiedError | TaskUnschedulableError):
+            if lost is not None:  # node died, worker crashed, out of memory, object lost …
+                if isinstance(lost, NodeDiedError | TaskUnschedulableError):
                     self._node_lost(running.node_id)
                 if running.cancel_sent_at is None:
-                    self._retry_or_fail(running.job_id, running.attempt, _system_reason(exc))
+                    self._retry_or_fail(running.job_id, running.attempt, _system_reason(lost))
                 continue
+            assert out is not None
             if "error" in out:
                 self._finish_failed(running.job_id, running.attempt, str(out["error"]))
             else:
                 self._finish_succeeded(running.job_id, running.attempt, out.get("result") or {},
-                                       out.get("node_id") or running.node_id)
+                                       out.get("node_id") or running.node_id, reports)
+        for (job_id, attempt), batch in held.items():  # reports of an attempt that is no longer tracked
+            self._apply_batch(job_id, attempt, batch)
 
     def _node_lost(self, node_id: str) -> None:
         self.lost_nodes[node_id] = time.monotonic()
@@ -367,17 +391,21 @@ class Dispatcher:
         if view is not None:
             view.release(running.request)
 
-    def _finish_succeeded(self, job_id: str, attempt: int, result: dict[str, Any], node_id: str) -> None:
+    def _finish_succeeded(self, job_id: str, attempt: int, result: dict[str, Any], node_id: str,
+                          reports: list[dict[str, Any]] | None = None) -> None:
         with self.sessions() as db:
             job = self._lock_running(db, job_id, attempt)
             if job is None:  # cancelled meanwhile (then nothing is created after the cancel) or superseded
                 return
             handler = handler_for(job.kind)
             try:
+                self._apply_messages(db, job, attempt, reports or [])
                 if handler is not None:
                     handler().on_success(db, job, result)
             except Exception as exc:
                 db.rollback()
+                if reports:  # what the worker reported still counts (its events, its log)
+                    self._apply_batch(job_id, attempt, reports)
                 reason = exc.args[0] if isinstance(exc, JobFailed) and exc.args else \
                     f"The job finished but its results could not be saved: {type(exc).__name__}: {exc}"
                 self._finish_failed(job_id, attempt, str(reason)[:2000])
@@ -574,13 +602,14 @@ class Dispatcher:
                                                    Job.cancel_requested.is_(False))
                                  .values(status="running", attempt=Job.attempt + 1, node_id=node_id,
                                          started_at=func.coalesce(Job.started_at, now), updated_at=now,
-                                         stage="starting"))
-            if not claimed.rowcount:
+                                         stage="starting")
+                                 .returning(Job.attempt, Job.checkpoint, Job.kind)
+                                 .execution_options(synchronize_session=False)).first()
+            if claimed is None:
                 db.rollback()
                 return False
             db.commit()
-            job = db.get(Job, job_id, populate_existing=True)
-            attempt, checkpoint, kind = job.attempt, job.checkpoint, job.kind
+            attempt, checkpoint, kind = claimed
         self.wait_reasons.pop(job_id, None)
         env = {"cache_dir": self.cache_dir, "cache_max_bytes": self.settings.cache_max_bytes,
                "blob_url": self.settings.resolved_blob_url, "checkpoint": checkpoint, "namespace": self.namespace}
