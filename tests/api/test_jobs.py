@@ -144,3 +144,34 @@ def test_the_api_never_imports_ray() -> None:
             "import pigeonhole.jobs.service, pigeonhole.compute.handlers, pigeonhole.compute.builtin; "
             "assert 'ray' not in sys.modules, 'the API imported Ray'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_nodes_dead_for_a_day_are_forgotten_unless_a_job_is_recorded_on_them(app, alice) -> None:
+    from datetime import timedelta
+
+    from pigeonhole.compute import nodes
+
+    now = utcnow()
+    total = {"CPU": 2.0}
+
+    def node(node_id: str, alive: bool, seen_hours_ago: float) -> ComputeNode:
+        seen = now - timedelta(hours=seen_hours_ago)
+        return ComputeNode(id=node_id, address="10.0.0.1", alive=alive, draining=False, node_class="cpu",
+                           resources_total=total, resources_available=total, first_seen_at=seen, last_seen_at=seen)
+
+    with app.state.session_factory() as db:
+        db.add_all([node("old-dead", False, 30), node("old-dead-busy", False, 30), node("new-dead", False, 1),
+                    node("alive", True, 30)])
+        db.flush()
+        db.add(NodeCacheEntry(node_id="old-dead", key="dataset:x", used_at=now))
+        db.commit()
+    _set(app, _job(app, alice.id), status="running", node_id="old-dead-busy")
+    ray_says = [{"NodeID": "alive", "Alive": True, "Resources": total},
+                {"NodeID": "never-seen-alive", "Alive": False, "Resources": {}}]
+    with app.state.session_factory() as db:
+        known = {n.id for n in nodes.sync_nodes(db, ray_says, "gpu_node")}
+        db.commit()
+    assert known == {"old-dead-busy", "new-dead", "alive"}
+    with app.state.session_factory() as db:
+        assert db.get(NodeCacheEntry, ("old-dead", "dataset:x")) is None
+        assert db.get(ComputeNode, "alive").alive

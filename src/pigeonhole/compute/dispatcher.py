@@ -181,6 +181,8 @@ class Dispatcher:
         ray_nodes = ray.nodes()
         with self.sessions() as db:
             rows = nodes.sync_nodes(db, ray_nodes, self.settings.gpu_class_resource)
+            for gone in set(self.views) - {row.id for row in rows} - {r.node_id for r in self.tracked.values()}:
+                del self.views[gone]
             for row in rows:
                 view = self.views.get(row.id)
                 if view is None:

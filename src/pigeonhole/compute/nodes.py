@@ -4,10 +4,10 @@ caches which dataset or model. No Ray here: the dispatcher passes plain node dic
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from pigeonhole.compute.placement import node_class
@@ -15,16 +15,29 @@ from pigeonhole.db.base import utcnow
 from pigeonhole.db.tables import ComputeNode, Job, NodeCacheEntry
 
 INTERNAL_RESOURCE_PREFIXES = ("node:", "object_store_memory", "accelerator_type:")
+DEAD_NODE_RETENTION_S = 24 * 3600.0  # a dead node stays in the admin view this long (what died, and when)
 
 
 def clean_resources(resources: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in resources.items() if not k.startswith(INTERNAL_RESOURCE_PREFIXES)}
 
 
-def sync_nodes(db: Session, ray_nodes: list[dict[str, Any]], gpu_class_resource: str) -> list[ComputeNode]:
-    """Upsert what ``ray.nodes()`` says; keep ``draining`` as admins set it. Returns every known node."""
-    known = {n.id: n for n in db.scalars(select(ComputeNode))}
+def sync_nodes(db: Session, ray_nodes: list[dict[str, Any]], gpu_class_resource: str,
+               forget_dead_after_s: float = DEAD_NODE_RETENTION_S) -> list[ComputeNode]:
+    """Upsert what ``ray.nodes()`` says; keep ``draining`` as admins set it. Returns every known node.
+
+    A node dead for longer than ``forget_dead_after_s`` with no job recorded as running on it is forgotten
+    (with its cache notes): every restart of a local runtime or a worker machine gets a new Ray node id, and
+    the admin view would otherwise list every node that ever existed."""
     now = utcnow()
+    busy = {node_id for (node_id,) in db.execute(select(Job.node_id).where(Job.status == "running"))}
+    stale = [node_id for node_id, in db.execute(select(ComputeNode.id).where(
+        ComputeNode.alive.is_(False), ComputeNode.last_seen_at < now - timedelta(seconds=forget_dead_after_s)))
+        if node_id not in busy]
+    if stale:
+        db.execute(delete(NodeCacheEntry).where(NodeCacheEntry.node_id.in_(stale)))
+        db.execute(delete(ComputeNode).where(ComputeNode.id.in_(stale)))
+    known = {n.id: n for n in db.scalars(select(ComputeNode))}
     seen = set()
     for info in ray_nodes:
         node_id = info["NodeID"]
@@ -32,6 +45,8 @@ def sync_nodes(db: Session, ray_nodes: list[dict[str, Any]], gpu_class_resource:
         total = clean_resources(info.get("Resources") or {})
         alive = bool(info.get("Alive"))
         node = known.get(node_id)
+        if node is None and not alive:  # never seen alive, or already forgotten: nothing to show
+            continue
         if node is None:
             node = ComputeNode(id=node_id, address=str(info.get("NodeManagerAddress", "")),
                                hostname=info.get("NodeManagerHostname"), draining=False, first_seen_at=now,
