@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 
 from pigeonhole.learn.artifacts import export_model, make_card, measure_speed, run_model, split_metrics, write_artifacts
-from pigeonhole.learn.backbones import build_architecture, build_extractor, get_spec, unavailable_reason
+from pigeonhole.learn.backbones import ExtractorSpec, build_architecture, build_extractor, get_spec, unavailable_reason
 from pigeonhole.learn.candidates import (
     BuiltExtractor,
     CandidateConfig,
@@ -161,6 +161,7 @@ class Scored:
     train_info: dict[str, Any] = field(default_factory=dict)
     order: int = 0
     val_features: np.ndarray | None = None
+    members: list[tuple[ExtractorSpec, torch.nn.Module, str]] | None = None  # trained stacks: for their flip view
 
 
 def select(scored: Sequence[Scored], target: float | None, preference: str) -> Scored | None:
@@ -501,17 +502,49 @@ class _Search:
             members_list.append((spec, build_extractor(spec, self.catalog), member_key(spec, self.catalog)))
         built = build_stack(config, members_list)
         self.progress(f"Measuring the new model ({_plain(config)})")
+        extracting = time.monotonic()
         feats = {
             s: extract_features(built, self.keys(s), self.pixel_fn(config), self.cache,
                                 threads=self.config.threads, should_stop=self.reporter.cancelled)
             for s in ("train", "val")
         }
+        extract_s = time.monotonic() - extracting
         head, acc = self.fit_head(feats["train"], feats["val"], 1024 if not pretrained else 0)
         info = {"epochs_planned": params.epochs, "epochs_done": outcome.epochs_done, "best_epoch": outcome.best_epoch,
                 "stopped": outcome.stopped, "softmax_val_accuracy": outcome.best_val_accuracy,
-                "history": outcome.history, "step_s": step_s, "train_seconds": outcome.seconds}
+                "history": outcome.history, "step_s": step_s, "train_seconds": outcome.seconds,
+                "extract_seconds": round(extract_s, 2)}
         config = replace(config, random_features=head.config.random_features)
-        return Scored(config, acc, config.mflops(), time.monotonic() - t, built, head, info, val_features=feats["val"])
+        return Scored(config, acc, config.mflops(), time.monotonic() - t, built, head, info, val_features=feats["val"],
+                      members=members_list)
+
+    def run_flip_view(self, trained: Scored) -> Scored | None:
+        """A fine-tuned photo candidate again, each image also seen mirrored and the features averaged
+        (inside the graph): no training, one more feature pass at twice the extractor's cost. Flip
+        views are a reliable point of accuracy on photos; ``select`` takes it only if it beats the plain
+        view by more than the preference's tolerance, since it doubles prediction cost. Runs only when
+        that pass and exporting fit in the time left."""
+        config = trained.config
+        if trained.members is None or config.flip_tta or config.train.augment != "photo" or \
+                self.config.preference == "fast":
+            return None
+        flipped = replace(config, flip_tta=True)
+        need = 2.4 * float(trained.train_info.get("extract_seconds", 0.0)) + 2 * self.estimate_finish_s(config)
+        if need > self.remaining():
+            return None
+        t = time.monotonic()
+        built = build_stack(flipped, trained.members)
+        self.progress(f"Measuring the new model with mirrored views ({_plain(config)})")
+        try:
+            feats = {s: extract_features(built, self.keys(s), self.pixel_fn(flipped), self.cache,
+                                         threads=self.config.threads, should_stop=self.reporter.cancelled)
+                     for s in ("train", "val")}
+        except InterruptedError:
+            return None
+        head, acc = self.fit_head(feats["train"], feats["val"], config.random_features)
+        info = {**trained.train_info, "flip_view_of": config.name}
+        return Scored(flipped, acc, flipped.mflops(), trained.seconds + time.monotonic() - t, built, head, info,
+                      val_features=feats["val"])
 
     # ------------------------------------------------------------------ finishing a candidate
     def finish(self, scored: Scored) -> CandidateResult:
@@ -666,6 +699,11 @@ class _Search:
                 best_acc = max(best_acc, scored.val_accuracy)
                 since_gain = 0 if gain > cfg.min_gain else since_gain + 1
                 self.consider(scored)
+                if not self.target_met():
+                    flipped = self.run_flip_view(scored)
+                    if flipped is not None:
+                        best_acc = max(best_acc, flipped.val_accuracy)
+                        self.consider(flipped)
                 if self.target_met() and cfg.preference != "accurate":
                     stop_reason = "target_met"
                     break

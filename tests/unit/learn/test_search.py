@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pigeonhole.learn.artifacts import CARD_FILE, HEAD_FILE, MODEL_FILE
 from pigeonhole.learn.data import MappingSource, TrainingImage, TrainingSet, sha256_bytes
@@ -173,3 +174,35 @@ def test_selection_rule() -> None:
     assert select([a, b, c], 0.99, "balanced") is c  # none meets: most accurate
     assert select([a, b, c], None, "fast") is b  # within 2 points of the best, cheaper
     assert select([], 0.9, "fast") is None
+
+
+def test_flip_view_of_a_trained_candidate(small_flowers, tmp_path: Path, shared_weights: Path) -> None:
+    """The mirrored-view variant reuses the trained networks, averages plain and mirrored features in the
+    graph, is skipped for digits, for ``fast`` and when the time left cannot pay for it."""
+    from dataclasses import replace
+
+    from pigeonhole.learn.backbones import build_extractor
+    from pigeonhole.learn.candidates import CandidateConfig, TrainParams, member_key
+    from pigeonhole.learn.search import NullReporter, _Search
+
+    ts, source = small_flowers
+    search = _Search(ts, source, _config(tmp_path, shared_weights, time_budget_s=120.0), NullReporter(), None, None)
+    base = search.run_frozen(CandidateConfig("frozen", "mobilenet_v2", 96))
+    spec = base.config.spec
+    base.members = [(spec, build_extractor(spec, search.catalog), member_key(spec, search.catalog))]
+    base.train_info = {"extract_seconds": 1.0}
+
+    flipped = search.run_flip_view(base)
+    assert flipped is not None and flipped.config.flip_tta and flipped.mflops == 2 * base.mflops
+    assert 0.0 <= flipped.val_accuracy <= 1.0 and flipped.train_info["flip_view_of"] == base.config.name
+    with torch.no_grad():
+        features = flipped.extractor.module(torch.zeros((1, 3, 96, 96), dtype=torch.uint8))
+    assert features.shape[1] == base.extractor.feature_dim
+
+    digits = replace(base, config=replace(base.config, train=TrainParams(augment="digits")))
+    assert search.run_flip_view(digits) is None
+    search.config = replace(search.config, preference="fast")
+    assert search.run_flip_view(base) is None
+    search.config = replace(search.config, preference="balanced")
+    search.deadline = time.monotonic() + 1.0
+    assert search.run_flip_view(base) is None, "not enough time left"
