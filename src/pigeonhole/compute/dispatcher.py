@@ -34,7 +34,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from pigeonhole.compute import lease, nodes
-from pigeonhole.compute.handlers import JobFailed, JobHandler, Resources, handler_for
+from pigeonhole.compute.handlers import JobFailed, JobHandler, Resources, handler_for, kinds
 from pigeonhole.compute.placement import NodeView, choose_node
 from pigeonhole.compute.worker import get_sink, probe_node_remote, run_job_remote
 from pigeonhole.db.base import utcnow
@@ -51,6 +51,7 @@ REPORT_INTERVAL_S = 0.2
 _ANY_QUEUED = select(Job.id).where(Job.status == "queued").limit(1)
 _CLAIM_COLUMNS = (Job.id, Job.owner_id, Job.kind, Job.resources, Job.placement, Job.affinity_key, Job.queued_at)
 IDLE_CHORES_INTERVAL_S = 1.0
+WAIT_STAGE_AFTER_S = 1.0
 LOST_NODE_QUARANTINE_S = 60.0
 OUTCOME_SEQ = -1
 
@@ -120,6 +121,7 @@ class Dispatcher:
             return
         log.info("dispatcher %s holds the lease", self.holder)
         try:
+            kinds()  # import every job kind's module now, not while the first job waits
             self._sink = get_sink(self.namespace)
             self._sync_nodes()
             self.reconcile()
@@ -542,7 +544,10 @@ class Dispatcher:
                 if running_per_user[user] >= limit:
                     for job in jobs:
                         stages[job.id] = f"waiting: you already have {limit} jobs running"
-        self._write_wait_stages(stages)
+        # Why a job waits is written once it has waited a moment: in a burst most jobs start within a
+        # second, and hundreds of stage writes would only contend with the API for the database.
+        fresh = {job.id for job in queued if (now_wall - job.queued_at).total_seconds() < WAIT_STAGE_AFTER_S}
+        self._write_wait_stages({k: v for k, v in stages.items() if k not in fresh})
 
     def _try_start(self, job: Any, cached_on: set[str], now_wall: datetime, stages: dict[str, str],
                    waits: dict[tuple, str]) -> bool | None:
