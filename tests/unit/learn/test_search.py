@@ -175,6 +175,15 @@ def test_selection_rule() -> None:
     assert select([a, b, c], None, "fast") is b  # within 2 points of the best, cheaper
     assert select([], 0.9, "fast") is None
 
+    def probe(acc: float, cost: float, order: int, per_class: int):
+        return SimpleNamespace(val_accuracy=acc, mflops=cost, order=order,
+                               config=SimpleNamespace(max_train_per_class=per_class))
+
+    lucky, full = probe(1.0, 300, 0, 60), probe(0.997, 300, 1, 0)
+    assert select([lucky, full], None, "balanced") is full  # same cost, within tolerance: all the images win
+    assert select([lucky, full], 0.9, "balanced") is full and select([lucky, full], 0.9, "accurate") is lucky
+    assert select([lucky, probe(0.98, 300, 1, 0)], None, "balanced") is lucky  # beyond tolerance: accuracy wins
+
 
 def test_flip_view_of_a_trained_candidate(small_flowers, tmp_path: Path, shared_weights: Path) -> None:
     """The mirrored-view variant reuses the trained networks, averages plain and mirrored features in the
@@ -206,3 +215,19 @@ def test_flip_view_of_a_trained_candidate(small_flowers, tmp_path: Path, shared_
     search.config = replace(search.config, preference="balanced")
     search.deadline = time.monotonic() + 1.0
     assert search.run_flip_view(base) is None, "not enough time left"
+
+
+def test_a_perfect_probe_does_not_end_the_search(small_flowers, shared_weights, tmp_path, monkeypatch) -> None:
+    """A probe (part of the training images) that scores 100 % on validation is followed by the same
+    extractor on all the images, which is chosen; a perfect full-data candidate then ends the search."""
+    import pigeonhole.learn.search as search_module
+
+    real_fit_head = search_module._Search.fit_head
+    monkeypatch.setattr(search_module, "PROBE_PER_CLASS", 4)  # 12 training images per class: probe on 4
+    monkeypatch.setattr(search_module._Search, "fit_head",
+                        lambda self, *args, **kw: (real_fit_head(self, *args, **kw)[0], 1.0))
+    ts, source = small_flowers
+    result = run_search(ts, source, _config(tmp_path, shared_weights, time_budget_s=120.0), Recorder())
+    names = [entry["name"] for entry in result.leaderboard]
+    assert names[0].endswith("/probe4") and len(names) == 2 and "probe" not in names[1]
+    assert result.stop_reason == "plateau" and result.chosen is not None and result.chosen.name == names[1]
