@@ -170,6 +170,8 @@ def select(scored: Sequence[Scored], target: float | None, preference: str) -> S
     Cost is the extractor's multiply-adds (deterministic, so a rerun chooses the same)."""
     if not scored:
         return None
+    full_data = {s.config for s in scored if isinstance(getattr(s, "config", None), CandidateConfig) and not _probe(s)}
+    scored = [s for s in scored if not (_probe(s) and replace(s.config, max_train_per_class=0) in full_data)]
     meets = [s for s in scored if target is not None and s.val_accuracy >= target]
     if meets:
         if preference == "accurate":
@@ -181,9 +183,11 @@ def select(scored: Sequence[Scored], target: float | None, preference: str) -> S
 
 
 def _probe(scored: Any) -> bool:
-    """A quick probe whose head saw only part of the training images. At equal cost it gives way to the
-    same extractor on all of them when their validation scores are within the tolerance: on a small
-    validation set a probe's lucky score is noise, while more training images are not."""
+    """A quick probe whose head saw only part of the training images: a preview for the anytime model.
+    Once the same candidate on all the images is scored, the probe leaves the selection (on a small
+    validation set its lucky score is noise, while more training images are not: hymenoptera's probe
+    scored 100 % on 28 validation images and 91.5 % on the test folder); before that, at equal cost and
+    within the tolerance, any candidate on all the images is preferred."""
     config = getattr(scored, "config", None)
     return bool(getattr(config, "max_train_per_class", 0))
 

@@ -175,14 +175,20 @@ def test_selection_rule() -> None:
     assert select([a, b, c], None, "fast") is b  # within 2 points of the best, cheaper
     assert select([], 0.9, "fast") is None
 
-    def probe(acc: float, cost: float, order: int, per_class: int):
-        return SimpleNamespace(val_accuracy=acc, mflops=cost, order=order,
-                               config=SimpleNamespace(max_train_per_class=per_class))
+    from pigeonhole.learn.candidates import CandidateConfig
 
-    lucky, full = probe(1.0, 300, 0, 60), probe(0.997, 300, 1, 0)
-    assert select([lucky, full], None, "balanced") is full  # same cost, within tolerance: all the images win
-    assert select([lucky, full], 0.9, "balanced") is full and select([lucky, full], 0.9, "accurate") is lucky
-    assert select([lucky, probe(0.98, 300, 1, 0)], None, "balanced") is lucky  # beyond tolerance: accuracy wins
+    def probe(acc: float, cost: float, order: int, per_class: int, size: int = 160):
+        return SimpleNamespace(val_accuracy=acc, mflops=cost, order=order,
+                               config=CandidateConfig("frozen", "mobilenet_v2", size, max_train_per_class=per_class))
+
+    lucky, full = probe(1.0, 150, 0, 60), probe(0.96, 150, 1, 0)
+    assert select([lucky], None, "balanced") is lucky  # the anytime preview, until its full version exists
+    assert select([lucky, full], None, "balanced") is full  # the probe leaves once its full version is scored
+    assert select([lucky, full], 0.99, "accurate") is full
+    larger = probe(1.0, 300, 2, 0, size=224)
+    assert select([lucky, full, larger], None, "balanced") is larger
+    other = probe(0.997, 150, 1, 0, size=128)  # another candidate of equal cost, within tolerance
+    assert select([lucky, other], None, "balanced") is other
 
 
 def test_flip_view_of_a_trained_candidate(small_flowers, tmp_path: Path, shared_weights: Path) -> None:
