@@ -346,8 +346,8 @@ class Dispatcher:
         ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=0)
         if not ready:
             return
-        # A worker flushes its reports before returning: they are written before (or, for a success, with)
-        # the outcome.
+        # A worker has sent its earlier reports to the sink before returning and returns the rest with its
+        # outcome: they are written before (or, for a success, with) the outcome.
         held = self._apply_reports(hold=frozenset(by_ref[ref].job_id for ref in ready))
         for ref in ready:
             running = by_ref[ref]
@@ -357,6 +357,8 @@ class Dispatcher:
                 out, lost = ray.get(ref), None
             except RayError as exc:
                 out, lost = None, exc
+            if isinstance(out, dict) and out.get("reports"):  # the last reports come with the outcome
+                reports = sorted(reports + list(out["reports"]), key=lambda m: m["seq"])
             if reports and (lost is not None or "error" in out):
                 self._apply_batch(running.job_id, running.attempt, reports)
                 reports = []

@@ -150,13 +150,17 @@ class WorkerContext:
         return {"job_id": self.job_id, "attempt": self.attempt, "seq": self._seq, "type": type_,
                 "node_id": self.node_id, **data}
 
-    def flush(self) -> None:
+    def _take(self) -> list[dict[str, Any]]:
         with self._lock:
             batch = self._pending
             self._pending = []
             if self._progress:
                 batch.append(self._message("progress", self._progress))
                 self._progress = {}
+        return batch
+
+    def flush(self) -> None:
+        batch = self._take()
         if batch:
             try:
                 ray.get(self._sink.push.remote(batch), timeout=10)
@@ -167,10 +171,12 @@ class WorkerContext:
         while not self._stop.wait(FLUSH_INTERVAL_S):
             self.flush()
 
-    def close(self) -> None:
+    def close(self) -> list[dict[str, Any]]:
+        """Stop sending; returns the reports not sent yet, which travel with the job's outcome (one actor
+        call fewer per job, and they reach the dispatcher together with the result)."""
         self._stop.set()
         self._thread.join(timeout=2)
-        self.flush()
+        return self._take()
 
 
 def _background_priority() -> None:
@@ -188,18 +194,20 @@ def run_job(handler_path: str, job_id: str, attempt: int, payload: dict[str, Any
     """The body of every job's Ray task (submitted by the dispatcher with the job's resources)."""
     _background_priority()
     ctx = WorkerContext(job_id, attempt, env)
+    out: dict[str, Any]
     try:
-        result = load_handler(handler_path).run(ctx, payload)
+        out = {"result": load_handler(handler_path).run(ctx, payload) or {}}
     except JobFailed as exc:
-        return {"error": str(exc), "node_id": ctx.node_id}
+        out = {"error": str(exc)}
     except Exception as exc:  # a bug or bad input in the handler: no retry, a reason for the user
         if is_storage_full(exc):
-            return {"error": "The job stopped because the server ran out of disk space. Ask the administrator to "
-                             "free or add space, then start it again.", "node_id": ctx.node_id}
-        return {"error": f"The job stopped with an error: {type(exc).__name__}: {exc}"[:2000], "node_id": ctx.node_id}
+            out = {"error": "The job stopped because the server ran out of disk space. Ask the administrator to "
+                            "free or add space, then start it again."}
+        else:
+            out = {"error": f"The job stopped with an error: {type(exc).__name__}: {exc}"[:2000]}
     finally:
-        ctx.close()
-    return {"result": result or {}, "node_id": ctx.node_id}
+        reports = ctx.close()
+    return {**out, "node_id": ctx.node_id, "reports": reports}
 
 
 def probe_node(cache_dir: str) -> dict[str, Any]:
