@@ -30,10 +30,10 @@ def sync_nodes(db: Session, ray_nodes: list[dict[str, Any]], gpu_class_resource:
     (with its cache notes): every restart of a local runtime or a worker machine gets a new Ray node id, and
     the admin view would otherwise list every node that ever existed."""
     now = utcnow()
-    busy = {node_id for (node_id,) in db.execute(select(Job.node_id).where(Job.status == "running"))}
-    stale = [node_id for node_id, in db.execute(select(ComputeNode.id).where(
-        ComputeNode.alive.is_(False), ComputeNode.last_seen_at < now - timedelta(seconds=forget_dead_after_s)))
-        if node_id not in busy]
+    stale = set(db.scalars(select(ComputeNode.id).where(
+        ComputeNode.alive.is_(False), ComputeNode.last_seen_at < now - timedelta(seconds=forget_dead_after_s))))
+    if stale:
+        stale -= set(db.scalars(select(Job.node_id).where(Job.status == "running", Job.node_id.in_(stale))))
     if stale:
         db.execute(delete(NodeCacheEntry).where(NodeCacheEntry.node_id.in_(stale)))
         db.execute(delete(ComputeNode).where(ComputeNode.id.in_(stale)))

@@ -243,14 +243,15 @@ class _RidgeProblem:
         factored = [s.rows for s in stats if s.rows is not None and len(s.rows)]
         rows = np.vstack(factored) if factored else np.zeros((0, dim))
         self.dual = all(s.rows is not None for s in stats) and len(rows) < dim
-        gram_diag = np.einsum("ij,ij->j", rows, rows)
         gram = None
-        if not self.dual:
+        if self.dual:
+            gram_diag = np.einsum("ij,ij->j", rows, rows)
+        else:
             gram = rows.T @ rows
             for s in stats:
                 if s.gram is not None:
                     gram += s.gram
-            gram_diag = np.diag(gram).copy()
+            gram_diag = np.diag(gram)
         var = np.clip((gram_diag - total * mu * mu) / total, 0.0, None)
         sigma = np.sqrt(var)
         sigma[sigma <= _EPS * max(float(sigma.max()), 1.0)] = 1.0  # constant features: weight 0 anyway

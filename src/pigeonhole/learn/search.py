@@ -515,11 +515,7 @@ class _Search:
         built = build_stack(config, members_list)
         self.progress(f"Measuring the new model ({_plain(config)})")
         extracting = time.monotonic()
-        feats = {
-            s: extract_features(built, self.keys(s), self.pixel_fn(config), self.cache,
-                                threads=self.config.threads, should_stop=self.reporter.cancelled)
-            for s in ("train", "val")
-        }
+        feats = self.train_val_features(built, config)
         extract_s = time.monotonic() - extracting
         head, acc = self.fit_head(feats["train"], feats["val"], 1024 if not pretrained else 0)
         info = {"epochs_planned": params.epochs, "epochs_done": outcome.epochs_done, "best_epoch": outcome.best_epoch,
@@ -529,6 +525,12 @@ class _Search:
         config = replace(config, random_features=head.config.random_features)
         return Scored(config, acc, config.mflops(), time.monotonic() - t, built, head, info, val_features=feats["val"],
                       members=members_list)
+
+    def train_val_features(self, built: BuiltExtractor, config: CandidateConfig) -> dict[str, np.ndarray]:
+        """Features of every training and validation image through a trained stack (only a cancel stops it)."""
+        return {s: extract_features(built, self.keys(s), self.pixel_fn(config), self.cache,
+                                    threads=self.config.threads, should_stop=self.reporter.cancelled)
+                for s in ("train", "val")}
 
     def run_flip_view(self, trained: Scored) -> Scored | None:
         """A fine-tuned photo candidate again, each image also seen mirrored and the features averaged
@@ -548,9 +550,7 @@ class _Search:
         built = build_stack(flipped, trained.members)
         self.progress(f"Measuring the new model with mirrored views ({_plain(config)})")
         try:
-            feats = {s: extract_features(built, self.keys(s), self.pixel_fn(flipped), self.cache,
-                                         threads=self.config.threads, should_stop=self.reporter.cancelled)
-                     for s in ("train", "val")}
+            feats = self.train_val_features(built, flipped)
         except InterruptedError:
             return None
         head, acc = self.fit_head(feats["train"], feats["val"], config.random_features)
@@ -721,10 +721,7 @@ class _Search:
                     break
                 if self.current is not None and self.current.val_accuracy >= 1.0 and cfg.preference != "fast" \
                         and not _probe(self.current):
-                    # Nothing can beat a perfect validation score, except the same extractor on all the
-                    # training images when it was a probe (hymenoptera: a 60-per-class probe scored 100 %
-                    # on 25 validation images and 91.5 % on the test folder).
-                    stop_reason = "plateau"
+                    stop_reason = "plateau"  # nothing can beat a perfect validation score (a probe's: see _probe)
                     break
                 if since_gain >= cfg.plateau_candidates:
                     trained = [c for c in queue if c.kind != "frozen"]
