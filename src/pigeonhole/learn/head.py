@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -221,6 +221,40 @@ def choose_threshold(
     return threshold, float(precision[i]), (i + 1) / len(conf)
 
 
+def left_out_scores(phi: np.ndarray, y: np.ndarray, classes: int,
+                    alphas: Sequence[float]) -> Iterator[np.ndarray]:
+    """For each alpha, the (N, K) scores each row gets from the ridge head refit without that row.
+
+    The head's fitted scores are ``H Y`` with the hat matrix ``H = 11^T/N + Z (Z^T Z + a I)^-1 Z^T`` (Z
+    the standardised, centred rows over sqrt(N); the intercept is not penalised), and for penalised
+    least squares the left-out score is ``(fit - h Y) / (1 - h)`` row by row, ``h`` the diagonal of H.
+    One eigendecomposition of the smaller of ``Z Z^T`` and ``Z^T Z`` serves every alpha. Exact but for
+    the standardisation (mean and scale include the left-out row), which moves scores by O(1/N).
+    """
+    n = len(phi)
+    mu = phi.mean(axis=0)
+    sigma = phi.std(axis=0)
+    sigma[sigma <= _EPS * max(float(sigma.max()), 1.0)] = 1.0
+    z = (phi - mu) / (sigma * np.sqrt(n))
+    onehot = np.eye(classes)[y]
+    mean = onehot.mean(axis=0)
+    if n <= z.shape[1]:  # Z = V sqrt(L) U^T: H - 11^T/N = V L/(L+a) V^T
+        eigenvalues, basis = np.linalg.eigh(z @ z.T)
+        gain = lambda a: eigenvalues / (eigenvalues + a)  # noqa: E731
+    else:  # Z^T Z = U L U^T, P = Z U: H - 11^T/N = P (L+a)^-1 P^T
+        eigenvalues, u = np.linalg.eigh(z.T @ z)
+        basis = z @ u
+        gain = lambda a: 1.0 / (eigenvalues + a)  # noqa: E731
+    eigenvalues = np.clip(eigenvalues, 0.0, None)
+    projected = basis.T @ (onehot - mean)
+    squares = basis * basis
+    for alpha in alphas:
+        g = gain(alpha)
+        h = np.clip(squares @ g + 1.0 / n, 0.0, 1.0 - 1e-9)[:, None]
+        fitted = basis @ (g[:, None] * projected) + mean
+        yield (fitted - h * onehot) / (1.0 - h)
+
+
 class _RidgeProblem:
     """The standardised normal equations of some class statistics, solvable for any ridge strength.
 
@@ -403,9 +437,50 @@ class RidgeHead:
         y = np.array([index[lab] for lab in np.asarray(val_labels)[keep]], dtype=np.int64)
         if len(y) == 0:
             raise ValueError("no validation images of known classes")
-        best: tuple[float, float, float, float, np.ndarray, np.ndarray] | None = None
-        for alpha, (w, b) in zip(alphas, self._problem().path(alphas), strict=True):
-            scores = phi @ w + b
+        solutions: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+
+        def scored() -> Iterator[tuple[float, np.ndarray]]:
+            for alpha, (w, b) in zip(alphas, self._problem().path(alphas), strict=True):
+                solutions[alpha] = (w, b)
+                yield alpha, phi @ w + b
+
+        info = self._calibrate(scored(), y, target_precision)
+        self.weights, self.bias = solutions[self.alpha]
+        return info
+
+    def fit_left_out(
+        self,
+        features: np.ndarray,
+        labels: Sequence[str],
+        *,
+        alphas: Sequence[float] = DEFAULT_ALPHAS,
+        target_precision: float = 0.95,
+    ) -> dict[str, float]:
+        """Choose alpha, temperature and threshold on leave-one-out scores of the images the head holds.
+
+        For small sets: a validation split of a few dozen images makes alpha a coin toss and ties
+        every candidate at 100 %, while each held image scored by the head refit without it is an
+        honest out-of-sample score (only for features that were not trained on these images). Ridge
+        is a linear smoother, so all N left-out fits cost one eigendecomposition (see
+        :func:`left_out_scores`). ``features``/``labels`` must be exactly the images the head holds.
+        """
+        labels = np.asarray(labels)
+        held = {c: int(n) for c, n in zip(*np.unique(labels, return_counts=True), strict=True)}
+        if held != self.counts:
+            raise ValueError("leave-one-out needs exactly the images the head holds")
+        index = {c: i for i, c in enumerate(self.classes)}
+        y = np.array([index[lab] for lab in labels], dtype=np.int64)
+        scores = left_out_scores(self.map(features), y, len(self.classes), alphas)
+        info = self._calibrate(zip(alphas, scores, strict=True), y, target_precision)
+        self.solve(self.alpha)
+        return {**info, "left_out": len(y)}
+
+    def _calibrate(self, candidates: Iterable[tuple[float, np.ndarray]], y: np.ndarray,
+                   target_precision: float) -> dict[str, float]:
+        """Take the alpha whose held-out scores are most accurate (ties: lower calibrated NLL), then the
+        temperature and the unknown threshold on those scores."""
+        best: tuple[float, float, float, float, np.ndarray] | None = None
+        for alpha, scores in candidates:
             temp = fit_temperature(scores, y)
             acc = float((scores.argmax(axis=1) == y).mean())
             nll = _nll(scores, y, 1.0 / temp)
@@ -413,10 +488,10 @@ class RidgeHead:
             # incrementally grown head versus a refit) then always choose the same alpha.
             if best is None or acc > best[1] + 1e-12 or (
                     abs(acc - best[1]) <= 1e-12 and nll < best[2] - NLL_MARGIN * max(1.0, abs(best[2]))):
-                best = (alpha, acc, nll, temp, w, b)
+                best = (alpha, acc, nll, temp, scores)
         assert best is not None
-        self.alpha, acc, nll, self.temperature, self.weights, self.bias = best
-        probs = _softmax((phi @ self.weights + self.bias) / self.temperature)
+        self.alpha, acc, nll, self.temperature, scores = best
+        probs = _softmax(scores / self.temperature)
         conf, pred = probs.max(axis=1), probs.argmax(axis=1)
         self.threshold, self.threshold_precision, self.threshold_coverage = choose_threshold(
             conf, pred == y, target_precision

@@ -67,6 +67,13 @@ SMALL_SIDE = 48  # images at most this small (median shorter side) take the smal
 PROBE_PER_CLASS = 60  # the anytime probe of a large set trains its head on this many images per class
 PIXEL_PROBE_PER_CLASS = 300  # raw-pixel probes of large sets: the random-feature head grows with rows
 OPTIONAL_SHARE = 0.08  # optional frozen candidates may take at most this share of the budget
+# Below this many validation images, frozen candidates are scored by leaving each training and validation
+# image out in turn (exact for a ridge head, one eigendecomposition): a few dozen images cannot tell alphas
+# or candidates apart, a few hundred left-out scores can.
+LEFT_OUT_BELOW_VAL = 300
+# A preference's tolerance is granted only when it spans at least this many evaluation images: below
+# that, "within tolerance" is a difference the evaluation cannot measure, so the more accurate one is kept.
+TOLERANCE_MIN_IMAGES = 2
 
 
 # ---------------------------------------------------------------------------------- API types
@@ -162,11 +169,14 @@ class Scored:
     order: int = 0
     val_features: np.ndarray | None = None
     members: list[tuple[ExtractorSpec, torch.nn.Module, str]] | None = None  # trained stacks: for their flip view
+    evaluated_on: int | None = None  # images behind val_accuracy (validation, or train+val left out one at a time)
+    val_in_head: bool = False  # the head already holds the validation images (left-out scoring)
 
 
 def select(scored: Sequence[Scored], target: float | None, preference: str) -> Scored | None:
     """The cheapest candidate meeting the target, else the cheapest within the preference's
-    tolerance of the most accurate. ``accurate`` takes the most accurate meeting the target.
+    tolerance of the most accurate (when the most accurate was measured on enough images for that
+    tolerance to mean something). ``accurate`` takes the most accurate meeting the target.
     Cost is the extractor's multiply-adds (deterministic, so a rerun chooses the same)."""
     if not scored:
         return None
@@ -177,8 +187,12 @@ def select(scored: Sequence[Scored], target: float | None, preference: str) -> S
         if preference == "accurate":
             return max(meets, key=lambda s: (s.val_accuracy, -s.mflops, not _probe(s), -s.order))
         return min(meets, key=lambda s: (s.mflops, _probe(s), -s.val_accuracy, s.order))
-    top = max(s.val_accuracy for s in scored)
-    near = [s for s in scored if s.val_accuracy >= top - TOLERANCE[preference] - 1e-12]
+    leader = max(scored, key=lambda s: s.val_accuracy)
+    top, tolerance = leader.val_accuracy, TOLERANCE[preference]
+    measured_on = getattr(leader, "evaluated_on", None)
+    if measured_on is not None and tolerance * measured_on < TOLERANCE_MIN_IMAGES:
+        tolerance = 0.0  # too few images to see a difference that small: keep the more accurate
+    near = [s for s in scored if s.val_accuracy >= top - tolerance - 1e-12]
     return min(near, key=lambda s: (s.mflops, _probe(s), -s.val_accuracy, s.order))
 
 
@@ -371,8 +385,13 @@ class _Search:
         return np.sort(np.array(rows, dtype=np.int64))
 
     def fit_head(
-        self, train_f: np.ndarray, val_f: np.ndarray, rff: int, rows: np.ndarray | None = None
-    ) -> tuple[RidgeHead, float]:
+        self, train_f: np.ndarray, val_f: np.ndarray, rff: int, rows: np.ndarray | None = None,
+        *, left_out: bool = False,
+    ) -> tuple[RidgeHead, float, int]:
+        """The best head of plain and random-feature maps: (head, accuracy, images it was measured on).
+
+        ``left_out``: the head holds train+val and is measured leaving each image out in turn (only for
+        features that were not trained on these images); otherwise it holds train, measured on val."""
         best: tuple[float, int, RidgeHead] | None = None
         y = self.y("train") if rows is None else self.y("train")[rows]
         order = np.argsort(y, kind="stable")  # the head's class order = the training set's class order
@@ -380,11 +399,15 @@ class _Search:
         for m in sorted({0, rff}):
             head = RidgeHead(train_f.shape[1], HeadConfig(random_features=m, seed=self.config.seed))
             head.add(train_f[order], labels)
-            acc = head.fit(val_f, self.labels("val"))["val_accuracy"]
+            if left_out:
+                head.add(val_f, self.labels("val"))
+                acc = head.fit_left_out(np.vstack([train_f[order], val_f]), labels + self.labels("val"))["val_accuracy"]
+            else:
+                acc = head.fit(val_f, self.labels("val"))["val_accuracy"]
             if best is None or acc > best[0] + 1e-12:
                 best = (acc, m, head)
         assert best is not None
-        return best[2], best[0]
+        return best[2], best[0], len(labels) + len(val_f) if left_out else len(val_f)
 
     # ------------------------------------------------------------------ candidates
     def estimate_frozen_s(self, config: CandidateConfig, n: int) -> float:
@@ -411,9 +434,12 @@ class _Search:
         if spec.pretrained and extract_s > 0.5:  # keep the slowest measurement: estimates must err long
             measured = n * config.mflops() / extract_s
             self.rate = measured if self.rate is None else min(self.rate, measured)
-        head, acc = self.fit_head(feats["train"], feats["val"], config.random_features, rows)
+        left_out = len(feats["val"]) < LEFT_OUT_BELOW_VAL  # frozen features: left-out scores are honest
+        head, acc, measured = self.fit_head(feats["train"], feats["val"], config.random_features, rows,
+                                            left_out=left_out)
         config = replace(config, random_features=head.config.random_features)
-        return Scored(config, acc, config.mflops(), time.monotonic() - t, built, head, val_features=feats["val"])
+        return Scored(config, acc, config.mflops(), time.monotonic() - t, built, head, val_features=feats["val"],
+                      evaluated_on=measured, val_in_head=left_out)
 
     def training_pixels(self, config: CandidateConfig) -> np.ndarray:
         """Training images for augmentation: ``square`` views at size/0.875 for photos (a 0.875
@@ -517,14 +543,14 @@ class _Search:
         extracting = time.monotonic()
         feats = self.train_val_features(built, config)
         extract_s = time.monotonic() - extracting
-        head, acc = self.fit_head(feats["train"], feats["val"], 1024 if not pretrained else 0)
+        head, acc, measured = self.fit_head(feats["train"], feats["val"], 1024 if not pretrained else 0)
         info = {"epochs_planned": params.epochs, "epochs_done": outcome.epochs_done, "best_epoch": outcome.best_epoch,
                 "stopped": outcome.stopped, "softmax_val_accuracy": outcome.best_val_accuracy,
                 "history": outcome.history, "step_s": step_s, "train_seconds": outcome.seconds,
                 "extract_seconds": round(extract_s, 2)}
         config = replace(config, random_features=head.config.random_features)
         return Scored(config, acc, config.mflops(), time.monotonic() - t, built, head, info, val_features=feats["val"],
-                      members=members_list)
+                      members=members_list, evaluated_on=measured)
 
     def train_val_features(self, built: BuiltExtractor, config: CandidateConfig) -> dict[str, np.ndarray]:
         """Features of every training and validation image through a trained stack (only a cancel stops it)."""
@@ -553,22 +579,23 @@ class _Search:
             feats = self.train_val_features(built, flipped)
         except InterruptedError:
             return None
-        head, acc = self.fit_head(feats["train"], feats["val"], config.random_features)
+        head, acc, measured = self.fit_head(feats["train"], feats["val"], config.random_features)
         info = {**trained.train_info, "flip_view_of": config.name}
         return Scored(flipped, acc, flipped.mflops(), trained.seconds + time.monotonic() - t, built, head, info,
-                      val_features=feats["val"])
+                      val_features=feats["val"], evaluated_on=measured)
 
     # ------------------------------------------------------------------ finishing a candidate
     def finish(self, scored: Scored) -> CandidateResult:
         """Refit the head on train+val, export, evaluate the ONNX file on test, write files."""
         config = scored.config
         head = scored.head
-        val_f = scored.val_features
-        if val_f is None:
-            val_f = extract_features(scored.extractor, self.keys("val"), self.pixel_fn(config), self.cache,
-                                     threads=self.config.threads)
-        head.add(val_f, self.labels("val"))
-        head.solve()
+        if not scored.val_in_head:
+            val_f = scored.val_features
+            if val_f is None:
+                val_f = extract_features(scored.extractor, self.keys("val"), self.pixel_fn(config), self.cache,
+                                         threads=self.config.threads)
+            head.add(val_f, self.labels("val"))
+            head.solve()
         if head.classes != self.classes:
             raise RuntimeError(f"head classes {head.classes} differ from the training set's {self.classes}")
         lineage = {"job": self.job, "dataset": self.ts.fingerprint(), "seed": self.config.seed,
@@ -585,6 +612,8 @@ class _Search:
         )
         metrics["split"] = eval_split
         metrics["val_accuracy"] = scored.val_accuracy
+        metrics["val_measured_on"] = "left-out train+val images" if scored.val_in_head else "validation images"
+        metrics["val_images"] = scored.evaluated_on
         speed = measure_speed(model, scored.extractor.input_spec, threads=self.config.threads)
         ready_at = self.elapsed()
         candidate = {"name": config.name, "config": config.to_dict(), "val_accuracy": scored.val_accuracy,

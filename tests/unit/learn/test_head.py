@@ -9,7 +9,7 @@ import torch
 from pigeonhole.learn.backbones import PixelExtractor, build_extractor, get_spec
 from pigeonhole.learn.evaluate import evaluate
 from pigeonhole.learn.export import INPUT_NAME, export_classifier, open_session
-from pigeonhole.learn.head import HeadConfig, RidgeHead, _nll, choose_threshold
+from pigeonhole.learn.head import HeadConfig, RidgeHead, _nll, choose_threshold, left_out_scores
 from pigeonhole.learn.preprocess import images_to_batch
 
 
@@ -167,6 +167,56 @@ def test_calibration_and_threshold_on_validation(flower_features) -> None:
     assert head.threshold_coverage == pytest.approx(accepted.mean())
     labels = [lab for lab, _ in head.predict(val[0])]
     assert labels.count(None) == int((~accepted).sum())
+
+
+@pytest.mark.parametrize(("n", "d"), [(30, 48), (90, 12)], ids=["dual", "primal"])
+def test_left_out_scores_equal_refits_without_each_image(n: int, d: int) -> None:
+    """Both eigen-forms give, for every row, the score of the ridge refit without that row: exactly for a fixed
+    standardisation, and to O(1/N) against real head refits (which re-standardise)."""
+    rng = np.random.default_rng(7)
+    k = 3
+    y = np.arange(n) % k
+    x = rng.normal(size=(n, d)) + 2.5 * np.eye(k, d)[y]
+    head = RidgeHead(d)
+    phi = head.map(x)
+    alphas = (0.1, 3.0)
+    loo = list(left_out_scores(phi, y, k, alphas))
+    mu, sigma = phi.mean(axis=0), phi.std(axis=0)
+    z = (phi - mu) / (sigma * np.sqrt(n))
+    onehot = np.eye(k)[y]
+    for a, scores in zip(alphas, loo, strict=True):
+        agree = 0
+        for i in range(n):
+            rest = np.arange(n) != i
+            zc, yc = z[rest] - z[rest].mean(axis=0), onehot[rest] - onehot[rest].mean(axis=0)
+            w = np.linalg.solve(zc.T @ zc + a * np.eye(d), zc.T @ yc)
+            exact = (z[i] - z[rest].mean(axis=0)) @ w + onehot[rest].mean(axis=0)
+            np.testing.assert_allclose(scores[i], exact, atol=1e-8)
+            refit = RidgeHead(d)
+            refit.add(x[rest], [str(c) for c in y[rest]])
+            refit.solve(a)
+            real = refit.scores(x[i : i + 1])[0][[refit.classes.index(str(c)) for c in range(k)]]
+            assert np.abs(real - scores[i]).max() < 0.1
+            agree += int(real.argmax() == scores[i].argmax())
+        assert agree >= 0.9 * n  # rows near a class boundary may tip either way
+
+
+def test_fit_left_out_chooses_on_held_images(flower_features) -> None:
+    """The head keeps every image it held, picks alpha on their left-out scores, and says how many it used."""
+    train, val = flower_features["train"], flower_features["val"]
+    x = np.vstack([train[0], val[0]])
+    labels = train[1] + val[1]
+    head = RidgeHead(x.shape[1])
+    head.add(x, labels)
+    info = head.fit_left_out(x, labels)
+    assert info["left_out"] == len(labels) and sum(head.counts.values()) == len(labels)
+    y = np.array([head.classes.index(lab) for lab in labels])
+    alphas = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+    accs = [float((s.argmax(1) == y).mean()) for s in left_out_scores(head.map(x), y, len(head.classes), alphas)]
+    assert info["val_accuracy"] == pytest.approx(max(accs)) and accs[alphas.index(head.alpha)] == max(accs)
+    assert head.weights is not None and head.temperature > 0
+    with pytest.raises(ValueError, match="exactly the images"):
+        head.fit_left_out(x[:-1], labels[:-1])
 
 
 def test_choose_threshold_rule() -> None:

@@ -80,6 +80,10 @@ def test_first_candidate_is_fast_valid_and_complete(small_flowers, shared_weight
     for key in ("accuracy", "balanced_accuracy", "per_class", "confusion", "ece", "confident_mistakes"):
         assert key in metrics, key
     assert metrics["split"] == "test" and metrics["n"] == len(ts.split("test"))
+    # a small set: the frozen candidate is measured leaving each train+val image out, and its head holds them all
+    held = len(ts.split("train")) + len(ts.split("val"))
+    assert metrics["val_measured_on"] == "left-out train+val images" and metrics["val_images"] == held
+    assert sum(RidgeHead.from_bytes(files["head"].read_bytes()).counts.values()) == held
     assert set(metrics["per_class"]["classes"]) == set(ts.classes)
     assert card["model_size_bytes"] == files["model"].stat().st_size
     assert card["speed"]["latency_ms"] > 0 and card["speed"]["throughput_img_s"] > 0
@@ -190,6 +194,15 @@ def test_selection_rule() -> None:
     other = probe(0.997, 150, 1, 0, size=128)  # another candidate of equal cost, within tolerance
     assert select([lucky, other], None, "balanced") is other
 
+    # A tolerance must span at least two of the images the leader was measured on: one image of 212 (0.47
+    # points) is within balanced's 0.5, but no measurement of a difference, so the more accurate stays.
+    cheap, costly = cand(205 / 212, 300, 0), cand(206 / 212, 600, 1)
+    cheap.evaluated_on = costly.evaluated_on = 212
+    assert select([cheap, costly], None, "balanced") is costly
+    cheap.evaluated_on = costly.evaluated_on = 1000  # the same gap on 1,000 images: the tolerance holds
+    assert select([cheap, costly], None, "balanced") is cheap
+    assert select([cheap, costly], None, "accurate") is costly
+
 
 def test_flip_view_of_a_trained_candidate(small_flowers, tmp_path: Path, shared_weights: Path) -> None:
     """The mirrored-view variant reuses the trained networks, averages plain and mirrored features in the
@@ -231,7 +244,7 @@ def test_a_perfect_probe_does_not_end_the_search(small_flowers, shared_weights, 
     real_fit_head = search_module._Search.fit_head
     monkeypatch.setattr(search_module, "PROBE_PER_CLASS", 4)  # 12 training images per class: probe on 4
     monkeypatch.setattr(search_module._Search, "fit_head",
-                        lambda self, *args, **kw: (real_fit_head(self, *args, **kw)[0], 1.0))
+                        lambda self, *args, **kw: (real_fit_head(self, *args, **kw)[0], 1.0, 200))
     ts, source = small_flowers
     result = run_search(ts, source, _config(tmp_path, shared_weights, time_budget_s=120.0), Recorder())
     names = [entry["name"] for entry in result.leaderboard]
