@@ -30,7 +30,7 @@ from typing import Any
 import ray
 from ray.exceptions import NodeDiedError, RayError, RayTaskError, TaskCancelledError, TaskUnschedulableError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from pigeonhole.compute import lease, nodes
@@ -48,10 +48,12 @@ MAX_METRIC_POINTS = 2000
 LOG_TAIL_CHARS = 8000
 PROBE_INTERVAL_S = 15.0
 REPORT_INTERVAL_S = 0.2
-_ANY_QUEUED = select(Job.id).where(Job.status == "queued").limit(1)
 _CLAIM_COLUMNS = (Job.id, Job.owner_id, Job.kind, Job.resources, Job.placement, Job.affinity_key, Job.queued_at)
+_QUEUED_AFTER = select(*_CLAIM_COLUMNS).where(Job.status == "queued", Job.id > bindparam("after")).order_by(Job.id)
+_QUEUED_COUNT = select(func.count()).select_from(Job).where(Job.status == "queued")
 IDLE_CHORES_INTERVAL_S = 1.0
 WAIT_STAGE_AFTER_S = 1.0
+QUEUE_READ_INTERVAL_S = 5.0
 LOST_NODE_QUARANTINE_S = 60.0
 OUTCOME_SEQ = -1
 
@@ -59,6 +61,7 @@ OUTCOME_SEQ = -1
 @dataclass
 class Running:
     job_id: str
+    owner_id: str
     attempt: int
     kind: str
     node_id: str
@@ -94,6 +97,9 @@ class Dispatcher:
         self.views: dict[str, NodeView] = {}
         self.last_served: dict[str, float] = {}
         self.wait_reasons: dict[str, str] = {}
+        # The queue as last read (placement columns only), so a claim pass reads only what is new: see _queue.
+        self.queue: dict[str, Any] = {}
+        self._next_queue_read = 0.0
         self.stats = Stats()
         self._stop = threading.Event()
         self._sink: Any = None
@@ -346,17 +352,23 @@ class Dispatcher:
         ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=0)
         if not ready:
             return
-        # A worker has sent its earlier reports to the sink before returning and returns the rest with its
-        # outcome: they are written before (or, for a success, with) the outcome.
-        held = self._apply_reports(hold=frozenset(by_ref[ref].job_id for ref in ready))
+        outcomes: dict[Any, tuple[Any, RayError | None]] = {}
+        for ref in ready:
+            try:
+                outcomes[ref] = (ray.get(ref), None)
+            except RayError as exc:
+                outcomes[ref] = (None, exc)
+        # A worker sends its reports to the sink while it runs and returns the rest with its outcome: the
+        # sink is drained first, so they are written before (or, for a success, with) the outcome. Only
+        # if one of these workers used the sink: a short job never does, which saves a call per job.
+        held: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        if any(not isinstance(out, dict) or out.get("pushed", True) for out, _ in outcomes.values()):
+            held = self._apply_reports(hold=frozenset(by_ref[ref].job_id for ref in ready))
         for ref in ready:
             running = by_ref[ref]
             self._untrack(running)
             reports = held.pop((running.job_id, running.attempt), [])
-            try:
-                out, lost = ray.get(ref), None
-            except RayError as exc:
-                out, lost = None, exc
+            out, lost = outcomes[ref]
             if isinstance(out, dict) and out.get("reports"):  # the last reports come with the outcome
                 reports = sorted(reports + list(out["reports"]), key=lambda m: m["seq"])
             if reports and (lost is not None or "error" in out):
@@ -502,22 +514,37 @@ class Dispatcher:
                     db.commit()
 
     # -- claiming and placement -----------------------------------------------------------------
+    def _queue(self, db: Session) -> list[Any]:
+        """The queued jobs (placement columns), oldest first.
+
+        Reads only the jobs queued after the newest one known, plus a count: when the count disagrees
+        with what that gives (a job committed out of id order, requeued, or cancelled meanwhile), the
+        whole queue is read again. A burst of hundreds of jobs then costs a few rows per pass instead of
+        re-reading (and re-parsing) the whole queue each time a job finishes. A whole read every few
+        seconds bounds what a coincidence (one job cancelled, another committed late) could hide."""
+        now = time.monotonic()
+        whole = not self.queue or now >= self._next_queue_read  # an empty mirror: one query, as cheap
+        if not whole:
+            newer = db.execute(_QUEUED_AFTER, {"after": max(self.queue)})
+            self.queue.update((row.id, row) for row in newer)
+            whole = db.execute(_QUEUED_COUNT).scalar_one() != len(self.queue)
+        if whole:
+            self.queue = {row.id: row for row in db.execute(_QUEUED_AFTER, {"after": ""})}
+            self._next_queue_read = now + QUEUE_READ_INTERVAL_S
+        return [self.queue[k] for k in sorted(self.queue)]
+
     def _claim(self) -> None:
         limit = self.settings.jobs_max_running_per_user
         with self.sessions() as db:
-            # The cheap question first: this runs many times a second on an idle service.
-            if db.execute(_ANY_QUEUED).first() is None:
-                return
-            # Only what placement needs (whole rows carry parameters, metrics and logs: loading 1,000 of them
-            # on every tick of a long queue was most of the dispatcher's time).
-            queued = db.execute(select(*_CLAIM_COLUMNS).where(Job.status == "queued").order_by(Job.id)
-                                .limit(1000)).all()
+            queued = self._queue(db)
             if not queued:
                 return
-            running_per_user: dict[str, int] = defaultdict(int, db.execute(
-                select(Job.owner_id, func.count()).where(Job.status == "running").group_by(Job.owner_id)).all())
             self._refresh_drain_flags(db)
             cached = nodes.cached_on(db, {j.affinity_key for j in queued if j.affinity_key})
+        # This dispatcher holds the lease, so what it tracks is what runs (reconcile retried the rest).
+        running_per_user: dict[str, int] = defaultdict(int)
+        for running in self.tracked.values():
+            running_per_user[running.owner_id] += 1
         by_user: dict[str, list[Any]] = defaultdict(list)
         for job in queued:
             by_user[job.owner_id].append(job)
@@ -536,6 +563,7 @@ class Dispatcher:
                     if outcome is None:
                         continue
                     by_user[user].remove(job)
+                    self.queue.pop(job.id, None)
                     if outcome:
                         running_per_user[user] += 1
                         self.last_served[user] = time.monotonic()
@@ -573,15 +601,19 @@ class Dispatcher:
         if decision.node_id is None:
             stages[job.id] = waits[shape] = decision.reason
             return None
-        return self._start(job.id, handler, decision.node_id, decision.request)
+        return self._start(job.id, job.owner_id, handler, decision.node_id, decision.request)
 
     def _write_wait_stages(self, stages: dict[str, str]) -> None:
         changed = {k: v for k, v in stages.items() if self.wait_reasons.get(k) != v}
         if not changed:
             return
+        by_stage: dict[str, list[str]] = defaultdict(list)
+        for job_id, stage in changed.items():
+            by_stage[stage].append(job_id)
         with self.sessions() as db:
-            for job_id, stage in changed.items():
-                db.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(stage=stage))
+            for stage, ids in by_stage.items():
+                db.execute(update(Job).where(Job.id.in_(ids), Job.status == "queued").values(stage=stage)
+                           .execution_options(synchronize_session=False))
             db.commit()
         self.wait_reasons.update(changed)
 
@@ -592,7 +624,8 @@ class Dispatcher:
                 self._fail(db, job, reason)
                 db.commit()
 
-    def _start(self, job_id: str, handler: type[JobHandler], node_id: str, request: dict[str, float]) -> bool:
+    def _start(self, job_id: str, owner_id: str, handler: type[JobHandler], node_id: str,
+               request: dict[str, float]) -> bool:
         with self.sessions() as db:
             job = db.get(Job, job_id, populate_existing=True)
             if job is None or job.status != "queued" or job.cancel_requested:
@@ -635,7 +668,7 @@ class Dispatcher:
         except Exception as exc:
             self._retry_or_fail(job_id, attempt, f"Ray refused the job: {exc}")
             return False
-        self.tracked[job_id] = Running(job_id, attempt, kind, node_id, request, ref)
+        self.tracked[job_id] = Running(job_id, owner_id, attempt, kind, node_id, request, ref)
         self.views[node_id].reserve(request)
         self.stats.started += 1
         return True

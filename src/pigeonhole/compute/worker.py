@@ -92,7 +92,10 @@ class WorkerContext:
         self._progress: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._cancelled = False
-        self._cancel_checked = 0.0
+        # The first check waits one interval: a cancel before then also reaches the task through
+        # ray.cancel, and a short job then never calls the sink at all.
+        self._cancel_checked = time.monotonic()
+        self.pushed = False  # whether any report went through the sink (the dispatcher then drains it)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._flush_loop, daemon=True, name=f"job-{job_id}-reports")
         self._thread.start()
@@ -162,6 +165,7 @@ class WorkerContext:
     def flush(self) -> None:
         batch = self._take()
         if batch:
+            self.pushed = True
             try:
                 ray.get(self._sink.push.remote(batch), timeout=10)
             except Exception:  # the sink restarts with its actor; a lost progress report is harmless
@@ -207,7 +211,7 @@ def run_job(handler_path: str, job_id: str, attempt: int, payload: dict[str, Any
             out = {"error": f"The job stopped with an error: {type(exc).__name__}: {exc}"[:2000]}
     finally:
         reports = ctx.close()
-    return {**out, "node_id": ctx.node_id, "reports": reports}
+    return {**out, "node_id": ctx.node_id, "reports": reports, "pushed": ctx.pushed}
 
 
 def probe_node(cache_dir: str) -> dict[str, Any]:
