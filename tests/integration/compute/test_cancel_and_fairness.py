@@ -73,3 +73,33 @@ def test_jobs_run_below_the_apis_cpu_priority(compute) -> None:
     job_id = compute.job(user, "selftest", {"steps": 1, "step_s": 0.01})
     job = compute.wait_status(job_id, "succeeded")
     assert job.result["niceness"] >= JOB_NICENESS > os.nice(0)
+
+
+def test_a_job_committed_out_of_id_order_is_claimed_in_its_turn(compute, monkeypatch) -> None:
+    """A claim pass reads only jobs newer than the newest it knows. A job whose id is older (its transaction
+    committed late, or another API replica's clock is behind) is noticed by the queue count at once and
+    claimed in its id order, not only once the queue empties or the next whole read comes round."""
+    from sqlalchemy import update
+
+    from pigeonhole.compute import dispatcher as dispatcher_module
+    from pigeonhole.db.tables import Job
+    from pigeonhole.ids import new_id
+    from pigeonhole.jobs.service import create_job
+
+    monkeypatch.setattr(dispatcher_module, "QUEUE_READ_INTERVAL_S", 600.0)
+    user = compute.user("late@example.com")
+    early_id = new_id()
+    time.sleep(0.01)
+    dispatcher = compute.start_dispatcher()
+    blockers = [compute.job(user, "selftest", {"steps": 1, "step_s": 2.0}) for _ in range(6)]  # 4 CPUs: 2 wait
+    compute.wait_for(lambda: sorted(dispatcher.queue) == sorted(blockers[4:]), 10, "two jobs known to wait")
+    with compute.sessions() as db:
+        late = create_job(db, user, "selftest", {"steps": 1, "step_s": 0.1}, settings=compute.settings)
+        db.execute(update(Job).where(Job.id == late.id).values(id=early_id).execution_options(
+            synchronize_session=False))
+        db.commit()
+    assert early_id < min(blockers)
+    for job_id in [early_id, *blockers]:
+        compute.wait_status(job_id, "succeeded", timeout_s=30)
+    started = {job_id: compute.get(job_id).started_at for job_id in [early_id, *blockers[4:]]}
+    assert started[early_id] < min(started[b] for b in blockers[4:]), "the older job goes first"
