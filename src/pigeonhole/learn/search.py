@@ -466,9 +466,12 @@ class _Search:
             seconds = n * per_image * (2 if config.with_frozen else 1) * (2 if config.flip_tta else 1)
         return 1.3 * seconds + 8.0
 
-    def plan_epochs(self, step_s: float, n_train: int, batch: int, budget_s: float) -> int:
+    def plan_epochs(self, step_s: float, n_train: int, batch: int, budget_s: float, *, up: bool = False) -> int:
+        """Rounds that fit in ``budget_s``, down to a step of the plan scale; ``up``: the next step, for the
+        plan itself (the rate then decays by the deadline, and estimates err long: rounding down left
+        up to a fifth of the budget unused)."""
         epoch_s = math.ceil(n_train / batch) * step_s * 1.15  # + validation pass and noise
-        return quantize_epochs(budget_s / max(epoch_s, 1e-6))
+        return quantize_epochs(budget_s / max(epoch_s, 1e-6), up=up)
 
     def run_trained(self, config: CandidateConfig, reserve_s: float) -> Scored | None:
         """Fine-tune a pretrained extractor or train a small CNN, then refit the ridge head."""
@@ -506,9 +509,9 @@ class _Search:
                     break
         after_s = self.estimate_after_training_s(config, n_all, params.batch_size / step_s)
         train_budget = self.remaining() - reserve_s - after_s
-        epochs = self.plan_epochs(step_s, n_train, params.batch_size, train_budget)
-        if epochs < 2:
+        if self.plan_epochs(step_s, n_train, params.batch_size, train_budget) < 2:
             return None
+        epochs = self.plan_epochs(step_s, n_train, params.batch_size, train_budget, up=True)
         params = replace(params, epochs=epochs)
         config = replace(config, train=params)
         train_pixels = self.training_pixels(config)

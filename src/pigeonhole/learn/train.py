@@ -38,9 +38,12 @@ PLATEAU_AFTER_PROGRESS = 2 / 3  # of the learning-rate decay, before a plateau m
 EPOCH_STEPS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60)
 
 
-def quantize_epochs(epochs: float, cap: int = 60) -> int:
-    """Largest step of :data:`EPOCH_STEPS` <= epochs: small timing noise rarely changes the plan,
-    which keeps the same job's choices reproducible."""
+def quantize_epochs(epochs: float, cap: int = 60, *, up: bool = False) -> int:
+    """Largest step of :data:`EPOCH_STEPS` <= epochs (``up``: the smallest step >= epochs): small timing
+    noise rarely changes the plan, which keeps the same job's choices reproducible."""
+    if up and epochs >= 1:
+        above = [e for e in EPOCH_STEPS if e >= epochs and e <= cap]
+        return above[0] if above else quantize_epochs(epochs, cap)
     fits = [e for e in EPOCH_STEPS if e <= min(epochs, cap)]
     return fits[-1] if fits else 0
 
@@ -185,7 +188,10 @@ def train_extractor(
 
     ``train_pixels`` are ``square`` views at ``round(input_size / 0.875)`` (or exactly
     ``input_size`` for digits); ``val_pixels`` are the serving geometry at ``input_size``.
-    ``deadline`` is a ``time.monotonic()`` instant: training stops within one batch of it.
+    ``deadline`` is a ``time.monotonic()`` instant: training stops within one batch of it. The
+    learning rate reaches its floor at the deadline or after ``params.epochs``, whichever comes
+    first, so a plan of more rounds than fit uses the whole time; a last round the deadline cut
+    past its middle is still measured on validation (trained at the lowest rates, it is often the best).
     """
     started = time.monotonic()
     torch.manual_seed(seed)
@@ -260,7 +266,8 @@ def train_extractor(
             opt.step()
             seen += len(idx)
             loss_sum += loss.item() * len(idx)
-        if stopped != "completed":
+        partial = stopped == "deadline" and seen >= len(train_labels) / 2
+        if stopped != "completed" and not partial:
             break
         acc = _accuracy(net, val_pixels, val_labels, 256, autocast)
         record = {
@@ -268,12 +275,15 @@ def train_extractor(
             "loss": loss_sum / max(seen, 1),
             "val_accuracy": acc,
             "seconds": time.monotonic() - t0,
+            **({"fraction": round(seen / len(train_labels), 3)} if partial else {}),
         }
         history.append(record)
         if acc > best_acc:
             best_acc, best_epoch, best_state = acc, epoch + 1, copy.deepcopy(net.state_dict())
         if on_epoch is not None:
             on_epoch(epoch + 1, record)
+        if partial:
+            break
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             tmp = checkpoint.with_suffix(".tmp")

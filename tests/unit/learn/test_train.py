@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from pigeonhole.learn.backbones import build_architecture, get_spec
@@ -26,6 +27,8 @@ def test_augment_shapes_and_determinism() -> None:
 def test_quantized_epochs() -> None:
     assert quantize_epochs(0.5) == 0 and quantize_epochs(7.9) == 6 and quantize_epochs(9) == 8
     assert quantize_epochs(1000, cap=30) == 30
+    assert quantize_epochs(8.4, up=True) == 10 and quantize_epochs(10, up=True) == 10
+    assert quantize_epochs(0.5, up=True) == 0 and quantize_epochs(70, cap=60, up=True) == 60
 
 
 def test_scratch_training_learns_and_resumes(mnist, tmp_path: Path) -> None:
@@ -71,3 +74,35 @@ def test_a_plateau_stops_training_only_once_the_rate_has_decayed(mnist, monkeypa
     )
     # 2 steps a round, 2 of warm-up: after round 4 the decay is 60 % along, after round 5 80 %
     assert outcome.stopped == "plateau" and outcome.epochs_done == 5 and outcome.best_epoch == 1
+
+
+@pytest.mark.parametrize(("deadline", "rounds", "fraction"), [(6.5, 2, 0.75), (4.5, 1, None)])
+def test_a_round_cut_past_its_middle_by_the_deadline_is_still_measured(mnist, monkeypatch, deadline: float,
+                                                                       rounds: int, fraction: float | None) -> None:
+    """Plans round up and the deadline cuts the last round: trained at the lowest rates, it is measured (and
+    kept when best) if it got past half its images; a round barely begun is not."""
+    from types import SimpleNamespace
+
+    import pigeonhole.learn.train as train
+
+    clock = [0.0]  # one second per training step
+    real_augment = train.augment
+
+    def stepping_augment(*args, **kwargs):
+        clock[0] += 1.0
+        return real_augment(*args, **kwargs)
+
+    scores = iter([0.5, 0.9])
+    monkeypatch.setattr(train, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(train, "augment", stepping_augment)
+    monkeypatch.setattr(train, "_accuracy", lambda *args: next(scores))
+    images, labels = mnist
+    spec = get_spec("smallcnn_l")
+    params = TrainParams(epochs=10, lr=3e-3, batch_size=16, augment="digits", patience=5)
+    outcome = train_extractor(
+        spec, build_architecture(spec), spec.feature_dim, 10, params, images[:64, None], labels[:64],
+        images[64:80, None], labels[64:80], input_size=28, seed=0, deadline=deadline, pretrained=False,
+    )
+    assert outcome.stopped == "deadline" and outcome.epochs_done == rounds  # 4 steps a round
+    assert outcome.history[-1].get("fraction") == fraction
+    assert outcome.best_epoch == rounds
