@@ -175,3 +175,36 @@ def test_nodes_dead_for_a_day_are_forgotten_unless_a_job_is_recorded_on_them(app
     with app.state.session_factory() as db:
         assert db.get(NodeCacheEntry, ("old-dead", "dataset:x")) is None
         assert db.get(ComputeNode, "alive").alive
+
+
+def test_the_queued_job_limit_holds_under_concurrent_requests(app, alice) -> None:
+    """Six requests at once against a limit of three: exactly three jobs are queued, the others refused.
+    Each request holds its transaction open a moment after counting, which is when a count-then-insert
+    without the per-user lock lets every request through."""
+    import threading
+    import time
+
+    app.state.settings.jobs_max_queued_per_user = 3
+    barrier = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def request() -> None:
+        with app.state.session_factory() as db:
+            barrier.wait()
+            try:
+                create_job(db, alice.id, "selftest", {}, settings=app.state.settings)
+                time.sleep(0.2)
+                db.commit()
+                outcomes.append("queued")
+            except TooManyRequests:
+                db.rollback()
+                outcomes.append("refused")
+
+    threads = [threading.Thread(target=request) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes) == ["queued"] * 3 + ["refused"] * 3
+    with app.state.session_factory() as db:
+        assert db.query(Job).filter(Job.owner_id == alice.id, Job.status == "queued").count() == 3

@@ -41,6 +41,7 @@ def create_job(db: Session, owner_id: str, kind: str, params: dict[str, Any], *,
         raise Unprocessable("The job's parameters must be plain data (text, numbers, lists).",
                             code="invalid_job_params") from exc
     limit = int(_setting(settings, "jobs_max_queued_per_user"))
+    repo.lock_owner(db, owner_id)
     if repo.count_by_status(db, owner_id, "queued") >= limit:
         raise TooManyRequests(f"You already have {limit} jobs waiting to run. Wait for some to finish, or cancel "
                               "some, before starting more.", retry_after_s=30, code="too_many_jobs")
