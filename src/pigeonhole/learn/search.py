@@ -454,17 +454,19 @@ class _Search:
     def estimate_after_training_s(self, config: CandidateConfig, n: int, train_img_s: float | None) -> float:
         """Seconds to extract features of every split through a trained stack, export and time it.
 
-        Uses the frozen extraction rate measured on the probe (it includes decoding and
-        export overheads, so it errs long); without one, inference is taken as 3x the
-        training speed. Errs long on purpose: overrunning the budget is worse than
-        training one epoch less.
+        Errs long on purpose (x1.3 + 8 s over :meth:`estimate_extract_s`): overrunning the budget is
+        worse than training one epoch less.
         """
+        return 1.3 * self.estimate_extract_s(config, n, train_img_s) + 8.0
+
+    def estimate_extract_s(self, config: CandidateConfig, n: int, train_img_s: float | None) -> float:
+        """Seconds for one feature pass of ``n`` images through a (trained) stack. Uses the frozen
+        extraction rate measured on the probe (it includes decoding and export overheads); without
+        one, inference is taken as 3x the training speed."""
         if self.rate is not None and config.spec.pretrained:
-            seconds = n * config.mflops() / self.rate
-        else:
-            per_image = 1.0 / (3.0 * train_img_s) if train_img_s else 0.001
-            seconds = n * per_image * (2 if config.with_frozen else 1) * (2 if config.flip_tta else 1)
-        return 1.3 * seconds + 8.0
+            return n * config.mflops() / self.rate
+        per_image = 1.0 / (3.0 * train_img_s) if train_img_s else 0.001
+        return n * per_image * (2 if config.with_frozen else 1) * (2 if config.flip_tta else 1)
 
     def flip_view_reserve_s(self, config: CandidateConfig, train_img_s: float | None) -> float:
         """Time kept after fine-tuning a photo extractor for its mirrored view (:meth:`run_flip_view`):
@@ -475,8 +477,7 @@ class _Search:
         n = len(self.splits["train"]) + len(self.splits["val"])
         # Unpadded (the plain pass's estimate already errs long, and the view is skipped if it would not fit):
         # reserving with the same padding left 75 s of a 600 s budget unused on flowers5.
-        padded = self.estimate_after_training_s(replace(config, flip_tta=True), n, train_img_s)
-        return (padded - 8.0) / 1.3 + self.estimate_finish_s(config)
+        return self.estimate_extract_s(replace(config, flip_tta=True), n, train_img_s) + self.estimate_finish_s(config)
 
     def plan_epochs(self, step_s: float, n_train: int, batch: int, budget_s: float, *, up: bool = False) -> int:
         """Rounds that fit in ``budget_s``, down to a step of the plan scale; ``up``: the next step, for the
