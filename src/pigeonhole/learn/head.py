@@ -221,6 +221,13 @@ def choose_threshold(
     return threshold, float(precision[i]), (i + 1) / len(conf)
 
 
+def _feature_scale(var: np.ndarray) -> np.ndarray:
+    """Standard deviations that standardise the features; constant features (weight 0 anyway) get 1."""
+    sigma = np.sqrt(np.clip(var, 0.0, None))
+    sigma[sigma <= _EPS * max(float(sigma.max()), 1.0)] = 1.0
+    return sigma
+
+
 def left_out_scores(phi: np.ndarray, y: np.ndarray, classes: int,
                     alphas: Sequence[float]) -> Iterator[np.ndarray]:
     """For each alpha, the (N, K) scores each row gets from the ridge head refit without that row.
@@ -233,8 +240,7 @@ def left_out_scores(phi: np.ndarray, y: np.ndarray, classes: int,
     """
     n = len(phi)
     mu = phi.mean(axis=0)
-    sigma = phi.std(axis=0)
-    sigma[sigma <= _EPS * max(float(sigma.max()), 1.0)] = 1.0
+    sigma = _feature_scale(phi.var(axis=0))
     z = (phi - mu) / (sigma * np.sqrt(n))
     onehot = np.eye(classes)[y]
     mean = onehot.mean(axis=0)
@@ -286,9 +292,7 @@ class _RidgeProblem:
                 if s.gram is not None:
                     gram += s.gram
             gram_diag = np.diag(gram)
-        var = np.clip((gram_diag - total * mu * mu) / total, 0.0, None)
-        sigma = np.sqrt(var)
-        sigma[sigma <= _EPS * max(float(sigma.max()), 1.0)] = 1.0  # constant features: weight 0 anyway
+        sigma = _feature_scale((gram_diag - total * mu * mu) / total)
         self.mu, self.sigma, self.n, self.total = mu, sigma, n, total
         if self.dual:
             self.z = (rows - mu) / (sigma * np.sqrt(total))
