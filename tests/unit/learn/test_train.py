@@ -106,3 +106,28 @@ def test_a_round_cut_past_its_middle_by_the_deadline_is_still_measured(mnist, mo
     assert outcome.stopped == "deadline" and outcome.epochs_done == rounds  # 4 steps a round
     assert outcome.history[-1].get("fraction") == fraction
     assert outcome.best_epoch == rounds
+
+
+def test_a_frozen_stem_stays_as_it_was_and_the_rest_learns() -> None:
+    """``freeze_stem``: the first layers keep their pretrained weights bit for bit, later ones train, and the
+    network comes back as a plain module (standard layout, all parameters trainable) for export."""
+    from pigeonhole.learn.backbones import stem_modules
+
+    spec = get_spec("mobilenet_v2", 32)
+    torch.manual_seed(0)
+    body = build_architecture(spec)
+    stem = {k: v.clone() for m in stem_modules(spec, body) for k, v in m.state_dict().items()}
+    head_before = body.features[-1][0].weight.detach().clone()
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (24, 3, 37, 37), dtype=np.uint8)
+    labels = np.arange(24) % 3
+    params = TrainParams(epochs=2, lr=1e-2, batch_size=8, augment="photo", freeze_stem=True, bf16=True)
+    outcome = train_extractor(
+        spec, body, spec.feature_dim, 3, params, pixels, labels, pixels[:8, :, :32, :32], labels[:8],
+        input_size=32, seed=0, deadline=float("inf"), pretrained=True,
+    )
+    after = {k: v for m in stem_modules(spec, outcome.body) for k, v in m.state_dict().items()}
+    assert all(torch.equal(stem[k], after[k]) for k in stem)
+    assert not torch.equal(head_before, outcome.body.features[-1][0].weight)
+    assert all(p.requires_grad for p in outcome.body.parameters())
+    assert all(p.is_contiguous() for p in outcome.body.parameters())
