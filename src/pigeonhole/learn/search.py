@@ -63,6 +63,7 @@ Preference = Literal["fast", "balanced", "accurate"]
 # Accuracy a candidate may give up for being cheaper, per preference (validation accuracy).
 TOLERANCE: dict[str, float] = {"fast": 0.02, "balanced": 0.005, "accurate": 0.0}
 FINETUNE_SIZES = (224, 192, 160, 128, 112, 96)  # tried largest first for fine-tuning
+FINETUNE_MIN_ROUNDS = 8  # rounds of fine-tuning a resolution must leave time for
 SMALL_SIDE = 48  # images at most this small (median shorter side) take the small-image route
 PROBE_PER_CLASS = 60  # the anytime probe of a large set trains its head on this many images per class
 PIXEL_PROBE_PER_CLASS = 300  # raw-pixel probes of large sets: the random-feature head grows with rows
@@ -508,17 +509,23 @@ class _Search:
         self.progress(f"Measuring training speed for {_plain(config)}")
         step_s = measure_step_seconds(spec, body, dim, classes, params, config.size, pretrained=pretrained)
         if pretrained:
-            # the largest resolution that still allows enough rounds (cost grows with pixel count)
+            # The largest resolution that still allows enough rounds. A size that scaling this timing by
+            # pixel count puts near the line is timed at its own size: the scaling errs up to 30 % long
+            # (fixed costs, oneDNN's layouts), which chose 160 px where 192 px fitted.
             base_size, base_step = config.size, step_s
-            for size in FINETUNE_SIZES:
-                if size > max(config.size, 96) and size > 1.5 * self.median_side:
-                    continue
-                trial = replace(config, size=size)
-                step = base_step * (size / base_size) ** 2
+            sizes = [s for s in FINETUNE_SIZES if s <= max(config.size, 96) or s <= 1.5 * self.median_side]
+
+            def fits(trial: CandidateConfig, step: float) -> int:
                 after = self.estimate_after_training_s(trial, n_all, params.batch_size / step) + \
                     self.flip_view_reserve_s(trial, params.batch_size / step)
-                fits = self.plan_epochs(step, n_train, params.batch_size, self.remaining() - reserve_s - after)
-                if fits >= 8 or size == FINETUNE_SIZES[-1]:  # else the smallest size, with what fits
+                return self.plan_epochs(step, n_train, params.batch_size, self.remaining() - reserve_s - after)
+
+            for size in sizes:
+                trial = replace(config, size=size)
+                step = base_step * (size / base_size) ** 2
+                if size != base_size and fits(trial, step) >= 0.6 * FINETUNE_MIN_ROUNDS:
+                    step = measure_step_seconds(spec, body, dim, classes, params, size, pretrained=True)
+                if fits(trial, step) >= FINETUNE_MIN_ROUNDS or size == sizes[-1]:  # else the smallest, with what fits
                     config, step_s, spec = trial, step, trial.spec
                     break
         after_s = self.estimate_after_training_s(config, n_all, params.batch_size / step_s) + \
@@ -540,7 +547,7 @@ class _Search:
         train_deadline = time.monotonic() + max(0.0, train_budget)
 
         def on_epoch(epoch: int, record: dict[str, float]) -> None:
-            self.progress(f"{verb} your images ({_plain(config)}): round {epoch} of {params.epochs}",
+            self.progress(f"{verb} your images ({_plain(config)}): round {epoch} of {int(record['planned'])}",
                           {"epoch": epoch, "epoch_val_accuracy": record["val_accuracy"]})
 
         self.progress(f"{verb} your images ({_plain(config)}): starting, {params.epochs} rounds planned")
@@ -552,6 +559,8 @@ class _Search:
         del train_pixels
         if outcome.epochs_done == 0 or self.reporter.cancelled():
             return None
+        params = replace(params, epochs=outcome.epochs_planned)  # the first round may have planned more
+        config = replace(config, train=params)
         tuned = outcome.body.eval()
         members_list = [(spec, tuned, member_key(spec, self.catalog, tuned))]
         if config.with_frozen:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -58,6 +59,7 @@ def quantize_epochs(epochs: float, cap: int = 60, *, up: bool = False) -> int:
 class TrainOutcome:
     body: nn.Module
     epochs_done: int
+    epochs_planned: int
     best_epoch: int
     best_val_accuracy: float
     history: list[dict[str, float]] = field(default_factory=list)
@@ -233,7 +235,7 @@ def train_extractor(
         [{"params": decay, "weight_decay": params.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
     )
     steps_per_epoch = max(1, math.ceil(len(train_labels) / params.batch_size))
-    total = max(1, params.epochs * steps_per_epoch)
+    total = max(1, params.epochs * steps_per_epoch)  # may grow after the first round
     warmup = min(steps_per_epoch, total // 10 + 1)
 
     run_start = time.monotonic()
@@ -267,7 +269,9 @@ def train_extractor(
     y_train = torch.from_numpy(train_labels.astype(np.int64))
     stopped = "completed"
     epoch = start_epoch
-    for epoch in range(start_epoch, params.epochs):
+    for epoch in itertools.count(start_epoch):
+        if epoch >= params.epochs:
+            break
         net.train()
         if pretrained:
             _freeze_bn(net)
@@ -302,6 +306,16 @@ def train_extractor(
             "seconds": time.monotonic() - t0,
             **({"fraction": round(seen / len(train_labels), 3)} if partial else {}),
         }
+        if epoch == 0 and math.isfinite(deadline):
+            # The plan came from a few timed steps; a whole round is a better clock. Only ever more
+            # rounds (the rate then decays by the deadline): a plan that was too cautious finished
+            # early and left the rest of the budget unused (flowers5: 10 rounds done at 323 s of 480).
+            fit = 1 + (deadline - time.monotonic()) / max(time.monotonic() - t0, 1e-6)
+            more = quantize_epochs(fit, up=True)
+            if more > params.epochs:
+                params = replace(params, epochs=more)
+                total = params.epochs * steps_per_epoch
+        record["planned"] = params.epochs
         history.append(record)
         if acc > best_acc:
             best_acc, best_epoch, best_state = acc, epoch + 1, copy.deepcopy(net.state_dict())
@@ -341,6 +355,7 @@ def train_extractor(
     return TrainOutcome(
         body=net.extractor.body,
         epochs_done=len(history),
+        epochs_planned=params.epochs,
         best_epoch=best_epoch,
         best_val_accuracy=max(best_acc, 0.0),
         history=history,

@@ -131,3 +131,37 @@ def test_a_frozen_stem_stays_as_it_was_and_the_rest_learns() -> None:
     assert not torch.equal(head_before, outcome.body.features[-1][0].weight)
     assert all(p.requires_grad for p in outcome.body.parameters())
     assert all(p.is_contiguous() for p in outcome.body.parameters())
+
+
+def test_the_first_round_replans_a_cautious_plan_to_fill_the_time(mnist, monkeypatch) -> None:
+    """A plan of 2 rounds where the first round shows 5.5 fit: the plan grows to the next plan step (6), the
+    rate decays by the deadline, and the last round the deadline cuts past its middle is still measured."""
+    from types import SimpleNamespace
+
+    import pigeonhole.learn.train as train
+
+    clock = [0.0]  # one second per training step, four steps a round
+    real_augment = train.augment
+
+    def stepping_augment(*args, **kwargs):
+        clock[0] += 1.0
+        return real_augment(*args, **kwargs)
+
+    monkeypatch.setattr(train, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(train, "augment", stepping_augment)
+    monkeypatch.setattr(train, "_accuracy", lambda *args: 0.5)
+    images, labels = mnist
+    spec = get_spec("smallcnn_l")
+    params = TrainParams(epochs=2, lr=3e-3, batch_size=16, augment="digits", patience=50)
+    outcome = train_extractor(
+        spec, build_architecture(spec), spec.feature_dim, 10, params, images[:64, None], labels[:64],
+        images[64:80, None], labels[64:80], input_size=28, seed=0, deadline=22.0, pretrained=False,
+    )
+    assert outcome.epochs_planned == 6 and outcome.epochs_done == 6 and outcome.stopped == "deadline"
+    assert [h["planned"] for h in outcome.history] == [6] * 6 and outcome.history[-1]["fraction"] == 0.75
+    # without a deadline the plan is the plan
+    plain = train_extractor(
+        spec, build_architecture(spec), spec.feature_dim, 10, params, images[:64, None], labels[:64],
+        images[64:80, None], labels[64:80], input_size=28, seed=0, deadline=float("inf"), pretrained=False,
+    )
+    assert plain.epochs_planned == 2 and plain.epochs_done == 2
