@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
@@ -201,8 +202,12 @@ def extract_features(
     threads: int | None = None,
     batch_size: int = 64,
     should_stop: Callable[[], bool] | None = None,
+    timing: dict[str, float] | None = None,
 ) -> np.ndarray:
-    """(N, D) float32 features for image keys; pixels are only fetched for cache misses."""
+    """(N, D) float32 features for image keys; pixels are only fetched for cache misses.
+
+    ``timing`` accumulates where the time of the misses went (``pixels_s``, ``infer_s``, ``images``), so the
+    search can tell a network's speed from one-off costs (decoding images not seen before, exporting)."""
     spec = extractor.input_spec
     fkeys = [FeatureKey(k, extractor.key, spec.height, spec.crop) for k in keys]
     known = cache.get_many(fkeys) if cache is not None else {}
@@ -211,12 +216,18 @@ def extract_features(
         session = extractor.session(threads)
         for start in range(0, len(todo), batch_size * 8):
             part = todo[start : start + batch_size * 8]
+            fetching = time.perf_counter()
             batch_pixels = pixels([fk.image_sha256 for fk in part])
+            inferring = time.perf_counter()
             outs = []
             for s in range(0, len(part), batch_size):
                 if should_stop is not None and should_stop():
                     raise InterruptedError("stopped while extracting features")
                 outs.append(session.run(None, {INPUT_NAME: batch_pixels[s : s + batch_size]})[0])
+            if timing is not None:
+                timing["pixels_s"] = timing.get("pixels_s", 0.0) + inferring - fetching
+                timing["infer_s"] = timing.get("infer_s", 0.0) + time.perf_counter() - inferring
+                timing["images"] = timing.get("images", 0.0) + len(part)
             feats = np.concatenate(outs).astype(np.float32, copy=False)
             fresh = dict(zip(part, feats, strict=True))
             known.update(fresh)

@@ -265,7 +265,13 @@ class _Search:
         self.reported: list[CandidateResult] = []
         self.current: Scored | None = None
         self.first_s: float | None = None
-        self.rate: float | None = None  # frozen extraction MFLOP/s incl. decoding, measured on the probe
+        # Speed of a feature pass, measured on the frozen candidates in three parts so that a small first
+        # sample does not make every later estimate err 4x long (export and session start spread over 650
+        # images read as a slow network): the network's MFLOP/s, seconds to fetch one image's pixels
+        # (decoding when not cached), and the one-off seconds of exporting and opening a session.
+        self.rate: float | None = None
+        self.pixel_s = 0.0
+        self.overhead_s = 0.0
         self.job = config.job_id or hashlib.sha256(
             f"{self.ts.fingerprint()}|{config.seed}".encode()
         ).hexdigest()[:16]
@@ -412,9 +418,10 @@ class _Search:
 
     # ------------------------------------------------------------------ candidates
     def estimate_frozen_s(self, config: CandidateConfig, n: int) -> float:
+        """Seconds for a feature pass of ``n`` images not seen before (0 until a frozen pass was timed)."""
         if self.rate is None:
             return 0.0
-        return n * max(config.mflops(), 1.0) / self.rate
+        return n * (max(config.mflops(), 1.0) / self.rate + self.pixel_s) + self.overhead_s
 
     def run_frozen(self, config: CandidateConfig) -> Scored:
         t = time.monotonic()
@@ -425,22 +432,29 @@ class _Search:
         rows = self.train_rows(config.max_train_per_class)
         all_train = self.keys("train")
         train_keys = [all_train[i] for i in rows]
+        timing: dict[str, float] = {}
         feats = {
             s: extract_features(built, keys, self.pixel_fn(config), self.cache,
-                                threads=self.config.threads, should_stop=self.should_stop)
+                                threads=self.config.threads, should_stop=self.should_stop, timing=timing)
             for s, keys in (("train", train_keys), ("val", self.keys("val")))
         }
-        n = len(train_keys) + len(self.splits["val"])
-        extract_s = time.monotonic() - t
-        if spec.pretrained and extract_s > 0.5:  # keep the slowest measurement: estimates must err long
-            measured = n * config.mflops() / extract_s
-            self.rate = measured if self.rate is None else min(self.rate, measured)
+        if spec.pretrained and timing.get("infer_s", 0.0) > 0.5:
+            self.measured_pass(config, timing, time.monotonic() - t)
         left_out = len(feats["val"]) < LEFT_OUT_BELOW_VAL  # frozen features: left-out scores are honest
         head, acc, measured = self.fit_head(feats["train"], feats["val"], config.random_features, rows,
                                             left_out=left_out)
         config = replace(config, random_features=head.config.random_features)
         return Scored(config, acc, config.mflops(), time.monotonic() - t, built, head, val_features=feats["val"],
                       evaluated_on=measured, val_in_head=left_out)
+
+    def measured_pass(self, config: CandidateConfig, timing: dict[str, float], seconds: float) -> None:
+        """Fold a timed feature pass into the speed estimates, keeping the slowest of each part: they
+        must err long."""
+        images = timing["images"]
+        rate = images * config.mflops() / timing["infer_s"]
+        self.rate = rate if self.rate is None else min(self.rate, rate)
+        self.pixel_s = max(self.pixel_s, timing["pixels_s"] / images)
+        self.overhead_s = max(self.overhead_s, seconds - timing["pixels_s"] - timing["infer_s"])
 
     def training_pixels(self, config: CandidateConfig) -> np.ndarray:
         """Training images for augmentation: ``square`` views at size/0.875 for photos (a 0.875
@@ -461,11 +475,11 @@ class _Search:
         return 1.3 * self.estimate_extract_s(config, n, train_img_s) + 8.0
 
     def estimate_extract_s(self, config: CandidateConfig, n: int, train_img_s: float | None) -> float:
-        """Seconds for one feature pass of ``n`` images through a (trained) stack. Uses the frozen
-        extraction rate measured on the probe (it includes decoding and export overheads); without
-        one, inference is taken as 3x the training speed."""
+        """Seconds for one feature pass of ``n`` images through a (trained) stack. Uses the speed of
+        the frozen passes (as if no image's pixels were cached); without one, inference is taken as
+        3x the training speed."""
         if self.rate is not None and config.spec.pretrained:
-            return n * config.mflops() / self.rate
+            return self.estimate_frozen_s(config, n)
         per_image = 1.0 / (3.0 * train_img_s) if train_img_s else 0.001
         return n * per_image * (2 if config.with_frozen else 1) * (2 if config.flip_tta else 1)
 
