@@ -522,6 +522,7 @@ class _Search:
             return None  # not even worth measuring the training speed
         self.progress(f"Measuring training speed for {_plain(config)}")
         step_s = measure_step_seconds(spec, body, dim, classes, params, config.size, pretrained=pretrained)
+        timed: dict[int, tuple[float, int]] = {}  # size -> (step seconds, rounds that fit), for the card
         if pretrained:
             # The largest resolution that still allows enough rounds. A size that scaling this timing by
             # pixel count puts near the line is timed at its own size: the scaling errs up to 30 % long
@@ -539,6 +540,7 @@ class _Search:
                 step = base_step * (size / base_size) ** 2
                 if size != base_size and fits(trial, step) >= 0.6 * FINETUNE_MIN_ROUNDS:
                     step = measure_step_seconds(spec, body, dim, classes, params, size, pretrained=True)
+                timed[size] = (round(step, 3), fits(trial, step))
                 if fits(trial, step) >= FINETUNE_MIN_ROUNDS or size == sizes[-1]:  # else the smallest, with what fits
                     config, step_s, spec = trial, step, trial.spec
                     break
@@ -588,6 +590,7 @@ class _Search:
         info = {"epochs_planned": params.epochs, "epochs_done": outcome.epochs_done, "best_epoch": outcome.best_epoch,
                 "stopped": outcome.stopped, "softmax_val_accuracy": outcome.best_val_accuracy,
                 "history": outcome.history, "step_s": step_s, "train_seconds": outcome.seconds,
+                "sizes_timed": {str(k): list(v) for k, v in timed.items()}, "reserved_after_s": round(after_s, 1),
                 "extract_seconds": round(extract_s, 2)}
         config = replace(config, random_features=head.config.random_features)
         return Scored(config, acc, config.mflops(), time.monotonic() - t, built, head, info, val_features=feats["val"],
