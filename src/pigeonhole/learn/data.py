@@ -197,6 +197,12 @@ class PixelStore:
             out[i] = memo[k]
         return out
 
+    def in_memory(self, keys: Sequence[str], size: int, *, color: Color = "RGB",
+                  policy: CropPolicy | str = "center_crop") -> int:
+        """How many of ``keys`` are held decoded in memory at this geometry (fetching them is free)."""
+        memo = self._memo.get((size, color, policy), {})
+        return sum(1 for k in keys if k in memo)
+
     def forget(self) -> None:
         """Drop the in-memory copies (the disk cache stays)."""
         self._memo.clear()

@@ -417,11 +417,12 @@ class _Search:
         return best[2], best[0], len(labels) + len(val_f) if left_out else len(val_f)
 
     # ------------------------------------------------------------------ candidates
-    def estimate_frozen_s(self, config: CandidateConfig, n: int) -> float:
-        """Seconds for a feature pass of ``n`` images not seen before (0 until a frozen pass was timed)."""
+    def estimate_frozen_s(self, config: CandidateConfig, n: int, decoded: int = 0) -> float:
+        """Seconds for a feature pass of ``n`` images, ``decoded`` of which already have their pixels in
+        memory (0 until a frozen pass was timed)."""
         if self.rate is None:
             return 0.0
-        return n * (max(config.mflops(), 1.0) / self.rate + self.pixel_s) + self.overhead_s
+        return n * max(config.mflops(), 1.0) / self.rate + max(0, n - decoded) * self.pixel_s + self.overhead_s
 
     def run_frozen(self, config: CandidateConfig) -> Scored:
         t = time.monotonic()
@@ -476,10 +477,12 @@ class _Search:
 
     def estimate_extract_s(self, config: CandidateConfig, n: int, train_img_s: float | None) -> float:
         """Seconds for one feature pass of ``n`` images through a (trained) stack. Uses the speed of
-        the frozen passes (as if no image's pixels were cached); without one, inference is taken as
-        3x the training speed."""
+        the frozen passes (pixels a frozen candidate decoded at this size are free); without one,
+        inference is taken as 3x the training speed."""
         if self.rate is not None and config.spec.pretrained:
-            return self.estimate_frozen_s(config, n)
+            everything = [k for keys in (self.keys("train"), self.keys("val"), self.keys("test")) for k in keys]
+            decoded = self.pixels.in_memory(everything, config.size, color=config.color, policy=config.crop)
+            return self.estimate_frozen_s(config, n, min(n, decoded))
         per_image = 1.0 / (3.0 * train_img_s) if train_img_s else 0.001
         return n * per_image * (2 if config.with_frozen else 1) * (2 if config.flip_tta else 1)
 
