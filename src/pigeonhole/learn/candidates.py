@@ -44,7 +44,9 @@ class TrainParams:
     augment: Literal["photo", "digits"] = "photo"
     patience: int = 3  # epochs without validation gain before stopping
     bf16: bool = False
-    freeze_stem: bool = False  # pretrained only: keep the first, highest-resolution layers as they are
+    # Pretrained only: keep the first, highest-resolution layers as they are. On by default so that configs
+    # remembered from before it existed (model memory) train with today's recipe.
+    freeze_stem: bool = True
     width: int = 32  # SmallCNN width (scratch only)
 
 

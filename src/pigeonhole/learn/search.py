@@ -371,7 +371,7 @@ class _Search:
             CandidateConfig(
                 "finetune", first, 128, with_frozen=True,
                 train=TrainParams(lr=5e-4, weight_decay=0.05, batch_size=32, label_smoothing=0.1,
-                                  augment="photo", patience=3, bf16=True, freeze_stem=True),
+                                  augment="photo", patience=3, bf16=True),
             )
         )
         return out

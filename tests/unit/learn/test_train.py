@@ -165,3 +165,12 @@ def test_the_first_round_replans_a_cautious_plan_to_fill_the_time(mnist, monkeyp
         images[64:80, None], labels[64:80], input_size=28, seed=0, deadline=float("inf"), pretrained=False,
     )
     assert plain.epochs_planned == 2 and plain.epochs_done == 2
+
+
+def test_a_fine_tune_remembered_from_before_the_frozen_stem_trains_with_it() -> None:
+    """Model-memory records written before ``freeze_stem`` existed lack the key: they get today's recipe."""
+    from pigeonhole.learn.candidates import CandidateConfig
+
+    old = {"kind": "finetune", "extractor": "mobilenet_v2", "size": 160, "with_frozen": True,
+           "train": {"epochs": 10, "lr": 5e-4, "batch_size": 32, "augment": "photo", "bf16": True}}
+    assert CandidateConfig.from_dict(old).train.freeze_stem is True
