@@ -60,10 +60,11 @@ def test_scratch_training_learns_and_resumes(mnist, tmp_path: Path) -> None:
 
 
 def test_a_plateau_stops_training_only_once_the_rate_has_decayed(mnist, monkeypatch) -> None:
-    """Validation accuracy that never improves: no stop in the first two thirds of the schedule."""
+    """Validation accuracy that only declines: no stop in the first two thirds of the schedule."""
     import pigeonhole.learn.train as train
 
-    monkeypatch.setattr(train, "_accuracy", lambda *args: 0.5)
+    scores = iter([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    monkeypatch.setattr(train, "_accuracy", lambda *args: next(scores))
     images, labels = mnist
     spec = get_spec("smallcnn_l")
     params = TrainParams(epochs=6, lr=3e-3, batch_size=16, augment="digits", patience=1)
@@ -174,3 +175,19 @@ def test_a_fine_tune_remembered_from_before_the_frozen_stem_trains_with_it() -> 
     old = {"kind": "finetune", "extractor": "mobilenet_v2", "size": 160, "with_frozen": True,
            "train": {"epochs": 10, "lr": 5e-4, "batch_size": 32, "augment": "photo", "bf16": True}}
     assert CandidateConfig.from_dict(old).train.freeze_stem is True
+
+
+def test_a_tie_on_validation_keeps_the_later_round(mnist, monkeypatch) -> None:
+    """Rounds scoring 0.5, 0.7, 0.6, 0.7: the fourth round's weights are kept, not the second's."""
+    import pigeonhole.learn.train as train
+
+    scores = iter([0.5, 0.7, 0.6, 0.7])
+    monkeypatch.setattr(train, "_accuracy", lambda *args: next(scores))
+    images, labels = mnist
+    spec = get_spec("smallcnn_l")
+    params = TrainParams(epochs=4, lr=3e-3, batch_size=16, augment="digits", patience=5)
+    outcome = train_extractor(
+        spec, build_architecture(spec), spec.feature_dim, 10, params, images[:32, None], labels[:32],
+        images[32:48, None], labels[32:48], input_size=28, seed=0, deadline=float("inf"), pretrained=False,
+    )
+    assert outcome.best_epoch == 4 and outcome.best_val_accuracy == 0.7
