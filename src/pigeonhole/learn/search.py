@@ -497,6 +497,11 @@ class _Search:
         # reserving with the same padding left 75 s of a 600 s budget unused on flowers5.
         return self.estimate_extract_s(replace(config, flip_tta=True), n, train_img_s) + self.estimate_finish_s(config)
 
+    def kept_after_training_s(self, config: CandidateConfig, n: int, train_img_s: float) -> float:
+        """All the time a training plan leaves for what follows it: the feature passes, export and
+        measuring, and the mirrored view."""
+        return self.estimate_after_training_s(config, n, train_img_s) + self.flip_view_reserve_s(config, train_img_s)
+
     def plan_epochs(self, step_s: float, n_train: int, batch: int, budget_s: float, *, up: bool = False) -> int:
         """Rounds that fit in ``budget_s``, down to a step of the plan scale; ``up``: the next step, for the
         plan itself (the rate then decays by the deadline, and estimates err long: rounding down left
@@ -534,8 +539,7 @@ class _Search:
             sizes = [s for s in FINETUNE_SIZES if s <= max(config.size, 96) or s <= 1.5 * self.median_side]
 
             def fits(trial: CandidateConfig, step: float) -> int:
-                after = self.estimate_after_training_s(trial, n_all, params.batch_size / step) + \
-                    self.flip_view_reserve_s(trial, params.batch_size / step)
+                after = self.kept_after_training_s(trial, n_all, params.batch_size / step)
                 return self.plan_epochs(step, n_train, params.batch_size, self.remaining() - reserve_s - after)
 
             for size in sizes:
@@ -547,8 +551,7 @@ class _Search:
                 if fits(trial, step) >= FINETUNE_MIN_ROUNDS or size == sizes[-1]:  # else the smallest, with what fits
                     config, step_s, spec = trial, step, trial.spec
                     break
-        after_s = self.estimate_after_training_s(config, n_all, params.batch_size / step_s) + \
-            self.flip_view_reserve_s(config, params.batch_size / step_s)
+        after_s = self.kept_after_training_s(config, n_all, params.batch_size / step_s)
         train_budget = self.remaining() - reserve_s - after_s
         if self.plan_epochs(step_s, n_train, params.batch_size, train_budget) < 2:
             return None

@@ -13,6 +13,17 @@ from pigeonhole.learn.candidates import TrainParams
 from pigeonhole.learn.train import augment, center_view, quantize_epochs, train_extractor
 
 
+def _train_digits(mnist, params: TrainParams, n_train: int, n_val: int, deadline: float = float("inf")):
+    """A tiny from-scratch run on the first MNIST images (validation right after the training images)."""
+    images, labels = mnist
+    spec = get_spec("smallcnn_l")
+    return train_extractor(
+        spec, build_architecture(spec), spec.feature_dim, 10, params, images[:n_train, None], labels[:n_train],
+        images[n_train:n_train + n_val, None], labels[n_train:n_train + n_val], input_size=28, seed=0,
+        deadline=deadline, pretrained=False,
+    )
+
+
 def test_augment_shapes_and_determinism() -> None:
     pixels = torch.randint(0, 256, (4, 3, 37, 37), dtype=torch.uint8)
     a = augment(pixels, 32, "photo", torch.Generator().manual_seed(0))
@@ -65,14 +76,9 @@ def test_a_plateau_stops_training_only_once_the_rate_has_decayed(mnist, monkeypa
 
     scores = iter([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     monkeypatch.setattr(train, "_accuracy", lambda *args: next(scores))
-    images, labels = mnist
-    spec = get_spec("smallcnn_l")
     params = TrainParams(epochs=6, lr=3e-3, batch_size=16, augment="digits", patience=1)
     torch.manual_seed(0)
-    outcome = train_extractor(
-        spec, build_architecture(spec), spec.feature_dim, 10, params, images[:32, None], labels[:32],
-        images[32:48, None], labels[32:48], input_size=28, seed=0, deadline=float("inf"), pretrained=False,
-    )
+    outcome = _train_digits(mnist, params, 32, 16)
     # 2 steps a round, 2 of warm-up: after round 4 the decay is 60 % along, after round 5 80 %
     assert outcome.stopped == "plateau" and outcome.epochs_done == 5 and outcome.best_epoch == 1
 
@@ -151,20 +157,12 @@ def test_the_first_round_replans_a_cautious_plan_to_fill_the_time(mnist, monkeyp
     monkeypatch.setattr(train, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     monkeypatch.setattr(train, "augment", stepping_augment)
     monkeypatch.setattr(train, "_accuracy", lambda *args: 0.5)
-    images, labels = mnist
-    spec = get_spec("smallcnn_l")
     params = TrainParams(epochs=2, lr=3e-3, batch_size=16, augment="digits", patience=50)
-    outcome = train_extractor(
-        spec, build_architecture(spec), spec.feature_dim, 10, params, images[:64, None], labels[:64],
-        images[64:80, None], labels[64:80], input_size=28, seed=0, deadline=22.0, pretrained=False,
-    )
+    outcome = _train_digits(mnist, params, 64, 16, deadline=22.0)
     assert outcome.epochs_planned == 6 and outcome.epochs_done == 6 and outcome.stopped == "deadline"
     assert [h["planned"] for h in outcome.history] == [6] * 6 and outcome.history[-1]["fraction"] == 0.75
     # without a deadline the plan is the plan
-    plain = train_extractor(
-        spec, build_architecture(spec), spec.feature_dim, 10, params, images[:64, None], labels[:64],
-        images[64:80, None], labels[64:80], input_size=28, seed=0, deadline=float("inf"), pretrained=False,
-    )
+    plain = _train_digits(mnist, params, 64, 16)
     assert plain.epochs_planned == 2 and plain.epochs_done == 2
 
 
@@ -183,11 +181,6 @@ def test_a_tie_on_validation_keeps_the_later_round(mnist, monkeypatch) -> None:
 
     scores = iter([0.5, 0.7, 0.6, 0.7])
     monkeypatch.setattr(train, "_accuracy", lambda *args: next(scores))
-    images, labels = mnist
-    spec = get_spec("smallcnn_l")
     params = TrainParams(epochs=4, lr=3e-3, batch_size=16, augment="digits", patience=5)
-    outcome = train_extractor(
-        spec, build_architecture(spec), spec.feature_dim, 10, params, images[:32, None], labels[:32],
-        images[32:48, None], labels[32:48], input_size=28, seed=0, deadline=float("inf"), pretrained=False,
-    )
+    outcome = _train_digits(mnist, params, 32, 16)
     assert outcome.best_epoch == 4 and outcome.best_val_accuracy == 0.7
