@@ -47,6 +47,10 @@ class TrainParams:
     # Pretrained only: keep the first, highest-resolution layers as they are. On by default so that configs
     # remembered from before it existed (model memory) train with today's recipe.
     freeze_stem: bool = True
+    # Pretrained only: the new classifier layer starts from a ridge head fitted on the frozen features (linear
+    # probe, then fine-tune) rather than from random values, whose first gradients distort the pretrained
+    # features. On by default for the same reason as ``freeze_stem``.
+    start_from_probe: bool = True
     width: int = 32  # SmallCNN width (scratch only)
 
 

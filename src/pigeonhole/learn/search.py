@@ -10,7 +10,7 @@ Order of work (cheapest first, so a usable model exists within seconds):
 2. **Remembered winners**: configurations that won on the most similar past datasets
    (see :mod:`pigeonhole.learn.memory`).
 3. **Generic ladder**: larger resolution, another extractor family, flip test-time
-   augmentation; then fine-tuning the best pretrained extractor (its features are
+   augmentation; then fine-tuning the best pretrained extractor from a linear probe (its features are
    concatenated with the frozen ones: a cheap ensemble in one graph), or a small CNN
    from scratch for small/grey images.
 4. **Hyper-parameter search** (optional ``tuner``, e.g. Ray Tune + ASHA) over what is
@@ -551,6 +551,7 @@ class _Search:
                 if fits(trial, step) >= FINETUNE_MIN_ROUNDS or size == sizes[-1]:  # else the smallest, with what fits
                     config, step_s, spec = trial, step, trial.spec
                     break
+        start = self.probe_classifier(config) if pretrained and params.start_from_probe else None
         after_s = self.kept_after_training_s(config, n_all, params.batch_size / step_s)
         train_budget = self.remaining() - reserve_s - after_s
         if self.plan_epochs(step_s, n_train, params.batch_size, train_budget) < 2:
@@ -576,7 +577,7 @@ class _Search:
         outcome = train_extractor(
             spec, body, dim, classes, params, train_pixels, self.y("train"), val_pixels, self.y("val"),
             input_size=config.size, seed=self.config.seed, deadline=train_deadline, pretrained=pretrained,
-            checkpoint=checkpoint, should_stop=self.reporter.cancelled, on_epoch=on_epoch,
+            checkpoint=checkpoint, should_stop=self.reporter.cancelled, on_epoch=on_epoch, classifier_start=start,
         )
         del train_pixels
         if outcome.epochs_done == 0 or self.reporter.cancelled():
@@ -601,6 +602,34 @@ class _Search:
         config = replace(config, random_features=head.config.random_features)
         return Scored(config, acc, config.mflops(), time.monotonic() - t, built, head, info, val_features=feats["val"],
                       members=members_list, evaluated_on=measured)
+
+    def probe_classifier(self, config: CandidateConfig) -> tuple[np.ndarray, np.ndarray]:
+        """The classifier layer fine-tuning starts from: a linear probe of the frozen extractor, i.e. a ridge
+        head on its features of the serving view, with scores divided by the temperature fitted on
+        validation so they are logits of a sensible scale (weights (classes, features), bias).
+
+        Linear probe, then fine-tune (Kumar et al., 2022): from a random layer the first, largest
+        gradients reshape the pretrained features to fit noise. flowers5, one training run each way
+        (MobileNetV2 160 px, 13 rounds): rounds 9-13 scored 81.1 % on average on the test folder from a
+        random start and 82.2 % from the probe, each of the five above the other's mean. The frozen
+        candidates have usually cached these features; the head solve takes about a second.
+        """
+        frozen = CandidateConfig("frozen", config.extractor, config.size, config.crop)
+        spec = frozen.spec
+        built = build_stack(frozen, [(spec, build_extractor(spec, self.catalog), member_key(spec, self.catalog))])
+        self.progress(f"Preparing to fine-tune ({_plain(config)})")
+        feats = self.train_val_features(built, frozen)
+        y = self.y("train")
+        order = np.argsort(y, kind="stable")
+        # Raw features (no L2 normalisation, no random features): the layer it seeds sees raw features.
+        head = RidgeHead(feats["train"].shape[1], HeadConfig(l2_normalize=False, seed=self.config.seed))
+        head.add(feats["train"][order], [self.classes[i] for i in y[order]])
+        head.fit(feats["val"], self.labels("val"))
+        weights, bias = head.weights, head.bias
+        assert weights is not None and bias is not None
+        columns = [head.classes.index(c) for c in self.classes]  # the network's outputs follow self.classes
+        return ((weights[:, columns].T / head.temperature).astype(np.float32),
+                (bias[columns] / head.temperature).astype(np.float32))
 
     def train_val_features(self, built: BuiltExtractor, config: CandidateConfig) -> dict[str, np.ndarray]:
         """Features of every training and validation image through a trained stack (only a cancel stops it)."""

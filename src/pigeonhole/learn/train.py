@@ -8,7 +8,8 @@ Recipe (what experts use on small data, fixed so users need not know it): AdamW,
 linear warm-up then cosine decay, label smoothing, augmentation done batched on the
 tensor with one affine warp (random-resized crop + flip for photos; small rotation /
 scale / shift for digits), early stopping on a validation plateau keeping the best
-weights, optional bf16 autocast. Pretrained BatchNorm layers stay in eval mode: our
+weights, optional bf16 autocast; a pretrained network's new classifier layer starts from a linear
+probe of its frozen features. Pretrained BatchNorm layers stay in eval mode: our
 pretrained files carry folded BatchNorm statistics (see the weights README), which
 batch statistics would destroy, and on small data frozen BN is the safer choice anyway.
 
@@ -206,6 +207,7 @@ def train_extractor(
     checkpoint: Path | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    classifier_start: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainOutcome:
     """Train ``body`` (in place) and return it at its best validation epoch (the latest of equals).
 
@@ -215,11 +217,17 @@ def train_extractor(
     learning rate reaches its floor at the deadline or after ``params.epochs``, whichever comes
     first, so a plan of more rounds than fit uses the whole time; a last round the deadline cut
     past its middle is still measured on validation (trained at the lowest rates, it is often the best).
+    ``classifier_start``: (weights (classes, features), bias) the new classifier layer starts from instead of
+    random values, e.g. a linear probe of the pretrained features (see ``TrainParams.start_from_probe``).
     """
     started = time.monotonic()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     net = _Net(spec, body, feature_dim, classes)
+    if classifier_start is not None:
+        with torch.no_grad():
+            net.fc.weight.copy_(torch.as_tensor(classifier_start[0], dtype=torch.float32))
+            net.fc.bias.copy_(torch.as_tensor(classifier_start[1], dtype=torch.float32))
     trainable = {id(p) for p in _prepare(net, spec, params, pretrained)}
     decay, no_decay = [], []
     for name, p in net.named_parameters():

@@ -57,6 +57,7 @@ def ray_asha_tuner(*, num_samples: int = 6, address: str | None = None, trial_cp
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=None if address else search.config.threads,
                      include_dashboard=False, log_to_driver=False)
+        start = search.probe_classifier(base) if pretrained and base.train.start_from_probe else None
         train_pixels = search.training_pixels(base)
         val_pixels = search.pixel_fn(base)(search.keys("val"))
         refs = {k: ray.put(v) for k, v in (("xt", train_pixels), ("yt", search.y("train")),
@@ -83,7 +84,7 @@ def ray_asha_tuner(*, num_samples: int = 6, address: str | None = None, trial_cp
             train_extractor(
                 spec, body, dim, classes, params, ray.get(refs["xt"]), np.asarray(ray.get(refs["yt"])),
                 ray.get(refs["xv"]), np.asarray(ray.get(refs["yv"])), input_size=base.size,
-                seed=seed, deadline=time.monotonic() + budget, pretrained=pretrained,
+                seed=seed, deadline=time.monotonic() + budget, pretrained=pretrained, classifier_start=start,
                 on_epoch=lambda epoch, rec: tune.report({"val_accuracy": rec["val_accuracy"], "epoch": epoch}),
             )
 

@@ -250,3 +250,47 @@ def test_a_perfect_probe_does_not_end_the_search(small_flowers, shared_weights, 
     names = [entry["name"] for entry in result.leaderboard]
     assert names[0].endswith("/probe4") and len(names) == 2 and "probe" not in names[1]
     assert result.stop_reason == "plateau" and result.chosen is not None and result.chosen.name == names[1]
+
+
+def test_fine_tuning_starts_from_a_linear_probe(small_flowers, shared_weights, tmp_path, monkeypatch) -> None:
+    """The classifier layer a fine-tune starts from is a ridge head on the frozen features of the size it trains
+    at, in the network's class order and at a logit scale (a probability, not a 0/1 regression score), and
+    ``start_from_probe=False`` starts from random values."""
+    from dataclasses import replace
+
+    import pigeonhole.learn.search as search_module
+    from pigeonhole.learn.backbones import build_extractor
+    from pigeonhole.learn.candidates import CandidateConfig, TrainParams, build_stack, member_key
+    from pigeonhole.learn.search import NullReporter, _Search
+
+    ts, source = small_flowers
+    search = _Search(ts, source, _config(tmp_path, shared_weights, time_budget_s=300.0), NullReporter(), None, None)
+    config = CandidateConfig("finetune", "mobilenet_v2", 96, with_frozen=True,
+                             train=TrainParams(lr=5e-4, batch_size=16, augment="photo", bf16=True))
+    weights, bias = search.probe_classifier(config)
+    assert weights.shape == (len(search.classes), 1280) and bias.shape == (len(search.classes),)
+    frozen = CandidateConfig("frozen", "mobilenet_v2", 96)
+    spec = frozen.spec
+    built = build_stack(frozen, [(spec, build_extractor(spec, search.catalog), member_key(spec, search.catalog))])
+    logits = search.train_val_features(built, frozen)["train"] @ weights.T + bias
+    assert (logits.argmax(1) == search.y("train")).mean() >= 0.9
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    assert (probs.max(1) / probs.sum(1)).mean() > 0.6
+
+    calls: list[dict] = []
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        raise InterruptedError  # the start is what this test is about, not the training
+
+    monkeypatch.setattr(search_module, "train_extractor", recording)
+    search.median_side = 64.0  # small images: only 96 px is timed
+    with pytest.raises(InterruptedError):
+        search.run_trained(config, 0.0)
+    size = calls[0]["input_size"]
+    expected = search.probe_classifier(replace(config, size=size))
+    np.testing.assert_array_equal(calls[0]["classifier_start"][0], expected[0])
+    np.testing.assert_array_equal(calls[0]["classifier_start"][1], expected[1])
+    with pytest.raises(InterruptedError):
+        search.run_trained(replace(config, train=replace(config.train, start_from_probe=False)), 0.0)
+    assert calls[1]["classifier_start"] is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,33 @@ def test_a_tie_on_validation_keeps_the_later_round(mnist, monkeypatch) -> None:
     params = TrainParams(epochs=4, lr=3e-3, batch_size=16, augment="digits", patience=5)
     outcome = _train_digits(mnist, params, 32, 16)
     assert outcome.best_epoch == 4 and outcome.best_val_accuracy == 0.7
+
+
+def test_training_starts_from_the_given_classifier() -> None:
+    """``classifier_start`` is the classifier layer's first state: at a vanishing learning rate the network scores
+    what that layer scores on the (frozen-BN) features; from a random layer it does not."""
+    from pigeonhole.learn.backbones import PixelExtractor
+
+    spec = get_spec("mobilenet_v2", 32)
+    torch.manual_seed(0)
+    body = build_architecture(spec).eval()
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (48, 3, 37, 37), dtype=np.uint8)
+    labels = np.arange(48) % 3
+    val, val_labels = np.ascontiguousarray(pixels[:24, :, 2:34, 2:34]), labels[:24]
+    with torch.no_grad():
+        features = PixelExtractor(spec, body)(torch.from_numpy(val).float()).numpy().astype(np.float64)
+    design = np.hstack([features, np.ones((len(val), 1))])
+    solution = np.linalg.lstsq(design, 10 * np.eye(3)[val_labels], rcond=None)[0]  # fits these 24 exactly
+    weights, bias = solution[:-1].T, solution[-1]
+    assert ((features @ weights.T + bias).argmax(1) == val_labels).all()
+    params = TrainParams(epochs=1, lr=1e-12, batch_size=8, augment="photo", bf16=False)
+
+    def run(start):
+        return train_extractor(
+            spec, copy.deepcopy(body), spec.feature_dim, 3, params, pixels, labels, val, val_labels, input_size=32,
+            seed=0, deadline=float("inf"), pretrained=True, classifier_start=start,
+        )
+
+    assert run((weights, bias)).best_val_accuracy == 1.0
+    assert run(None).best_val_accuracy < 0.75
