@@ -14,6 +14,12 @@ from pigeonhole.learn.candidates import TrainParams
 from pigeonhole.learn.train import augment, center_view, quantize_epochs, train_extractor
 
 
+def _scores(*accuracies: float, images: int = 16):
+    """A stand-in for the validation pass: round by round, the first ``accuracy * images`` images right."""
+    rounds = iter(accuracies)
+    return lambda *args: np.arange(images) < round(next(rounds) * images)
+
+
 def _train_digits(mnist, params: TrainParams, n_train: int, n_val: int, deadline: float = float("inf")):
     """A tiny from-scratch run on the first MNIST images (validation right after the training images)."""
     images, labels = mnist
@@ -75,8 +81,7 @@ def test_a_plateau_stops_training_only_once_the_rate_has_decayed(mnist, monkeypa
     """Validation accuracy that only declines: no stop in the first two thirds of the schedule."""
     import pigeonhole.learn.train as train
 
-    scores = iter([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
-    monkeypatch.setattr(train, "_accuracy", lambda *args: next(scores))
+    monkeypatch.setattr(train, "_hits", _scores(0.9, 0.8, 0.7, 0.6, 0.5, 0.4))
     params = TrainParams(epochs=6, lr=3e-3, batch_size=16, augment="digits", patience=1)
     torch.manual_seed(0)
     outcome = _train_digits(mnist, params, 32, 16)
@@ -100,10 +105,9 @@ def test_a_round_cut_past_its_middle_by_the_deadline_is_still_measured(mnist, mo
         clock[0] += 1.0
         return real_augment(*args, **kwargs)
 
-    scores = iter([0.5, 0.9])
     monkeypatch.setattr(train, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     monkeypatch.setattr(train, "augment", stepping_augment)
-    monkeypatch.setattr(train, "_accuracy", lambda *args: next(scores))
+    monkeypatch.setattr(train, "_hits", _scores(0.5, 0.9))
     images, labels = mnist
     spec = get_spec("smallcnn_l")
     params = TrainParams(epochs=10, lr=3e-3, batch_size=16, augment="digits", patience=5)
@@ -157,7 +161,7 @@ def test_the_first_round_replans_a_cautious_plan_to_fill_the_time(mnist, monkeyp
 
     monkeypatch.setattr(train, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     monkeypatch.setattr(train, "augment", stepping_augment)
-    monkeypatch.setattr(train, "_accuracy", lambda *args: 0.5)
+    monkeypatch.setattr(train, "_hits", _scores(*[0.5] * 10))
     params = TrainParams(epochs=2, lr=3e-3, batch_size=16, augment="digits", patience=50)
     outcome = _train_digits(mnist, params, 64, 16, deadline=22.0)
     assert outcome.epochs_planned == 6 and outcome.epochs_done == 6 and outcome.stopped == "deadline"
@@ -177,14 +181,37 @@ def test_a_fine_tune_remembered_from_before_the_frozen_stem_trains_with_it() -> 
 
 
 def test_a_tie_on_validation_keeps_the_later_round(mnist, monkeypatch) -> None:
-    """Rounds scoring 0.5, 0.7, 0.6, 0.7: the fourth round's weights are kept, not the second's."""
+    """Rounds scoring 0.5, 0.7, 0.6, 0.7, then a clearly worse 0.1: the fourth round's weights are kept, not
+    the second's."""
     import pigeonhole.learn.train as train
 
-    scores = iter([0.5, 0.7, 0.6, 0.7])
-    monkeypatch.setattr(train, "_accuracy", lambda *args: next(scores))
-    params = TrainParams(epochs=4, lr=3e-3, batch_size=16, augment="digits", patience=5)
+    monkeypatch.setattr(train, "_hits", _scores(0.5, 0.7, 0.6, 0.7, 0.1))
+    params = TrainParams(epochs=5, lr=3e-3, batch_size=16, augment="digits", patience=5)
     outcome = _train_digits(mnist, params, 32, 16)
-    assert outcome.best_epoch == 4 and outcome.best_val_accuracy == 0.7
+    assert outcome.best_epoch == 4 and outcome.best_val_accuracy == 11 / 16
+
+
+def test_the_last_round_is_kept_unless_an_earlier_one_is_clearly_better(mnist, monkeypatch) -> None:
+    """Validation 0.5, 0.75, 0.69 on 16 images: round 2 is right on one image more, which is chance, so the
+    last round's weights come back (the same network as a run whose scores rise to the end); 0.9 after
+    0.3 twice is not chance, so round 1's are kept."""
+    import pigeonhole.learn.train as train
+
+    params = TrainParams(epochs=3, lr=3e-3, batch_size=16, augment="digits", patience=5)
+
+    def run(*scores: float):
+        monkeypatch.setattr(train, "_hits", _scores(*scores))
+        torch.manual_seed(0)
+        return _train_digits(mnist, params, 32, 16)
+
+    narrow = run(0.5, 0.75, 0.69)
+    assert narrow.best_epoch == 3 and narrow.best_val_accuracy == 11 / 16
+    rising = run(0.5, 0.6, 0.69)
+    assert rising.best_epoch == 3
+    for a, b in zip(narrow.body.state_dict().values(), rising.body.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    clear = run(0.9, 0.3, 0.3)
+    assert clear.best_epoch == 1 and clear.best_val_accuracy == 14 / 16
 
 
 def test_training_starts_from_the_given_classifier() -> None:
