@@ -393,7 +393,7 @@ class _Search:
 
     def fit_head(
         self, train_f: np.ndarray, val_f: np.ndarray, rff: int, rows: np.ndarray | None = None,
-        *, left_out: bool = False,
+        *, left_out: bool = False, l2_normalize: bool = True,
     ) -> tuple[RidgeHead, float, int]:
         """The best head of plain and random-feature maps: (head, accuracy, images it was measured on).
 
@@ -404,7 +404,8 @@ class _Search:
         order = np.argsort(y, kind="stable")  # the head's class order = the training set's class order
         labels = [self.classes[i] for i in y[order]]
         for m in sorted({0, rff}):
-            head = RidgeHead(train_f.shape[1], HeadConfig(random_features=m, seed=self.config.seed))
+            head = RidgeHead(train_f.shape[1], HeadConfig(l2_normalize=l2_normalize, random_features=m,
+                                                          seed=self.config.seed))
             head.add(train_f[order], labels)
             if left_out:
                 head.add(val_f, self.labels("val"))
@@ -551,7 +552,7 @@ class _Search:
                 if fits(trial, step) >= FINETUNE_MIN_ROUNDS or size == sizes[-1]:  # else the smallest, with what fits
                     config, step_s, spec = trial, step, trial.spec
                     break
-        start = self.probe_classifier(config) if pretrained and params.start_from_probe else None
+        start = self.probe_classifier(config)
         after_s = self.kept_after_training_s(config, n_all, params.batch_size / step_s)
         train_budget = self.remaining() - reserve_s - after_s
         if self.plan_epochs(step_s, n_train, params.batch_size, train_budget) < 2:
@@ -603,8 +604,9 @@ class _Search:
         return Scored(config, acc, config.mflops(), time.monotonic() - t, built, head, info, val_features=feats["val"],
                       members=members_list, evaluated_on=measured)
 
-    def probe_classifier(self, config: CandidateConfig) -> tuple[np.ndarray, np.ndarray]:
-        """The classifier layer fine-tuning starts from: a linear probe of the frozen extractor, i.e. a ridge
+    def probe_classifier(self, config: CandidateConfig) -> tuple[np.ndarray, np.ndarray] | None:
+        """The classifier layer fine-tuning starts from (None: a random one, as for networks trained from
+        scratch or with ``start_from_probe`` off): a linear probe of the frozen extractor, i.e. a ridge
         head on its features of the serving view, with scores divided by the temperature fitted on
         validation so they are logits of a sensible scale (weights (classes, features), bias).
 
@@ -614,17 +616,15 @@ class _Search:
         random start and 82.2 % from the probe, each of the five above the other's mean. The frozen
         candidates have usually cached these features; the head solve takes about a second.
         """
+        if config.kind != "finetune" or not config.train.start_from_probe:
+            return None
         frozen = CandidateConfig("frozen", config.extractor, config.size, config.crop)
         spec = frozen.spec
         built = build_stack(frozen, [(spec, build_extractor(spec, self.catalog), member_key(spec, self.catalog))])
         self.progress(f"Preparing to fine-tune ({_plain(config)})")
         feats = self.train_val_features(built, frozen)
-        y = self.y("train")
-        order = np.argsort(y, kind="stable")
         # Raw features (no L2 normalisation, no random features): the layer it seeds sees raw features.
-        head = RidgeHead(feats["train"].shape[1], HeadConfig(l2_normalize=False, seed=self.config.seed))
-        head.add(feats["train"][order], [self.classes[i] for i in y[order]])
-        head.fit(feats["val"], self.labels("val"))
+        head = self.fit_head(feats["train"], feats["val"], 0, l2_normalize=False)[0]
         weights, bias = head.weights, head.bias
         assert weights is not None and bias is not None
         columns = [head.classes.index(c) for c in self.classes]  # the network's outputs follow self.classes

@@ -350,9 +350,10 @@ def train_extractor(
         history.append(record)
         # A tie goes to the later round: trained further at a lower rate, it is at least as good in
         # expectation (flowers5: round 12 tied round 9 on 353 images, and round 9's weights were kept).
+        snapshot = copy.deepcopy(net.state_dict())
         if acc >= best_acc:
-            best_acc, best_epoch, best_state, best_hits = acc, epoch + 1, copy.deepcopy(net.state_dict()), hits
-        last = (epoch + 1, acc, copy.deepcopy(net.state_dict()), hits)
+            best_acc, best_epoch, best_state, best_hits = acc, epoch + 1, snapshot, hits
+        last = (epoch + 1, acc, snapshot, hits)
         if on_epoch is not None:
             on_epoch(epoch + 1, record)
         if partial:

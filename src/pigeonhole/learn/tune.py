@@ -57,7 +57,7 @@ def ray_asha_tuner(*, num_samples: int = 6, address: str | None = None, trial_cp
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=None if address else search.config.threads,
                      include_dashboard=False, log_to_driver=False)
-        start = search.probe_classifier(base) if pretrained and base.train.start_from_probe else None
+        start = search.probe_classifier(base)
         train_pixels = search.training_pixels(base)
         val_pixels = search.pixel_fn(base)(search.keys("val"))
         refs = {k: ray.put(v) for k, v in (("xt", train_pixels), ("yt", search.y("train")),
