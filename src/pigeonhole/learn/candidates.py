@@ -43,7 +43,7 @@ class TrainParams:
     label_smoothing: float = 0.1
     augment: Literal["photo", "digits"] = "photo"
     patience: int = 3  # epochs without validation gain before stopping
-    bf16: bool = False
+    bf16: bool = False  # bf16 autocast, used only where the CPU computes bf16 natively (train.native_bf16)
     # Pretrained only: keep the first, highest-resolution layers as they are. On by default so that configs
     # remembered from before it existed (model memory) train with today's recipe.
     freeze_stem: bool = True
@@ -52,6 +52,9 @@ class TrainParams:
     # features. On by default for the same reason as ``freeze_stem``.
     start_from_probe: bool = True
     width: int = 32  # SmallCNN width (scratch only)
+    # The learning rate, weight decay and label smoothing came from the hyper-parameter search (learn.tune):
+    # part of the name, so the leaderboard tells it from the recipe it started from.
+    tuned: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class CandidateConfig:
         parts = [f"{self.extractor}@{self.size}", self.kind]
         if self.kind != "frozen":
             parts.append(f"{self.train.epochs}ep")
+            if self.train.tuned:
+                parts.append("tuned")
         if self.with_frozen:
             parts.append("+frozen")
         if self.flip_tta:

@@ -94,6 +94,7 @@ class SearchConfig:
     plateau_candidates: int = 3  # stop after this many candidates in a row without a gain
     min_gain: float = 0.002
     job_id: str = ""
+    tune_min_s: float = 60.0  # the least time left that a hyper-parameter search (``tuner``) is started with
 
     def __post_init__(self) -> None:
         if self.preference not in TOLERANCE:
@@ -150,8 +151,11 @@ class SearchResult:
     elapsed_s: float
     first_candidate_s: float | None
     traits: dict[str, Any]
+    tuning: dict[str, Any] | None = None  # the hyper-parameter search's trials, when one ran
 
 
+# Called as tuner(search=..., best=...) when the ladder is done and the target unmet: a better candidate or None.
+# It may leave a summary of what it tried in ``search.tuning``.
 Tuner = Callable[..., "Scored | None"]
 
 
@@ -265,6 +269,7 @@ class _Search:
         self.reported: list[CandidateResult] = []
         self.current: Scored | None = None
         self.first_s: float | None = None
+        self.tuning: dict[str, Any] | None = None
         # Speed of a feature pass, measured on the frozen candidates in three parts so that a small first
         # sample does not make every later estimate err 4x long (export and session start spread over 650
         # images read as a slow network): the network's MFLOP/s, seconds to fetch one image's pixels
@@ -725,7 +730,8 @@ class _Search:
         self.scored.append(scored)
         self.leaderboard.append({"name": scored.config.name, "val_accuracy": scored.val_accuracy,
                                  "mflops": scored.mflops, "seconds": round(scored.seconds, 2),
-                                 "config": scored.config.to_dict()})
+                                 "config": scored.config.to_dict(),
+                                 **({"tuning": scored.train_info["tuning"]} if "tuning" in scored.train_info else {})})
         best = select(self.scored, self.config.target_accuracy, self.config.preference)
         if best is not scored:
             return False
@@ -840,7 +846,7 @@ class _Search:
             else:
                 if (
                     self.tuner is not None and not self.target_met() and cfg.target_accuracy is not None
-                    and self.remaining() > 60 and not self.reporter.cancelled()
+                    and self.remaining() > cfg.tune_min_s and not self.reporter.cancelled()
                 ):
                     self.progress("Searching training settings (hyper-parameter search)")
                     tuned = self.tuner(search=self, best=self.current)
@@ -863,7 +869,7 @@ class _Search:
         return SearchResult(
             chosen=chosen, reported=self.reported, leaderboard=self.leaderboard,
             stop_reason=stop_reason if chosen else "no_candidate", elapsed_s=self.elapsed(),
-            first_candidate_s=self.first_s, traits=traits.__dict__,
+            first_candidate_s=self.first_s, traits=traits.__dict__, tuning=self.tuning,
         )
 
     def remembered(self, memory: ModelMemory, traits: DatasetTraits, small: bool) -> list[CandidateConfig]:

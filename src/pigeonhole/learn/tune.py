@@ -1,21 +1,35 @@
-"""Optional hyper-parameter search with Ray Tune and the ASHA scheduler.
+"""The last stage of the search: a hyper-parameter search with Ray Tune and the ASHA scheduler.
 
-The search calls a *tuner* only when a target was given, the ladder is exhausted and
-the target is still not met. It is injected (``run_search(..., tuner=ray_asha_tuner())``)
-so the ML core runs, and is tested, without a Ray cluster; the compute layer passes it
-when a cluster with spare CPUs/GPUs exists.
+The search calls a *tuner* only when a target was given, the ladder has finished with time left and
+the target is still not met (on a small dataset a fine-tune reaches its 60-round cap long before a
+10-minute budget ends). It is injected (``run_search(..., tuner=ray_asha_tuner())``) so the ML core
+runs, and is tested, without Ray; the training job passes it.
 
-Strategy, kept simple on purpose: half of the remaining budget goes to short ASHA trials
-of the trained candidate's recipe (learning rate, weight decay, label smoothing), early
-trials cut by validation accuracy per epoch; the other half retrains the best recipe
-through the normal path (so the result gets the same head, export and card as any other
-candidate). Ray is imported lazily: ``import pigeonhole.learn.tune`` costs nothing.
+What it does with the time left: first it keeps back what retraining the best trained candidate took
+(the winning recipe is retrained at least that long, through the normal path, so the result gets the
+same head, export, evaluation and card as any candidate and is chosen only if it wins on validation;
+the model memory then remembers the tuned recipe for similar datasets). The rest goes to trials of
+that candidate's recipe with other learning rates, weight decays and label smoothings (the recipe
+itself is one of them), each a complete training of up to as many rounds, cut early by ASHA when its
+validation accuracy trails the others' at the same round. When the recipe itself wins, nothing is
+retrained.
+
+Where trials run: on CPUs that the cluster has free beyond one kept for quick jobs (imports, class
+additions, predictions), several at a time on a large cluster. When there are none (one machine with
+2 cores: the training job holds one, the other stays free for a class addition), the trials run one at
+a time on the training job's own node and CPUs, which the job leaves idle while it waits for them.
+Ray is imported lazily: ``import pigeonhole.learn.tune`` costs nothing.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+import shutil
+import statistics
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,90 +37,248 @@ import numpy as np
 
 from pigeonhole.learn.candidates import CandidateConfig, TrainParams
 
+log = logging.getLogger(__name__)
+KEEP_FREE_CPUS = 1.0  # left for other jobs while trials run
+MIN_TRIALS = 4  # fewer recipes than this compares too little to be worth the time
+MAX_TRIALS = 16
+MIN_TRIAL_ROUNDS = 8  # (or the base recipe's, if fewer) shorter trials say little about a full-length training
+TRIAL_OVERHEAD_S = 2.0  # building the network and reading the images, per trial (the worker is reused)
+ASYNC_MARGIN = 1.3  # asynchronous ASHA lets early trials run longer than synchronous halving would
+RETRAIN_MARGIN = 1.1  # the winner's retraining, as a multiple of the time its base candidate took
+WEIGHT_DECAYS = (0.0, 0.01, 0.05, 0.1)
+LABEL_SMOOTHINGS = (0.0, 0.05, 0.1, 0.2)
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    trials: int
+    epochs: int  # rounds of one trial that runs to the end (ASHA's max_t)
+    concurrent: int
+    trial_cpus: float  # Ray CPUs per trial; 0: on the training job's own CPUs, pinned to its node
+    threads: int  # PyTorch threads per trial
+    seconds: float  # the stage's share of the budget
+
+
+def asha_rounds(epochs: int) -> float:
+    """Expected rounds one trial trains under ASHA with a grace period of 1 round and a reduction factor
+    of 2 (rungs at rounds 1, 2, 4, ...): every trial reaches round 1, half of them round 2, a quarter
+    round 4, and so on to ``epochs``."""
+    milestones = [m for m in (2**i for i in range(16)) if m < epochs] + [epochs]
+    total, previous = 0.0, 0
+    for i, milestone in enumerate(milestones):
+        total += 0.5**i * (milestone - previous)
+        previous = milestone
+    return total
+
+
+def plan_trials(seconds: float, epoch_s: float, base_epochs: int, free_cpus: float, threads: int,
+                keep_free_cpus: float = KEEP_FREE_CPUS) -> TrialPlan | None:
+    """How many trials of how many rounds fit in ``seconds``; None when too few to compare.
+
+    ``epoch_s`` is one round of the base recipe at ``threads`` threads. The first trial on each slot runs
+    to the end (asynchronous ASHA has nothing to compare it with yet); later ones cost what ASHA lets
+    them run on average. Shorter trials are taken before fewer of them: the winner is retrained at full
+    length anyway.
+    """
+    spare = math.floor(free_cpus - keep_free_cpus)
+    if spare >= 1:
+        trial_cpus = float(min(threads, spare))
+        concurrent, trial_threads = int(spare // trial_cpus), int(trial_cpus)
+    else:
+        trial_cpus, concurrent, trial_threads = 0.0, 1, threads
+    round_s = epoch_s * threads / trial_threads
+    rounds = seconds * concurrent / max(round_s, 1e-6)  # what the time buys, over all slots
+    overhead = TRIAL_OVERHEAD_S / max(round_s, 1e-6)
+    shortest = max(2, min(MIN_TRIAL_ROUNDS, base_epochs))
+    epochs = max(shortest, base_epochs)
+    while True:
+        first = concurrent * (epochs + overhead)
+        later = ASYNC_MARGIN * asha_rounds(epochs) + overhead
+        trials = concurrent + int((rounds - first) / later) if rounds >= first else 0
+        if trials >= MIN_TRIALS or epochs <= shortest:
+            break
+        epochs = max(shortest, epochs // 2)
+    if trials < MIN_TRIALS:
+        return None
+    return TrialPlan(min(trials, MAX_TRIALS), epochs, min(concurrent, trials), trial_cpus, trial_threads, seconds)
+
+
+def _choices(options: tuple[float, ...], base: float) -> list[float]:
+    return sorted({*options, base})
+
 
 def _space(base: TrainParams) -> dict[str, Any]:
     from ray import tune
 
     return {
         "lr": tune.loguniform(base.lr / 4, base.lr * 4),
-        "weight_decay": tune.choice([0.0, 0.01, 0.05, 0.1]),
-        "label_smoothing": tune.choice([0.0, 0.05, 0.1, 0.2]),
+        "weight_decay": tune.choice(_choices(WEIGHT_DECAYS, base.weight_decay)),
+        "label_smoothing": tune.choice(_choices(LABEL_SMOOTHINGS, base.label_smoothing)),
     }
 
 
-def ray_asha_tuner(*, num_samples: int = 6, address: str | None = None, trial_cpus: float | None = None):
-    """A tuner for :func:`pigeonhole.learn.search.run_search` backed by Ray Tune + ASHA."""
+def _recipe(params: TrainParams) -> dict[str, float]:
+    return {"lr": params.lr, "weight_decay": params.weight_decay, "label_smoothing": params.label_smoothing}
+
+
+def _trial(cfg: dict[str, Any], *, setup: dict[str, Any], xt: np.ndarray, yt: np.ndarray, xv: np.ndarray,
+           yv: np.ndarray) -> None:
+    """One Tune trial: a complete short training of the base candidate's network with ``cfg``'s recipe,
+    reporting validation accuracy after every round. Module-level and fed plain values only: Tune
+    pickles it to the trial's worker."""
+    import torch
+    from ray import tune
+
+    from pigeonhole.learn.backbones import build_architecture, build_extractor
+    from pigeonhole.learn.train import train_extractor
+    from pigeonhole.learn.weights import WeightsCatalog
+
+    torch.set_num_threads(setup["threads"])
+    base: CandidateConfig = setup["base"]
+    spec = base.spec
+    pretrained = base.kind == "finetune"
+    # No plateau stop inside a trial: ASHA stops trials, and the winner is chosen among those that ran to the end.
+    params = replace(base.train, epochs=setup["epochs"], lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]),
+                     label_smoothing=float(cfg["label_smoothing"]), patience=setup["epochs"] + 1)
+    if pretrained:
+        catalog = WeightsCatalog(Path(setup["weights_dir"])) if setup["weights_dir"] else None
+        body = build_extractor(spec, catalog)
+    else:
+        torch.manual_seed(setup["seed"])
+        body = build_architecture(spec)
+    with torch.no_grad():
+        dim = int(body(torch.zeros(1, spec.input_spec().channels, base.size, base.size)).shape[1])
+    end = setup["end_wall"]
+    train_extractor(
+        spec, body, dim, setup["classes"], params, xt, yt, xv, yv, input_size=base.size, seed=setup["seed"],
+        deadline=math.inf, pretrained=pretrained, classifier_start=setup["start"],
+        should_stop=lambda: time.time() > end,
+        on_epoch=lambda epoch, rec: tune.report({"val_accuracy": rec["val_accuracy"], "epoch": epoch}),
+    )
+
+
+def _cancel_stopper(cancelled: Any) -> Any:
+    """A Tune stopper that ends every trial when the job is cancelled. Tune may pickle its run
+    configuration; the check (which holds the job's connections) is dropped from the pickle."""
+    from ray.tune.stopper import Stopper
+
+    class CancelStopper(Stopper):
+        def __init__(self) -> None:
+            self.cancelled = cancelled
+
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return self.cancelled is not None and bool(self.cancelled())
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {"cancelled": None}
+
+    return CancelStopper()
+
+
+def _node_resource(ray: Any) -> str:
+    """Ray's resource naming the node this process runs on (``node:<address>``)."""
+    here = ray.get_runtime_context().get_node_id()
+    node = next(n for n in ray.nodes() if n["NodeID"] == here)
+    return f"node:{node['NodeManagerAddress']}"
+
+
+def ray_asha_tuner(*, address: str | None = None, keep_free_cpus: float = KEEP_FREE_CPUS):
+    """A tuner for :func:`pigeonhole.learn.search.run_search` backed by Ray Tune + ASHA. Inside a Ray
+    job it uses that job's cluster; elsewhere it connects to ``address`` or starts a local runtime.
+    ``keep_free_cpus``: CPUs of the cluster the trials leave to other jobs."""
 
     def tune_fn(*, search: Any, best: Any) -> Any:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new console output ignores verbose=0
+        os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # a trial stopped in its first round
         import ray
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler
+        from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        from pigeonhole.learn.backbones import build_architecture, build_extractor
-        from pigeonhole.learn.train import train_extractor
-
-        trained = [s for s in search.scored if s.config.kind != "frozen"]
+        trained = [s for s in search.scored if s.config.kind != "frozen" and s.train_info.get("history")]
         if not trained:
             return None
-        base: CandidateConfig = max(trained, key=lambda s: s.val_accuracy).config
-        budget = search.remaining() / 2
-        if budget < 30:
-            return None
-        spec = base.spec
-        pretrained = base.kind == "finetune"
+        base_scored = max(trained, key=lambda s: s.val_accuracy)
+        base: CandidateConfig = replace(base_scored.config, flip_tta=False)
+        epoch_s = statistics.median(float(h["seconds"]) for h in base_scored.train_info["history"])
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=None if address else search.config.threads,
                      include_dashboard=False, log_to_driver=False)
-        start = search.probe_classifier(base)
-        train_pixels = search.training_pixels(base)
-        val_pixels = search.pixel_fn(base)(search.keys("val"))
-        refs = {k: ray.put(v) for k, v in (("xt", train_pixels), ("yt", search.y("train")),
-                                            ("xv", val_pixels), ("yv", search.y("val")))}
-        # the trial closure must pickle: capture plain values only (no locks, sessions, caches)
-        weights_dir = search.config.weights_dir
-        seed = search.config.seed
-        classes = len(search.classes)
-        epochs = max(2, base.train.epochs)
-
-        def trainable(cfg: dict[str, Any]) -> None:
-            params = replace(base.train, epochs=epochs, lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-                             label_smoothing=cfg["label_smoothing"])
-            if pretrained:
-                from pigeonhole.learn.weights import WeightsCatalog
-
-                body = build_extractor(spec, WeightsCatalog(weights_dir) if weights_dir else None)
-            else:
-                body = build_architecture(spec)
-            import torch
-
-            with torch.no_grad():
-                dim = int(body(torch.zeros(1, spec.input_spec().channels, base.size, base.size)).shape[1])
-            train_extractor(
-                spec, body, dim, classes, params, ray.get(refs["xt"]), np.asarray(ray.get(refs["yt"])),
-                ray.get(refs["xv"]), np.asarray(ray.get(refs["yv"])), input_size=base.size,
-                seed=seed, deadline=time.monotonic() + budget, pretrained=pretrained, classifier_start=start,
-                on_epoch=lambda epoch, rec: tune.report({"val_accuracy": rec["val_accuracy"], "epoch": epoch}),
-            )
-
-        resources = {"cpu": trial_cpus or search.config.threads}
-        cache_dir = search.config.cache_dir
-        storage = str(Path(cache_dir).resolve() / "ray_tune") if cache_dir else None
+        threads = max(1, search.config.threads)
+        # The winner is retrained at least as long as the recipe it competes with was: that time is kept back.
+        retrain_s = RETRAIN_MARGIN * base_scored.seconds + search.estimate_finish_s(base)
+        plan = plan_trials(search.remaining() - retrain_s, epoch_s, base.train.epochs,
+                           float(ray.available_resources().get("CPU", 0.0)), threads, keep_free_cpus)
+        if plan is None:
+            search.progress("Not enough time left to compare other training settings")
+            return None
+        search.progress(f"Trying {plan.trials} other training settings ({plan.epochs} rounds each)")
+        started = time.monotonic()
+        setup = {"base": base, "epochs": plan.epochs, "threads": plan.threads, "seed": search.config.seed,
+                 "classes": len(search.classes), "start": search.probe_classifier(base),
+                 "weights_dir": str(search.config.weights_dir) if search.config.weights_dir else None,
+                 "end_wall": time.time() + plan.seconds}
+        trainable = tune.with_parameters(
+            _trial, setup=setup, xt=search.training_pixels(base), yt=np.asarray(search.y("train")),
+            xv=search.pixel_fn(base)(search.keys("val")), yv=np.asarray(search.y("val")),
+        )
+        if plan.trial_cpus > 0:
+            resources: dict[str, float] = {"cpu": plan.trial_cpus}
+        else:  # the job's own CPUs: pinned to its node, one trial at a time
+            resources = {"cpu": 0, _node_resource(ray): 0.001}
+        root = Path(search.config.cache_dir or Path.cwd()).resolve() / "ray_tune"
+        name = f"tune-{search.config.job_id or 'local'}-{int(time.time() * 1000)}"
         tuner = tune.Tuner(
             tune.with_resources(trainable, resources),
             param_space=_space(base.train),
             tune_config=tune.TuneConfig(
-                metric="val_accuracy", mode="max", num_samples=num_samples, time_budget_s=budget,
-                scheduler=ASHAScheduler(max_t=epochs, grace_period=1, reduction_factor=2, time_attr="epoch"),
+                metric="val_accuracy", mode="max", num_samples=plan.trials, time_budget_s=plan.seconds,
+                reuse_actors=True,
+                search_alg=BasicVariantGenerator(points_to_evaluate=[_recipe(base.train)],
+                                                 max_concurrent=plan.concurrent, random_state=search.config.seed),
+                scheduler=ASHAScheduler(max_t=plan.epochs, grace_period=1, reduction_factor=2, time_attr="epoch"),
             ),
-            run_config=tune.RunConfig(verbose=0, storage_path=storage),
+            run_config=tune.RunConfig(name=name, storage_path=str(root), verbose=0,
+                                      stop=_cancel_stopper(search.reporter.cancelled)),
         )
-        results = tuner.fit()
         try:
-            winner = results.get_best_result().config
-        except RuntimeError:
+            results = tuner.fit()
+            rows = [(r.config, r.metrics or {}) for r in results if r.config]
+        except Exception as exc:  # an optional last stage: the models already made stay, the job goes on
+            log.warning("hyper-parameter search failed: %s", exc, exc_info=True)
+            search.progress("The search for better training settings failed; keeping the best model so far")
+            return None
+        finally:
+            shutil.rmtree(root / name, ignore_errors=True)
+        furthest = max((int(m.get("epoch") or 0) for _, m in rows), default=0)
+        finished = [(c, m) for c, m in rows if int(m.get("epoch") or 0) == furthest]  # compared at the same round
+        summary: dict[str, Any] = {
+            "base": base.name, "trials": len(rows), "epochs": plan.epochs,
+            "seconds": round(time.monotonic() - started, 1), "trial_cpus": plan.trial_cpus,
+            "concurrent": plan.concurrent, "winner": None,
+            "results": [{**{k: float(v) for k, v in c.items()}, "val_accuracy": m.get("val_accuracy"),
+                         "rounds": m.get("epoch")} for c, m in rows],
+        }
+        search.tuning = summary
+        log.info("hyper-parameter search: %s", summary)
+        if furthest < 2 or search.reporter.cancelled():
+            return None
+        # max() keeps the first of equals, and the recipe itself was the first trial: a tie keeps it
+        winner = {k: float(v) for k, v in max(finished, key=lambda cm: float(cm[1]["val_accuracy"]))[0].items()}
+        summary["winner"] = winner
+        if winner == _recipe(base.train):
+            search.progress("The current training settings did best; keeping them")
             return None
         config = replace(base, train=replace(base.train, lr=winner["lr"], weight_decay=winner["weight_decay"],
-                                             label_smoothing=winner["label_smoothing"]))
-        return search.run_trained(config, search.estimate_finish_s(config))
+                                             label_smoothing=winner["label_smoothing"], tuned=True))
+        scored = search.run_trained(config, search.estimate_finish_s(config))
+        if scored is None:
+            search.progress("No time left to retrain with the better settings found")
+            return None
+        scored.train_info["tuning"] = summary
+        return scored
 
     return tune_fn

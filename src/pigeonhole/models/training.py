@@ -6,6 +6,7 @@ search hands over as a new version and activates it at once (the user has a work
 seconds, better ones replace it); ``on_success`` stores the search in the model memory.
 Worker side (no database): ``run`` reads images from the blob store, runs the search, and uploads
 each winning candidate's files (ONNX, head statistics, card) to the blob store before emitting it.
+The search's last stage, a Ray Tune hyper-parameter search, runs its trials on the job's own cluster.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pigeonhole.learn.candidates import CandidateConfig, extractor_classes
 from pigeonhole.learn.data import TrainingImage, TrainingSet
 from pigeonhole.learn.memory import InMemoryStore, JsonMemoryStore, ModelMemory, SearchRecord
 from pigeonhole.learn.search import CandidateResult, SearchConfig, run_search
+from pigeonhole.learn.tune import ray_asha_tuner
 from pigeonhole.models import drift
 from pigeonhole.models.service import artifact_prefix, settle_version
 from pigeonhole.settings import load_settings
@@ -142,7 +144,7 @@ class TrainHandler(JobHandler):
         try:
             manifest = [row for row in payload["images"] if row[2] != "test"]
             result = run_search(training_set, source, config, _Reporter(ctx, blobs, payload["model_id"], manifest),
-                                memory=ModelMemory(store))
+                                memory=ModelMemory(store), tuner=ray_asha_tuner())
         finally:
             shutil.rmtree(work, ignore_errors=True)
         if result.chosen is None and not result.reported and result.stop_reason != "cancelled":
@@ -150,7 +152,7 @@ class TrainHandler(JobHandler):
         new_records = [r.to_json() for r in store.load()[known:]]
         return {"stop_reason": result.stop_reason, "chosen": result.chosen.name if result.chosen else None,
                 "elapsed_s": round(result.elapsed_s, 2), "first_candidate_s": result.first_candidate_s,
-                "leaderboard": result.leaderboard, "memory": new_records}
+                "leaderboard": result.leaderboard, "tuning": result.tuning, "memory": new_records}
 
     def on_event(self, db: Session, job: Job, event: dict[str, Any]) -> None:
         if event.get("type") != "version":

@@ -42,6 +42,9 @@ describe('models in plain words', () => {
       'MobileNetV2 at 224 px, fine-tuned, 8 rounds, plus quick features, mirrored views',
     )
     expect(candidateName('smallcnn_rgb@64/scratch/20ep')).toBe('a small network at 64 px, trained from scratch, 20 rounds')
+    expect(candidateName('mobilenet_v2@160/finetune/13ep/tuned/+frozen')).toBe(
+      'MobileNetV2 at 160 px, fine-tuned, 13 rounds, tuned settings, plus quick features',
+    )
     expect(candidateName('odd')).toBe('odd')
   })
 

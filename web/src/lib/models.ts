@@ -157,6 +157,7 @@ export function candidateName(name: string): string {
     else if (epochs) parts.push(`${epochs[1]} rounds`)
     else if (part === '+frozen') parts.push('plus quick features')
     else if (part === 'flip') parts.push('mirrored views')
+    else if (part === 'tuned') parts.push('tuned settings')
     else if (/^probe\d+$/.test(part)) parts.push('quick probe')
     else if (/^rff\d+$/.test(part)) parts.push('extra features')
     else parts.push(part)

@@ -1,0 +1,97 @@
+"""The search's hyper-parameter stage on a real Ray cluster, started from inside a job's task as the training
+job does: Ray Tune trials with ASHA, then the winning recipe retrained and scored like any candidate."""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import ray
+from PIL import Image
+
+from pigeonhole.learn.data import MappingSource, TrainingImage, TrainingSet, sha256_bytes
+from pigeonhole.learn.search import NullReporter, SearchConfig, run_search
+from pigeonhole.learn.tune import MIN_TRIALS, ray_asha_tuner
+from tests.unit.learn.conftest import datasets_dir, read_mnist
+
+pytestmark = pytest.mark.slow
+BUDGET_S = 80.0
+POOR_LR = 6e-4  # a fifth of what the ladder uses for a small CNN: the search should find better
+
+
+def _digits(n_train: int, n_val: int, n_test: int) -> tuple[TrainingSet, MappingSource]:
+    images, labels = read_mnist("train", n_train + n_val + n_test)
+    blobs: dict[str, bytes] = {}
+    items: list[TrainingImage] = []
+    for i, (pixels, label) in enumerate(zip(images, labels, strict=True)):
+        buf = io.BytesIO()
+        Image.fromarray(pixels, mode="L").save(buf, "PNG")
+        key = sha256_bytes(buf.getvalue())
+        blobs[key] = buf.getvalue()
+        split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+        items.append(TrainingImage(key, str(label), split, len(buf.getvalue())))
+    return TrainingSet(tuple(items)), MappingSource(blobs)
+
+
+@ray.remote(num_cpus=1, max_retries=0)
+def _training_job(workdir: str) -> dict[str, Any]:
+    """What the training job does on its worker (minus the blob store): the search, its Tune stage included.
+    The ladder's small CNN gets a poor learning rate here, so a better recipe exists to be found."""
+    from pathlib import Path
+
+    from pigeonhole.learn import search as search_module
+
+    ladder = search_module._Search.ladder
+
+    def poor_ladder(self: Any, *args: Any) -> list[Any]:
+        return [replace(c, train=replace(c.train, lr=POOR_LR)) if c.kind == "scratch" else c
+                for c in ladder(self, *args)]
+
+    search_module._Search.ladder = poor_ladder  # this worker process only
+    training_set, source = _digits(150, 150, 50)
+    config = SearchConfig(target_accuracy=0.999, time_budget_s=BUDGET_S, cache_dir=Path(workdir) / "cache",
+                          output_dir=Path(workdir) / "out", tune_min_s=20.0, job_id="tune-test")
+    started = time.monotonic()
+    stages: list[str] = []
+
+    class Reporter(NullReporter):
+        def progress(self, fraction: float, stage: str, eta_s: float | None, metrics: dict[str, Any]) -> None:
+            if " round " not in stage and (not stages or not stages[-1].endswith(stage)):
+                stages.append(f"{time.monotonic() - started:.1f}s {stage}")
+
+    try:
+        result = run_search(training_set, source, config, Reporter(), tuner=ray_asha_tuner(keep_free_cpus=4))
+    finally:
+        search_module._Search.ladder = ladder
+    return {"leaderboard": result.leaderboard, "stop_reason": result.stop_reason, "stages": stages,
+            "tuning": result.tuning, "wall_s": time.monotonic() - started,
+            "chosen": result.chosen.name if result.chosen else None}
+
+
+def test_an_unmet_target_gets_a_hyper_parameter_search_on_the_cluster(ray_cluster, tmp_path) -> None:
+    """With the target unmet and time left after the ladder, trials run as Ray Tune trials (ASHA cuts the
+    weak ones), the recipe itself among them; the winning recipe is retrained, scored and named ``tuned``;
+    all within the budget. ``keep_free_cpus`` covers the test cluster, so the trials run as on one 2-core
+    machine: one at a time on the job's own CPUs."""
+    if not (datasets_dir() / "mnist").is_dir():
+        pytest.skip(f"shared MNIST not found under {datasets_dir()}")
+    out = ray.get(_training_job.remote(str(tmp_path)), timeout=BUDGET_S * 3)
+    context = (out["stages"], out["tuning"])
+    tuning = out["tuning"]
+    assert tuning is not None and tuning["trials"] >= MIN_TRIALS, context
+    assert tuning["trial_cpus"] == 0 and tuning["concurrent"] == 1, context  # on the job's CPUs, one at a time
+    results = tuning["results"]
+    assert results[0]["lr"] == POOR_LR and results[0]["rounds"] == tuning["epochs"], "the recipe runs first, fully"
+    assert any(r["rounds"] is not None and r["rounds"] < tuning["epochs"] for r in results), "ASHA cut none"
+    assert tuning["winner"] is not None and tuning["winner"]["lr"] != POOR_LR, context
+
+    tuned = [row for row in out["leaderboard"] if "/tuned" in row["name"]]
+    assert len(tuned) == 1, ([row["name"] for row in out["leaderboard"]], context)
+    assert tuned[0]["tuning"] == tuning and tuned[0]["config"]["train"]["lr"] == tuning["winner"]["lr"]
+    assert any(row["name"] == tuning["base"] for row in out["leaderboard"])
+    assert 0 < tuned[0]["val_accuracy"] <= 1  # scored like any candidate; chosen only if it wins on validation
+    assert out["stop_reason"] in ("exhausted", "budget") and out["chosen"], out["stop_reason"]
+    assert out["wall_s"] <= BUDGET_S * 1.1, f"{out['wall_s']:.1f}s for a {BUDGET_S:.0f}s budget"

@@ -1,0 +1,50 @@
+"""Planning the hyper-parameter stage (learn.tune): how many trials of how many rounds, on which CPUs.
+The stage itself runs on a real Ray cluster in tests/integration/compute/test_tune.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from pigeonhole.learn.tune import MAX_TRIALS, MIN_TRIAL_ROUNDS, MIN_TRIALS, asha_rounds, plan_trials
+
+
+def test_asha_rounds_counts_the_halving() -> None:
+    assert asha_rounds(1) == 1
+    assert asha_rounds(2) == 1 + 0.5
+    assert asha_rounds(8) == 1 + 0.5 + 0.25 * 2 + 0.125 * 4
+    assert asha_rounds(6) == 1 + 0.5 + 0.25 * 2 + 0.125 * 2  # the last rung is max_t itself
+
+
+def test_on_one_small_machine_trials_run_one_at_a_time_on_the_jobs_own_cpus() -> None:
+    """2 cores: the job holds one, one is free and stays free for quick jobs (a class addition)."""
+    plan = plan_trials(300.0, 1.0, 20, free_cpus=1.0, threads=2)
+    assert plan is not None
+    assert plan.trial_cpus == 0 and plan.concurrent == 1 and plan.threads == 2
+    assert plan.epochs == 20 and MIN_TRIALS <= plan.trials <= MAX_TRIALS
+
+
+def test_a_cluster_with_spare_cpus_runs_trials_side_by_side() -> None:
+    plan = plan_trials(300.0, 1.0, 20, free_cpus=9.0, threads=2)
+    assert plan is not None
+    assert plan.trial_cpus == 2 and plan.concurrent == 4 and plan.threads == 2
+    assert plan.trials == MAX_TRIALS
+
+
+def test_trials_get_shorter_before_they_get_fewer_and_none_below_the_minimum() -> None:
+    assert plan_trials(300.0, 1.0, 60, free_cpus=1.0, threads=2).epochs == 60  # type: ignore[union-attr]
+    halved = plan_trials(60.0, 1.0, 60, free_cpus=1.0, threads=2)  # one full-length trial alone would not fit
+    assert halved is not None and halved.epochs == 30 and halved.trials >= MIN_TRIALS
+    assert plan_trials(20.0, 1.0, 60, free_cpus=1.0, threads=2) is None  # not even 4 trials of 8 rounds fit
+    short = plan_trials(300.0, 1.0, 3, free_cpus=1.0, threads=2)
+    assert short is not None and short.epochs == 3  # never longer than the recipe being tuned
+    assert MIN_TRIAL_ROUNDS == 8
+
+
+@pytest.mark.parametrize("seconds", [60.0, 120.0, 600.0])
+def test_the_plan_fits_its_time(seconds: float) -> None:
+    """The first trial runs to the end, the later ones what ASHA allows on average."""
+    epoch_s = 0.5
+    plan = plan_trials(seconds, epoch_s, 30, free_cpus=1.0, threads=2)
+    assert plan is not None
+    cost = plan.epochs * epoch_s + (plan.trials - 1) * asha_rounds(plan.epochs) * epoch_s
+    assert cost <= seconds
