@@ -23,6 +23,7 @@ Ray is imported lazily: ``import pigeonhole.learn.tune`` costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -134,6 +135,8 @@ def _trial(cfg: dict[str, Any], *, setup: dict[str, Any], xt: np.ndarray, yt: np
     from pigeonhole.learn.weights import WeightsCatalog
 
     torch.set_num_threads(setup["threads"])
+    with contextlib.suppress(OSError):  # the job's CPU priority (a job may run below the API's, see compute.worker)
+        os.nice(max(0, setup["niceness"] - os.nice(0)))
     base: CandidateConfig = setup["base"]
     spec = base.spec
     pretrained = base.kind == "finetune"
@@ -157,27 +160,6 @@ def _trial(cfg: dict[str, Any], *, setup: dict[str, Any], xt: np.ndarray, yt: np
     )
 
 
-def _cancel_stopper(cancelled: Any) -> Any:
-    """A Tune stopper that ends every trial when the job is cancelled. Tune may pickle its run
-    configuration; the check (which holds the job's connections) is dropped from the pickle."""
-    from ray.tune.stopper import Stopper
-
-    class CancelStopper(Stopper):
-        def __init__(self) -> None:
-            self.cancelled = cancelled
-
-        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-            return False
-
-        def stop_all(self) -> bool:
-            return self.cancelled is not None and bool(self.cancelled())
-
-        def __getstate__(self) -> dict[str, Any]:
-            return {"cancelled": None}
-
-    return CancelStopper()
-
-
 def _node_resource(ray: Any) -> str:
     """Ray's resource naming the node this process runs on (``node:<address>``)."""
     here = ray.get_runtime_context().get_node_id()
@@ -191,94 +173,112 @@ def ray_asha_tuner(*, address: str | None = None, keep_free_cpus: float = KEEP_F
     ``keep_free_cpus``: CPUs of the cluster the trials leave to other jobs."""
 
     def tune_fn(*, search: Any, best: Any) -> Any:
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new console output ignores verbose=0
-        os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # a trial stopped in its first round
-        import ray
-        from ray import tune
-        from ray.tune.schedulers import ASHAScheduler
-        from ray.tune.search.basic_variant import BasicVariantGenerator
-
-        trained = [s for s in search.scored if s.config.kind != "frozen" and s.train_info.get("history")]
-        if not trained:
-            return None
-        base_scored = max(trained, key=lambda s: s.val_accuracy)
-        base: CandidateConfig = replace(base_scored.config, flip_tta=False)
-        epoch_s = statistics.median(float(h["seconds"]) for h in base_scored.train_info["history"])
-        if not ray.is_initialized():
-            ray.init(address=address, num_cpus=None if address else search.config.threads,
-                     include_dashboard=False, log_to_driver=False)
-        threads = max(1, search.config.threads)
-        # The winner is retrained at least as long as the recipe it competes with was: that time is kept back.
-        retrain_s = RETRAIN_MARGIN * base_scored.seconds + search.estimate_finish_s(base)
-        plan = plan_trials(search.remaining() - retrain_s, epoch_s, base.train.epochs,
-                           float(ray.available_resources().get("CPU", 0.0)), threads, keep_free_cpus)
-        if plan is None:
-            search.progress("Not enough time left to compare other training settings")
-            return None
-        search.progress(f"Trying {plan.trials} other training settings ({plan.epochs} rounds each)")
-        started = time.monotonic()
-        setup = {"base": base, "epochs": plan.epochs, "threads": plan.threads, "seed": search.config.seed,
-                 "classes": len(search.classes), "start": search.probe_classifier(base),
-                 "weights_dir": str(search.config.weights_dir) if search.config.weights_dir else None,
-                 "end_wall": time.time() + plan.seconds}
-        trainable = tune.with_parameters(
-            _trial, setup=setup, xt=search.training_pixels(base), yt=np.asarray(search.y("train")),
-            xv=search.pixel_fn(base)(search.keys("val")), yv=np.asarray(search.y("val")),
-        )
-        if plan.trial_cpus > 0:
-            resources: dict[str, float] = {"cpu": plan.trial_cpus}
-        else:  # the job's own CPUs: pinned to its node, one trial at a time
-            resources = {"cpu": 0, _node_resource(ray): 0.001}
-        root = Path(search.config.cache_dir or Path.cwd()).resolve() / "ray_tune"
-        name = f"tune-{search.config.job_id or 'local'}-{int(time.time() * 1000)}"
-        tuner = tune.Tuner(
-            tune.with_resources(trainable, resources),
-            param_space=_space(base.train),
-            tune_config=tune.TuneConfig(
-                metric="val_accuracy", mode="max", num_samples=plan.trials, time_budget_s=plan.seconds,
-                reuse_actors=True,
-                search_alg=BasicVariantGenerator(points_to_evaluate=[_recipe(base.train)],
-                                                 max_concurrent=plan.concurrent, random_state=search.config.seed),
-                scheduler=ASHAScheduler(max_t=plan.epochs, grace_period=1, reduction_factor=2, time_attr="epoch"),
-            ),
-            run_config=tune.RunConfig(name=name, storage_path=str(root), verbose=0,
-                                      stop=_cancel_stopper(search.reporter.cancelled)),
-        )
         try:
-            results = tuner.fit()
-            rows = [(r.config, r.metrics or {}) for r in results if r.config]
+            return _tune(search, address, keep_free_cpus)
         except Exception as exc:  # an optional last stage: the models already made stay, the job goes on
-            log.warning("hyper-parameter search failed: %s", exc, exc_info=True)
-            search.progress("The search for better training settings failed; keeping the best model so far")
+            if not search.reporter.cancelled():
+                log.warning("hyper-parameter search failed: %s", exc, exc_info=True)
+                search.progress("The search for better training settings failed; keeping the best model so far")
             return None
-        finally:
-            shutil.rmtree(root / name, ignore_errors=True)
-        furthest = max((int(m.get("epoch") or 0) for _, m in rows), default=0)
-        finished = [(c, m) for c, m in rows if int(m.get("epoch") or 0) == furthest]  # compared at the same round
-        summary: dict[str, Any] = {
-            "base": base.name, "trials": len(rows), "epochs": plan.epochs,
-            "seconds": round(time.monotonic() - started, 1), "trial_cpus": plan.trial_cpus,
-            "concurrent": plan.concurrent, "winner": None,
-            "results": [{**{k: float(v) for k, v in c.items()}, "val_accuracy": m.get("val_accuracy"),
-                         "rounds": m.get("epoch")} for c, m in rows],
-        }
-        search.tuning = summary
-        log.info("hyper-parameter search: %s", summary)
-        if furthest < 2 or search.reporter.cancelled():
-            return None
-        # max() keeps the first of equals, and the recipe itself was the first trial: a tie keeps it
-        winner = {k: float(v) for k, v in max(finished, key=lambda cm: float(cm[1]["val_accuracy"]))[0].items()}
-        summary["winner"] = winner
-        if winner == _recipe(base.train):
-            search.progress("The current training settings did best; keeping them")
-            return None
-        config = replace(base, train=replace(base.train, lr=winner["lr"], weight_decay=winner["weight_decay"],
-                                             label_smoothing=winner["label_smoothing"], tuned=True))
-        scored = search.run_trained(config, search.estimate_finish_s(config))
-        if scored is None:
-            search.progress("No time left to retrain with the better settings found")
-            return None
-        scored.train_info["tuning"] = summary
-        return scored
 
     return tune_fn
+
+
+def _tune(search: Any, address: str | None, keep_free_cpus: float) -> Any:
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new console output ignores verbose=0
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # a trial stopped in its first round
+    import ray
+
+    trained = [s for s in search.scored if s.config.kind != "frozen" and s.train_info.get("history")]
+    if not trained:
+        return None
+    base_scored = max(trained, key=lambda s: s.val_accuracy)
+    base: CandidateConfig = replace(base_scored.config, flip_tta=False)
+    epoch_s = statistics.median(float(h["seconds"]) for h in base_scored.train_info["history"])
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=None if address else search.config.threads,
+                 include_dashboard=False, log_to_driver=False)
+    # The winner is retrained at least as long as the recipe it competes with was: that time is kept back.
+    retrain_s = RETRAIN_MARGIN * base_scored.seconds + search.estimate_finish_s(base)
+    plan = plan_trials(search.remaining() - retrain_s, epoch_s, base.train.epochs,
+                       float(ray.available_resources().get("CPU", 0.0)), max(1, search.config.threads),
+                       keep_free_cpus)
+    if plan is None:
+        search.tuning = {"base": base.name, "trials": 0, "skipped": "not enough time left",
+                         "seconds_for_trials": round(search.remaining() - retrain_s, 1)}
+        search.progress("Not enough time left to compare other training settings")
+        return None
+    search.progress(f"Trying {plan.trials} other training settings ({plan.epochs} rounds each)")
+    started = time.monotonic()
+    rows = _run_trials(search, base, plan)
+    furthest = max((int(m.get("epoch") or 0) for _, m in rows), default=0)
+    finished = [(c, m) for c, m in rows if int(m.get("epoch") or 0) == furthest]  # compared at the same round
+    summary: dict[str, Any] = {
+        "base": base.name, "trials": len(rows), "epochs": plan.epochs,
+        "seconds": round(time.monotonic() - started, 1), "trial_cpus": plan.trial_cpus,
+        "concurrent": plan.concurrent, "winner": None,
+        "results": [{**{k: float(v) for k, v in c.items()}, "val_accuracy": m.get("val_accuracy"),
+                     "rounds": m.get("epoch")} for c, m in rows],
+    }
+    search.tuning = summary
+    log.info("hyper-parameter search: %s", summary)
+    if furthest < 2 or search.reporter.cancelled():
+        return None
+    # max() keeps the first of equals, and the recipe itself was the first trial: a tie keeps it
+    winner = {k: float(v) for k, v in max(finished, key=lambda cm: float(cm[1]["val_accuracy"]))[0].items()}
+    summary["winner"] = winner
+    if winner == _recipe(base.train):
+        search.progress("The current training settings did best; keeping them")
+        return None
+    config = replace(base, train=replace(base.train, lr=winner["lr"], weight_decay=winner["weight_decay"],
+                                         label_smoothing=winner["label_smoothing"], tuned=True))
+    scored = search.run_trained(config, search.estimate_finish_s(config))
+    if scored is None:
+        search.progress("No time left to retrain with the better settings found")
+        return None
+    scored.train_info["tuning"] = summary
+    return scored
+
+
+def _run_trials(search: Any, base: CandidateConfig, plan: TrialPlan) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Run the trials; (recipe, last reported metrics) of each."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from pigeonhole.learn.tune_stopper import CANCEL_CHECKS, CancelStopper
+
+    setup = {"base": base, "epochs": plan.epochs, "threads": plan.threads, "seed": search.config.seed,
+             "niceness": os.nice(0), "classes": len(search.classes), "start": search.probe_classifier(base),
+             "weights_dir": str(search.config.weights_dir) if search.config.weights_dir else None,
+             "end_wall": time.time() + plan.seconds}
+    trainable = tune.with_parameters(
+        _trial, setup=setup, xt=search.training_pixels(base), yt=np.asarray(search.y("train")),
+        xv=search.pixel_fn(base)(search.keys("val")), yv=np.asarray(search.y("val")),
+    )
+    if plan.trial_cpus > 0:
+        resources: dict[str, float] = {"cpu": plan.trial_cpus}
+    else:  # the job's own CPUs: pinned to its node, one trial at a time
+        resources = {"cpu": 0, _node_resource(ray): 0.001}
+    root = Path(search.config.cache_dir or Path.cwd()).resolve() / "ray_tune"
+    name = f"tune-{search.config.job_id or 'local'}-{int(time.time() * 1000)}"
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        param_space=_space(base.train),
+        tune_config=tune.TuneConfig(
+            metric="val_accuracy", mode="max", num_samples=plan.trials, time_budget_s=plan.seconds,
+            reuse_actors=True,
+            search_alg=BasicVariantGenerator(points_to_evaluate=[_recipe(base.train)],
+                                             max_concurrent=plan.concurrent, random_state=search.config.seed),
+            scheduler=ASHAScheduler(max_t=plan.epochs, grace_period=1, reduction_factor=2, time_attr="epoch"),
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=str(root), verbose=0, stop=CancelStopper(name)),
+    )
+    CANCEL_CHECKS[name] = search.reporter.cancelled
+    try:
+        results = tuner.fit()
+        return [(r.config, r.metrics or {}) for r in results if r.config]
+    finally:
+        CANCEL_CHECKS.pop(name, None)
+        shutil.rmtree(root / name, ignore_errors=True)

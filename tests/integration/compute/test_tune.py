@@ -40,6 +40,7 @@ def _digits(n_train: int, n_val: int, n_test: int) -> tuple[TrainingSet, Mapping
 def _training_job(workdir: str) -> dict[str, Any]:
     """What the training job does on its worker (minus the blob store): the search, its Tune stage included.
     The ladder's small CNN gets a poor learning rate here, so a better recipe exists to be found."""
+    import threading  # imported here: the task travels by value, and its nested class's globals do not
     from pathlib import Path
 
     from pigeonhole.learn import search as search_module
@@ -58,6 +59,14 @@ def _training_job(workdir: str) -> dict[str, Any]:
     stages: list[str] = []
 
     class Reporter(NullReporter):
+        """Holds a lock, as the job's context does: nothing of it may travel to the trials."""
+
+        lock = threading.Lock()
+
+        def cancelled(self) -> bool:
+            with self.lock:
+                return False
+
         def progress(self, fraction: float, stage: str, eta_s: float | None, metrics: dict[str, Any]) -> None:
             if " round " not in stage and (not stages or not stages[-1].endswith(stage)):
                 stages.append(f"{time.monotonic() - started:.1f}s {stage}")

@@ -48,3 +48,31 @@ def test_the_plan_fits_its_time(seconds: float) -> None:
     assert plan is not None
     cost = plan.epochs * epoch_s + (plan.trials - 1) * asha_rounds(plan.epochs) * epoch_s
     assert cost <= seconds
+
+
+def test_the_cancel_stopper_travels_without_the_jobs_objects() -> None:
+    """Tune pickles its run configuration; the job's cancel check holds locks, so only a key travels."""
+    import pickle
+    import threading
+
+    from ray import cloudpickle
+
+    from pigeonhole.learn.tune_stopper import CANCEL_CHECKS, CancelStopper
+
+    lock = threading.Lock()
+    cancelled = {"now": False}
+
+    def check() -> bool:
+        with lock:
+            return cancelled["now"]
+
+    stopper = CancelStopper("search-1")
+    CANCEL_CHECKS["search-1"] = check
+    try:
+        copy = pickle.loads(cloudpickle.dumps(stopper))
+        assert not copy.stop_all() and not copy("trial", {})
+        cancelled["now"] = True
+        assert copy.stop_all()
+    finally:
+        CANCEL_CHECKS.pop("search-1")
+    assert not copy.stop_all()  # the search is over: nothing to stop
