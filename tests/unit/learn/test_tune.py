@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import pytest
 
-from pigeonhole.learn.tune import MAX_TRIALS, MIN_TRIAL_ROUNDS, MIN_TRIALS, asha_rounds, plan_trials
+from pigeonhole.learn.tune import (
+    MAX_TRIALS,
+    MIN_TRIAL_ROUNDS,
+    MIN_TRIAL_STEPS,
+    MIN_TRIALS,
+    REDUCTION,
+    TRIAL_OVERHEAD_S,
+    TRIAL_ROUND_MARGIN,
+    later_trial_rounds,
+    plan_trials,
+)
 
 
-def test_asha_rounds_counts_the_halving() -> None:
-    assert asha_rounds(1) == 1
-    assert asha_rounds(2) == 1 + 0.5
-    assert asha_rounds(8) == 1 + 0.5 + 0.25 * 2 + 0.125 * 4
-    assert asha_rounds(6) == 1 + 0.5 + 0.25 * 2 + 0.125 * 2  # the last rung is max_t itself
+def test_a_later_trial_costs_its_first_round_and_a_share_of_the_rest() -> None:
+    assert later_trial_rounds(1) == 1
+    assert later_trial_rounds(1 + 3 * REDUCTION) == 4
 
 
 def test_on_one_small_machine_trials_run_one_at_a_time_on_the_jobs_own_cpus() -> None:
@@ -32,22 +40,24 @@ def test_a_cluster_with_spare_cpus_runs_trials_side_by_side() -> None:
 
 def test_trials_get_shorter_before_they_get_fewer_and_none_below_the_minimum() -> None:
     assert plan_trials(300.0, 1.0, 60, free_cpus=1.0, threads=2).epochs == 60  # type: ignore[union-attr]
-    halved = plan_trials(60.0, 1.0, 60, free_cpus=1.0, threads=2)  # one full-length trial alone would not fit
+    halved = plan_trials(100.0, 1.0, 60, free_cpus=1.0, threads=2)  # four full-length trials would not fit
     assert halved is not None and halved.epochs == 30 and halved.trials >= MIN_TRIALS
     assert plan_trials(20.0, 1.0, 60, free_cpus=1.0, threads=2) is None  # not even 4 trials of 8 rounds fit
     short = plan_trials(300.0, 1.0, 3, free_cpus=1.0, threads=2)
     assert short is not None and short.epochs == 3  # never longer than the recipe being tuned
     assert MIN_TRIAL_ROUNDS == 8
+    few_steps = plan_trials(150.0, 1.0, 60, free_cpus=1.0, threads=2, steps_per_round=2)
+    assert few_steps is not None and few_steps.epochs == MIN_TRIAL_STEPS // 2  # 50 rounds of 2 steps, not 30
 
 
 @pytest.mark.parametrize("seconds", [60.0, 120.0, 600.0])
 def test_the_plan_fits_its_time(seconds: float) -> None:
     """The first trial runs to the end, the later ones what ASHA allows on average."""
-    epoch_s = 0.5
-    plan = plan_trials(seconds, epoch_s, 30, free_cpus=1.0, threads=2)
+    round_s = 0.5
+    plan = plan_trials(seconds, round_s, 30, free_cpus=1.0, threads=2)
     assert plan is not None
-    cost = plan.epochs * epoch_s + (plan.trials - 1) * asha_rounds(plan.epochs) * epoch_s
-    assert cost <= seconds
+    rounds = plan.epochs + (plan.trials - 1) * later_trial_rounds(plan.epochs)
+    assert rounds * round_s * TRIAL_ROUND_MARGIN + plan.trials * TRIAL_OVERHEAD_S <= seconds
 
 
 def test_the_cancel_stopper_travels_without_the_jobs_objects() -> None:
