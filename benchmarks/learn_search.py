@@ -36,23 +36,23 @@ DEFAULT_BUDGETS = {"hymenoptera": 60.0, "flowers5": 600.0, "mnist": 600.0}
 HELD_OUT = {"hymenoptera": "val.zip", "flowers5": "test.zip"}
 
 
-def _zip_images(path: Path, split: str, blobs: dict, out: list, per_class: int | None) -> None:
+def _zip_images(path: Path, split: str, blobs: dict, out: list, per_class: int | None, skip: int = 0) -> None:
     taken: dict[str, int] = {}
     with zipfile.ZipFile(path) as zf:
         for name in sorted(zf.namelist()):
             if name.endswith("/") or "/" not in name:
                 continue
             label = name.split("/")[0]
-            if per_class is not None and taken.get(label, 0) >= per_class:
+            taken[label] = taken.get(label, 0) + 1
+            if taken[label] <= skip or (per_class is not None and taken[label] > skip + per_class):
                 continue
             data = zf.read(name)
             key = sha256_bytes(data)
             blobs[key] = data
             out.append(TrainingImage(key, label, split, len(data)))
-            taken[label] = taken.get(label, 0) + 1
 
 
-def _mnist(split: str, prefix: str, blobs: dict, out: list, per_class: int | None) -> None:
+def _mnist(split: str, prefix: str, blobs: dict, out: list, per_class: int | None, skip: int = 0) -> None:
     from PIL import Image
 
     root = DATASETS / "mnist"
@@ -63,7 +63,8 @@ def _mnist(split: str, prefix: str, blobs: dict, out: list, per_class: int | Non
         labels = np.frombuffer(fh.read(), dtype=np.uint8, offset=8)
     taken: dict[int, int] = {}
     for img, lab in zip(images, labels, strict=True):
-        if per_class is not None and taken.get(int(lab), 0) >= per_class:
+        taken[int(lab)] = taken.get(int(lab), 0) + 1
+        if taken[int(lab)] <= skip or (per_class is not None and taken[int(lab)] > skip + per_class):
             continue
         buf = io.BytesIO()
         Image.fromarray(img, mode="L").save(buf, "PNG")
@@ -71,17 +72,16 @@ def _mnist(split: str, prefix: str, blobs: dict, out: list, per_class: int | Non
         key = sha256_bytes(data)
         blobs[key] = data
         out.append(TrainingImage(key, str(int(lab)), split, len(data)))
-        taken[int(lab)] = taken.get(int(lab), 0) + 1
 
 
-def load(name: str, subset: int | None) -> tuple[TrainingSet, MappingSource]:
+def load(name: str, subset: int | None, skip: int = 0) -> tuple[TrainingSet, MappingSource]:
     blobs: dict[str, bytes] = {}
     images: list[TrainingImage] = []
     if name == "mnist":
-        _mnist("train", "train", blobs, images, subset)
+        _mnist("train", "train", blobs, images, subset, skip)
         _mnist("test", "t10k", blobs, images, None if subset is None else max(subset // 4, 10))
     else:
-        _zip_images(DATASETS / name / "train.zip", "train", blobs, images, subset)
+        _zip_images(DATASETS / name / "train.zip", "train", blobs, images, subset, skip)
         _zip_images(DATASETS / name / HELD_OUT[name], "test", blobs, images, None)
     # duplicate files (same bytes) keep their first label, like the dataset service's dedup
     seen: set[str] = set()
@@ -124,6 +124,8 @@ def main() -> None:
     parser.add_argument("--preference", default="balanced", choices=["fast", "balanced", "accurate"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subset", type=int, default=None, help="training images per class")
+    parser.add_argument("--skip", type=int, default=0,
+                        help="leave out the first N training images of each class (a set disjoint from --subset N)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: a fresh temporary folder")
     parser.add_argument("--memory", type=Path, default=None, help="JSON model memory file to read and extend")
@@ -136,7 +138,7 @@ def main() -> None:
         budgets[key] = float(value)
     memory = ModelMemory(JsonMemoryStore(args.memory)) if args.memory else None
     for name in args.datasets:
-        ts, source = load(name, args.subset)
+        ts, source = load(name, args.subset, args.skip)
         with tempfile.TemporaryDirectory() as tmp:
             cache = args.cache_dir or Path(tmp) / "cache"
             config = SearchConfig(

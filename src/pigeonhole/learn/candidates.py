@@ -55,6 +55,9 @@ class TrainParams:
     # The learning rate, weight decay and label smoothing came from the hyper-parameter search (learn.tune):
     # part of the name, so the leaderboard tells it from the recipe it started from.
     tuned: bool = False
+    # At most this many rounds (0: as many as the budget allows). Set when the model memory says how many
+    # rounds reached the target on a similar dataset: a plan that fills the budget would finish no sooner.
+    max_epochs: int = 0
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,10 @@ class CandidateRecord:
     seconds: float
     chosen: bool = False
     met_target: bool = False
+    # Trained candidates: validation accuracy after each round and the rounds planned, so that a later
+    # search with a target can plan only as many rounds as reached it here (see Suggestion.rounds_for).
+    round_val_accuracy: list[float] = field(default_factory=list)
+    rounds_planned: int = 0
 
 
 @dataclass
@@ -163,6 +167,23 @@ class Suggestion:
     distance: float
     val_accuracy: float
     seconds: float
+    round_val_accuracy: tuple[float, ...] = ()
+    rounds_planned: int = 0
+
+    def rounds_for(self, target: float) -> int | None:
+        """Rounds of training that reached ``target`` on validation when this configuration won, or None
+        when it did not reach it (or was not trained).
+
+        The first round whose validation accuracy met the target; else all the rounds planned when the
+        finished candidate met it (its head on the trained features scores above the network's own
+        classifier). A plan of that many rounds decays its learning rate by then, so it ends at least
+        as well trained as that round was in the longer plan."""
+        if self.rounds_planned <= 0 or self.val_accuracy < target:
+            return None
+        for i, acc in enumerate(self.round_val_accuracy):
+            if acc >= target:
+                return i + 1
+        return self.rounds_planned
 
 
 class ModelMemory:
@@ -188,7 +209,8 @@ class ModelMemory:
             if ident in seen:
                 continue
             seen.add(ident)
-            out.append(Suggestion(win.config, dist, win.val_accuracy, win.seconds))
+            out.append(Suggestion(win.config, dist, win.val_accuracy, win.seconds,
+                                  tuple(win.round_val_accuracy), win.rounds_planned))
             if len(out) >= k:
                 break
         return out

@@ -563,6 +563,8 @@ class _Search:
         if self.plan_epochs(step_s, n_train, params.batch_size, train_budget) < 2:
             return None
         epochs = self.plan_epochs(step_s, n_train, params.batch_size, train_budget, up=True)
+        if params.max_epochs:  # the model memory knows how many rounds were enough
+            epochs = min(epochs, params.max_epochs)
         params = replace(params, epochs=epochs)
         config = replace(config, train=params)
         train_pixels = self.training_pixels(config)
@@ -833,6 +835,8 @@ class _Search:
                 if self.target_met() and cfg.preference != "accurate":
                     stop_reason = "target_met"
                     break
+                if config.train.max_epochs:
+                    tried.discard(ident)  # the remembered rounds were not enough here: the ladder may train it fully
                 if self.current is not None and self.current.val_accuracy >= 1.0 and cfg.preference != "fast" \
                         and not _probe(self.current):
                     stop_reason = "plateau"  # nothing can beat a perfect validation score (a probe's: see _probe)
@@ -884,7 +888,12 @@ class _Search:
                 continue
             if (spec.architecture in ("pixels", "smallcnn")) != small and config.kind != "scratch":
                 continue
-            out.append(replace(config, optional=False))
+            # The rounds remembered as enough for this target, when one is given and reaching it ends the search.
+            target = self.config.target_accuracy
+            rounds = suggestion.rounds_for(target) if target is not None and self.config.preference != "accurate" \
+                else None
+            train = replace(config.train, epochs=0, max_epochs=max(2, rounds) if rounds else 0)
+            out.append(replace(config, optional=False, train=train))
         return out
 
     def save_memory(self, memory: ModelMemory, traits: DatasetTraits) -> None:
@@ -895,7 +904,10 @@ class _Search:
             candidates=[
                 CandidateRecord(config=s.config.to_dict(), name=s.config.name, val_accuracy=s.val_accuracy,
                                 mflops=s.mflops, latency_ms=None, seconds=s.seconds, chosen=s is chosen,
-                                met_target=target is not None and s.val_accuracy >= target)
+                                met_target=target is not None and s.val_accuracy >= target,
+                                round_val_accuracy=[round(float(h["val_accuracy"]), 5)
+                                                    for h in s.train_info.get("history", [])],
+                                rounds_planned=int(s.train_info.get("epochs_planned", 0)))
                 for s in self.scored
             ],
             target_accuracy=target, preference=self.config.preference, budget_s=self.config.time_budget_s,
@@ -905,7 +917,7 @@ class _Search:
 
 def _identity(config: CandidateConfig) -> str:
     """Configs differing only in the epoch plan are the same candidate."""
-    return json.dumps(replace(config, train=replace(config.train, epochs=0)).to_dict(), sort_keys=True)
+    return json.dumps(replace(config, train=replace(config.train, epochs=0, max_epochs=0)).to_dict(), sort_keys=True)
 
 
 def _slug(name: str) -> str:

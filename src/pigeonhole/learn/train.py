@@ -357,6 +357,8 @@ def train_extractor(
             # early and left the rest of the budget unused (flowers5: 10 rounds done at 323 s of 480).
             fit = 1 + (deadline - time.monotonic()) / max(time.monotonic() - t0, 1e-6)
             more = quantize_epochs(fit, up=True)
+            if params.max_epochs:
+                more = min(more, params.max_epochs)
             if more > params.epochs:
                 params = replace(params, epochs=more)
                 total = params.epochs * steps_per_epoch

@@ -69,3 +69,25 @@ def test_compute_traits() -> None:
     assert traits.median_side == 28 and traits.classes == 3 and traits.images_per_class == 20
     assert traits.pixel_mean == 1.0 and traits.pixel_std == 0.0 and abs(traits.grey_fraction - 2 / 3) < 1e-9
     assert ModelMemory(InMemoryStore()).suggest(traits) == []
+
+
+def test_rounds_for_a_target_come_from_the_winners_rounds() -> None:
+    from pigeonhole.learn.memory import Suggestion
+
+    trained = Suggestion({"kind": "scratch"}, 0.1, 0.95, 100.0, (0.5, 0.8, 0.91, 0.93, 0.94), 12)
+    assert trained.rounds_for(0.9) == 3  # the first round that reached it
+    assert trained.rounds_for(0.95) == 12  # only the finished candidate (head on its features) reached it: all
+    assert trained.rounds_for(0.96) is None  # never reached: nothing to plan by
+    assert Suggestion({"kind": "frozen"}, 0.1, 0.99, 5.0).rounds_for(0.9) is None  # not trained
+
+
+def test_rounds_survive_the_json_store(tmp_path: Path) -> None:
+    record = _record(DIGITS, "smallcnn_l", "scratch")
+    record.candidates[1].round_val_accuracy = [0.7, 0.85, 0.9]
+    record.candidates[1].rounds_planned = 10
+    JsonMemoryStore(tmp_path / "m.json").append(record)
+    old = {"config": {"kind": "frozen"}, "name": "x", "val_accuracy": 0.5, "mflops": 1, "latency_ms": None,
+           "seconds": 1}
+    assert CandidateRecord(**old).rounds_planned == 0  # records written before rounds were kept still load
+    suggestion = ModelMemory(JsonMemoryStore(tmp_path / "m.json")).suggest(DIGITS)[0]
+    assert suggestion.rounds_for(0.85) == 2 and suggestion.rounds_planned == 10

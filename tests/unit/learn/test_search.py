@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from pigeonhole.learn.data import MappingSource, TrainingImage, TrainingSet, sha
 from pigeonhole.learn.export import INPUT_NAME, open_session
 from pigeonhole.learn.head import RidgeHead
 from pigeonhole.learn.memory import InMemoryStore, ModelMemory
-from pigeonhole.learn.search import CandidateResult, SearchConfig, run_search, select
+from pigeonhole.learn.search import CandidateResult, NullReporter, SearchConfig, _Search, run_search, select
 
 
 def flower_set(flowers, train: int = 12, val: int = 6, test: int = 6) -> tuple[TrainingSet, MappingSource]:
@@ -140,23 +141,10 @@ def test_a_budget_too_small_still_yields_a_first_model(small_flowers, shared_wei
 
 
 def test_small_grey_images_route_to_small_cnn(mnist, tmp_path) -> None:
-    from io import BytesIO
-
-    from PIL import Image
-
-    images, labels = mnist
-    blobs: dict[str, bytes] = {}
-    items: list[TrainingImage] = []
-    for i, (img, lab) in enumerate(zip(images[:400], labels[:400], strict=True)):
-        buf = BytesIO()
-        Image.fromarray(img, mode="L").save(buf, "PNG")
-        key = sha256_bytes(buf.getvalue())
-        blobs[key] = buf.getvalue()
-        items.append(TrainingImage(key, str(lab), "test" if i >= 320 else "train"))
-    ts = TrainingSet(tuple(items))
+    ts, source = _digits_set(mnist)
     memory = ModelMemory(InMemoryStore())
     config = SearchConfig(time_budget_s=30, cache_dir=tmp_path / "cache", output_dir=tmp_path / "out")
-    result = run_search(ts, MappingSource(blobs), config, Recorder(), memory=memory)
+    result = run_search(ts, source, config, Recorder(), memory=memory)
     names = [row["name"] for row in result.leaderboard]
     assert names[0].startswith("pixels_l@28/frozen"), names  # no pretrained weights needed
     assert any(n.startswith("smallcnn_l@28/scratch") for n in names), names
@@ -294,3 +282,57 @@ def test_fine_tuning_starts_from_a_linear_probe(small_flowers, shared_weights, t
     with pytest.raises(InterruptedError):
         search.run_trained(replace(config, train=replace(config.train, start_from_probe=False)), 0.0)
     assert calls[1]["classifier_start"] is None
+
+
+def _digits_set(mnist, n: int = 400, test_from: int = 320) -> tuple[TrainingSet, MappingSource]:
+    from io import BytesIO
+
+    from PIL import Image
+
+    images, labels = mnist
+    blobs: dict[str, bytes] = {}
+    items: list[TrainingImage] = []
+    for i, (img, lab) in enumerate(zip(images[:n], labels[:n], strict=True)):
+        buf = BytesIO()
+        Image.fromarray(img, mode="L").save(buf, "PNG")
+        key = sha256_bytes(buf.getvalue())
+        blobs[key] = buf.getvalue()
+        items.append(TrainingImage(key, str(lab), "test" if i >= test_from else "train"))
+    return TrainingSet(tuple(items)), MappingSource(blobs)
+
+
+def test_remembered_rounds_plan_the_training_and_a_shortfall_trains_in_full(mnist, tmp_path) -> None:
+    """With a target, a remembered trained winner is planned for the rounds that reached the target before
+    (a plan filling the budget would finish no sooner); when that falls short here, the ladder trains it
+    again with the whole budget."""
+    from pigeonhole.learn.candidates import CandidateConfig
+    from pigeonhole.learn.memory import CandidateRecord, SearchRecord
+
+    ts, source = _digits_set(mnist)
+    ladder = _Search(ts, source, SearchConfig(), NullReporter(), None, None).ladder(True, True, 28)
+    cnn = next(c for c in ladder if c.kind == "scratch")
+    memory = ModelMemory(InMemoryStore())
+    seen = run_search(ts, source, SearchConfig(time_budget_s=1, cache_dir=tmp_path / "c0"), Recorder(),
+                      memory=memory)  # only the probe: the traits this data has
+    past = SearchRecord(
+        traits=memory.store.load()[0].traits,
+        candidates=[CandidateRecord(config=replace(cnn, train=replace(cnn.train, epochs=20)).to_dict(),
+                                    name="cnn", val_accuracy=0.999, mflops=5, latency_ms=None, seconds=60,
+                                    chosen=True, round_val_accuracy=[0.5, 0.99, 0.999], rounds_planned=20)],
+        target_accuracy=0.99, preference="balanced", budget_s=600, seconds=200,
+    )
+    memory = ModelMemory(InMemoryStore())
+    memory.record(past)
+    config = SearchConfig(time_budget_s=25, target_accuracy=0.995, cache_dir=tmp_path / "c1", output_dir=tmp_path / "o")
+    result = run_search(ts, source, config, Recorder(), memory=memory)
+    trained = [row for row in result.leaderboard if row["config"]["kind"] == "scratch"]
+    assert seen.leaderboard and len(trained) >= 2, [row["name"] for row in result.leaderboard]
+    remembered, full = trained[0], trained[1]
+    assert remembered["config"]["train"]["max_epochs"] == 3 and remembered["config"]["train"]["epochs"] == 3
+    assert full["config"]["train"]["max_epochs"] == 0 and full["config"]["train"]["epochs"] > 3
+    assert isinstance(CandidateConfig.from_dict(full["config"]), CandidateConfig)
+    # what this search saw is remembered round by round for the next one
+    record = memory.store.load()[-1]
+    rounds = [c for c in record.candidates if c.config["kind"] == "scratch"]
+    assert rounds[0].rounds_planned == 3 and len(rounds[0].round_val_accuracy) == 3
+    assert rounds[1].rounds_planned == full["config"]["train"]["epochs"]
