@@ -52,6 +52,10 @@ def serve(host: str | None, port: int | None, data_dir: str | None, log_level: s
     With --certfile and --keyfile it serves HTTPS itself; behind a reverse proxy that terminates HTTPS,
     set PIGEONHOLE_TRUSTED_PROXIES to the proxy's address instead (see docs/deployment.md).
     """
+    settings = _settings(host=host, port=port, data_dir=data_dir, tls_certfile=certfile, tls_keyfile=keyfile,
+                         api_workers=workers)
+    tls = _tls_files(settings)  # before the app's imports (3-4 s): a wrong file is told at once
+
     import uvicorn
 
     from pigeonhole.api.app import create_app
@@ -60,9 +64,6 @@ def serve(host: str | None, port: int | None, data_dir: str | None, log_level: s
     from pigeonhole.db.migrate import upgrade
     from pigeonhole.logs import uvicorn_log_config
 
-    settings = _settings(host=host, port=port, data_dir=data_dir, tls_certfile=certfile, tls_keyfile=keyfile,
-                         api_workers=workers)
-    tls = _tls_files(settings)
     engine = create_db_engine(settings.resolved_database_url)
     upgrade(engine)
     with create_session_factory(engine)() as db:
@@ -194,8 +195,8 @@ def create_admin(email: str, password_stdin: bool) -> None:
     The password is asked for interactively, read from standard input with --password-stdin,
     or taken from PIGEONHOLE_ADMIN_PASSWORD.
     """
-    from pigeonhole.api.app import passwords_from
     from pigeonhole.auth import repository as repo
+    from pigeonhole.auth.passwords import passwords_from
     from pigeonhole.auth.service import AuthService
     from pigeonhole.db.engine import create_db_engine, create_session_factory
     from pigeonhole.db.migrate import upgrade

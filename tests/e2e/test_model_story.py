@@ -94,12 +94,12 @@ def test_from_sign_up_to_a_grown_model(server: str, browser, shots: Path, photos
     shot("03-wizard-check")
     page.get_by_role("button", name="Next: how to train").click()
 
-    # 4. How accurate, how long, what matters: fast, a minute at most.
+    # 4. How accurate, how long, what matters: fast, half a minute at most.
     expect(page.get_by_label("How long can it train?")).to_have_value("600")  # the balanced default
     page.get_by_label("Fast").check()
     expect(page.get_by_label("How long can it train?")).to_have_value("120")
     page.get_by_label("How accurate does it need to be?").select_option("0.9")
-    page.get_by_label("How long can it train?").select_option("60")
+    page.get_by_label("How long can it train?").select_option("30")
     shot("04-wizard-train")
     page.get_by_role("button", name="Train", exact=True).click()
 

@@ -107,7 +107,7 @@ def test_model_commands_from_folder_to_export(server: LiveServer, cli, tmp_path:
         for i in range(8):
             (root / label / f"{i}.png").write_bytes(grey_png(level, seed + i))
     env = {"PIGEONHOLE_URL": server.base, "PIGEONHOLE_TOKEN": server.signup_token("models@example.com")}
-    trained = cli("model", "train", str(root), "--name", "shades", "--budget", "30", "--preference", "fast",
+    trained = cli("model", "train", str(root), "--name", "shades", "--budget", "10", "--preference", "fast",
                   "--json", extra_env=env)
     assert trained.returncode == 0, trained.stderr
     model = json.loads(trained.stdout)["model"]

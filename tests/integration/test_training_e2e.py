@@ -58,7 +58,7 @@ def test_train_predict_export_and_grow(server: LiveServer, tmp_path: Path) -> No
     with Client(server.base, server.signup_token()) as pgh:
         dataset = pgh.create_dataset("insects")
         assert pgh.upload_folder(dataset["id"], photos).accepted == 36
-        model = pgh.create_model("insects", dataset["id"], classes=["ants", "bees"], time_budget_s=40,
+        model = pgh.create_model("insects", dataset["id"], classes=["ants", "bees"], time_budget_s=20,
                                  preference="fast")
         pressed = time.monotonic()
         job = pgh.wait_for_job(model["job_id"], poll_s=1, timeout_s=240)

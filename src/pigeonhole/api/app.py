@@ -18,7 +18,7 @@ from pigeonhole.api.middleware import Observability, RequestLimits, SecurityHead
 from pigeonhole.api.ops import router as ops_router
 from pigeonhole.api.schemas import ERROR_RESPONSES
 from pigeonhole.api.web import install_web
-from pigeonhole.auth.passwords import Passwords
+from pigeonhole.auth.passwords import passwords_from
 from pigeonhole.auth.routes import router as auth_router
 from pigeonhole.auth.routes import tokens_router
 from pigeonhole.auth.token_cache import TokenCache
@@ -45,11 +45,6 @@ def operation_id(route: APIRoute) -> str:
     """Stable, readable operation ids (``tokens-create_token``) for the generated TypeScript client."""
     tag = route.tags[0] if route.tags else "default"
     return f"{tag}-{route.name}"
-
-
-def passwords_from(settings: Settings) -> Passwords:
-    return Passwords(time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib,
-                     parallelism=settings.argon2_parallelism)
 
 
 def create_app(settings: Settings | None = None, *, migrate: bool = True) -> FastAPI:
