@@ -24,6 +24,7 @@ from pigeonhole.storage.blobs import BlobStore
 from tests.integration.live_server import start_live_server
 
 pytestmark = pytest.mark.slow
+IMAGES = 800  # enough that the kill, after 100 are stored, lands mid-upload
 
 
 def _archive(path: Path, images: int) -> None:
@@ -38,7 +39,7 @@ def _archive(path: Path, images: int) -> None:
 def test_kill_during_upload_leaves_consistent_data(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     archive = tmp_path / "big.zip"
-    _archive(archive, 1500)
+    _archive(archive, IMAGES)
     server = start_live_server(data_dir)
     token = server.signup_token()
     headers = {"Authorization": f"Bearer {token}"}
@@ -65,7 +66,7 @@ def test_kill_during_upload_leaves_consistent_data(tmp_path: Path) -> None:
 
     with engine.connect() as connection:
         stored = connection.exec_driver_sql("SELECT count(*) FROM images").scalar()
-    assert 100 <= stored < 1500
+    assert 100 <= stored < IMAGES
     findings = check(create_session_factory(engine), BlobStore(str(data_dir / "blobs")), fix=False, grace_s=3600)
     assert findings.healthy, findings.lines()  # every recorded image has its complete file
     engine.dispose()
@@ -75,8 +76,8 @@ def test_kill_during_upload_leaves_consistent_data(tmp_path: Path) -> None:
         with archive.open("rb") as f:
             result = httpx.post(f"{again.base}/api/v1/datasets/{dataset}/uploads", headers=headers, timeout=300,
                                 files={"files": ("big.zip", f, "application/zip")}).json()
-        assert result["accepted"] + result["duplicates"] == 1500 and result["duplicates"] == stored
+        assert result["accepted"] + result["duplicates"] == IMAGES and result["duplicates"] == stored
         detail = httpx.get(f"{again.base}/api/v1/datasets/{dataset}", headers=headers).json()
-        assert detail["image_count"] == 1500
+        assert detail["image_count"] == IMAGES
     finally:
         again.stop()
