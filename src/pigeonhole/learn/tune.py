@@ -192,7 +192,9 @@ def _tune(search: Any, address: str | None, keep_free_cpus: float) -> Any:
     if not trained:
         return None
     base_scored = max(trained, key=lambda s: s.val_accuracy)
-    base: CandidateConfig = replace(base_scored.config, flip_tta=False)
+    # Rounds the model memory capped the base at (TrainParams.max_epochs) fell short here: trials plan their own.
+    base: CandidateConfig = replace(base_scored.config, flip_tta=False,
+                                    train=replace(base_scored.config.train, max_epochs=0))
     epoch_s = statistics.median(float(h["seconds"]) for h in base_scored.train_info["history"])
     if not ray.is_initialized():
         ray.init(address=address, num_cpus=None if address else search.config.threads,
