@@ -3,19 +3,17 @@ job does: Ray Tune trials with ASHA, then the winning recipe retrained and score
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import replace
 from typing import Any
 
 import pytest
 import ray
-from PIL import Image
 
-from pigeonhole.learn.data import MappingSource, TrainingImage, TrainingSet, sha256_bytes
+from pigeonhole.learn.data import MappingSource, TrainingSet
 from pigeonhole.learn.search import NullReporter, SearchConfig, run_search
 from pigeonhole.learn.tune import MIN_TRIALS, ray_asha_tuner
-from tests.unit.learn.conftest import datasets_dir, read_mnist
+from tests.unit.learn.conftest import datasets_dir, digit_set, read_mnist
 
 pytestmark = pytest.mark.slow
 BUDGET_S = 100.0  # the trials need about 45 s after the base (15-20 s) with the retrain kept back (about 20 s)
@@ -24,16 +22,7 @@ POOR_LR = 6e-4  # a fifth of what the ladder uses for a small CNN: the search sh
 
 def _digits(n_train: int, n_val: int, n_test: int) -> tuple[TrainingSet, MappingSource]:
     images, labels = read_mnist("train", n_train + n_val + n_test)
-    blobs: dict[str, bytes] = {}
-    items: list[TrainingImage] = []
-    for i, (pixels, label) in enumerate(zip(images, labels, strict=True)):
-        buf = io.BytesIO()
-        Image.fromarray(pixels, mode="L").save(buf, "PNG")
-        key = sha256_bytes(buf.getvalue())
-        blobs[key] = buf.getvalue()
-        split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
-        items.append(TrainingImage(key, str(label), split, len(buf.getvalue())))
-    return TrainingSet(tuple(items)), MappingSource(blobs)
+    return digit_set(images, labels, lambda i: "train" if i < n_train else "val" if i < n_train + n_val else "test")
 
 
 @ray.remote(num_cpus=1, max_retries=0)

@@ -12,6 +12,7 @@ import gzip
 import os
 import random
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,25 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 FLOWERS = ("daisy", "dandelion", "rose", "sunflower", "tulip")
+
+
+def digit_set(images: np.ndarray, labels: np.ndarray, split_of: Callable[[int], str]):
+    """MNIST digits as PNG files of a training set (split of the i-th digit: ``split_of(i)``), as uploaded."""
+    import io
+
+    from PIL import Image
+
+    from pigeonhole.learn.data import MappingSource, TrainingImage, TrainingSet, sha256_bytes
+
+    blobs: dict[str, bytes] = {}
+    items: list[TrainingImage] = []
+    for i, (pixels, label) in enumerate(zip(images, labels, strict=True)):
+        buf = io.BytesIO()
+        Image.fromarray(pixels, mode="L").save(buf, "PNG")
+        key = sha256_bytes(buf.getvalue())
+        blobs[key] = buf.getvalue()
+        items.append(TrainingImage(key, str(label), split_of(i), len(buf.getvalue())))
+    return TrainingSet(tuple(items)), MappingSource(blobs)
 
 
 def weights_dir() -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.unit.learn.conftest import digit_set
 
 from pigeonhole.learn.artifacts import CARD_FILE, HEAD_FILE, MODEL_FILE
 from pigeonhole.learn.data import MappingSource, TrainingImage, TrainingSet, sha256_bytes
@@ -285,20 +286,8 @@ def test_fine_tuning_starts_from_a_linear_probe(small_flowers, shared_weights, t
 
 
 def _digits_set(mnist, n: int = 400, test_from: int = 320) -> tuple[TrainingSet, MappingSource]:
-    from io import BytesIO
-
-    from PIL import Image
-
     images, labels = mnist
-    blobs: dict[str, bytes] = {}
-    items: list[TrainingImage] = []
-    for i, (img, lab) in enumerate(zip(images[:n], labels[:n], strict=True)):
-        buf = BytesIO()
-        Image.fromarray(img, mode="L").save(buf, "PNG")
-        key = sha256_bytes(buf.getvalue())
-        blobs[key] = buf.getvalue()
-        items.append(TrainingImage(key, str(lab), "test" if i >= test_from else "train"))
-    return TrainingSet(tuple(items)), MappingSource(blobs)
+    return digit_set(images[:n], labels[:n], lambda i: "test" if i >= test_from else "train")
 
 
 def test_remembered_rounds_plan_the_training_and_a_shortfall_trains_in_full(mnist, tmp_path) -> None:
