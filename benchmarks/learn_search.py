@@ -36,7 +36,18 @@ DEFAULT_BUDGETS = {"hymenoptera": 60.0, "flowers5": 600.0, "mnist": 600.0}
 HELD_OUT = {"hymenoptera": "val.zip", "flowers5": "test.zip"}
 
 
-def _zip_images(path: Path, split: str, blobs: dict, out: list, per_class: int | None, skip: int = 0) -> None:
+def _shrink(data: bytes, side: int) -> bytes:
+    """The image as a ``side`` x ``side`` PNG: a stand-in for small colour sets (CIFAR-like) built from photos."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").resize((side, side), Image.BILINEAR, reducing_gap=2.0).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _zip_images(
+    path: Path, split: str, blobs: dict, out: list, per_class: int | None, skip: int = 0, side: int = 0
+) -> None:
     taken: dict[str, int] = {}
     with zipfile.ZipFile(path) as zf:
         for name in sorted(zf.namelist()):
@@ -47,6 +58,8 @@ def _zip_images(path: Path, split: str, blobs: dict, out: list, per_class: int |
             if taken[label] <= skip or (per_class is not None and taken[label] > skip + per_class):
                 continue
             data = zf.read(name)
+            if side:
+                data = _shrink(data, side)
             key = sha256_bytes(data)
             blobs[key] = data
             out.append(TrainingImage(key, label, split, len(data)))
@@ -74,15 +87,15 @@ def _mnist(split: str, prefix: str, blobs: dict, out: list, per_class: int | Non
         out.append(TrainingImage(key, str(int(lab)), split, len(data)))
 
 
-def load(name: str, subset: int | None, skip: int = 0) -> tuple[TrainingSet, MappingSource]:
+def load(name: str, subset: int | None, skip: int = 0, side: int = 0) -> tuple[TrainingSet, MappingSource]:
     blobs: dict[str, bytes] = {}
     images: list[TrainingImage] = []
     if name == "mnist":
         _mnist("train", "train", blobs, images, subset, skip)
         _mnist("test", "t10k", blobs, images, None if subset is None else max(subset // 4, 10))
     else:
-        _zip_images(DATASETS / name / "train.zip", "train", blobs, images, subset, skip)
-        _zip_images(DATASETS / name / HELD_OUT[name], "test", blobs, images, None)
+        _zip_images(DATASETS / name / "train.zip", "train", blobs, images, subset, skip, side)
+        _zip_images(DATASETS / name / HELD_OUT[name], "test", blobs, images, None, side=side)
     # duplicate files (same bytes) keep their first label, like the dataset service's dedup
     seen: set[str] = set()
     unique = []
@@ -126,6 +139,8 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=None, help="training images per class")
     parser.add_argument("--skip", type=int, default=0,
                         help="leave out the first N training images of each class (a set disjoint from --subset N)")
+    parser.add_argument("--side", type=int, default=0,
+                        help="shrink every photo to N x N px first (a small colour set like CIFAR's 32 px)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: a fresh temporary folder")
     parser.add_argument("--memory", type=Path, default=None, help="JSON model memory file to read and extend")
@@ -138,7 +153,7 @@ def main() -> None:
         budgets[key] = float(value)
     memory = ModelMemory(JsonMemoryStore(args.memory)) if args.memory else None
     for name in args.datasets:
-        ts, source = load(name, args.subset, args.skip)
+        ts, source = load(name, args.subset, args.skip, args.side)
         with tempfile.TemporaryDirectory() as tmp:
             cache = args.cache_dir or Path(tmp) / "cache"
             config = SearchConfig(

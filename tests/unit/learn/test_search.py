@@ -155,6 +155,49 @@ def test_small_grey_images_route_to_small_cnn(mnist, tmp_path) -> None:
     assert record.traits.grey_fraction == 1.0 and record.traits.median_side == 28
 
 
+def _shrunk(ts: TrainingSet, source: MappingSource, side: int) -> tuple[TrainingSet, MappingSource]:
+    """The same photos at ``side`` x ``side`` px: a small colour set, like CIFAR's."""
+    import io
+
+    from PIL import Image
+
+    blobs: dict[str, bytes] = {}
+    images = []
+    for img in ts.images:
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(source.open(img.key))).convert("RGB").resize((side, side)).save(buf, "PNG")
+        key = sha256_bytes(buf.getvalue())
+        blobs[key] = buf.getvalue()
+        images.append(TrainingImage(key, img.label, img.split, len(buf.getvalue())))
+    return TrainingSet(tuple(images)), MappingSource(blobs)
+
+
+@pytest.mark.parametrize("transfers", [True, False])
+def test_small_colour_photos_fine_tune_a_pretrained_network_first(
+    small_flowers, shared_weights, tmp_path, monkeypatch, transfers: bool
+) -> None:
+    """On small colour images the pretrained network is fine-tuned before a CNN is trained from scratch (each
+    fills the budget); where its frozen features score no better than raw pixels, the CNN goes first."""
+    import pigeonhole.learn.search as search_module
+
+    trained: list[str] = []
+    monkeypatch.setattr(search_module._Search, "run_trained",
+                        lambda self, config, reserve: trained.append(config.kind))  # None: "did not fit"
+    if not transfers:
+        real_fit_head = search_module._Search.fit_head
+
+        def pretrained_no_better(self, train_f, *args, **kw):
+            head, acc, n = real_fit_head(self, train_f, *args, **kw)
+            return head, (0.0 if train_f.shape[1] == 1280 else acc), n  # MobileNetV2 features: no better
+
+        monkeypatch.setattr(search_module._Search, "fit_head", pretrained_no_better)
+    ts, source = _shrunk(*small_flowers, 32)
+    result = run_search(ts, source, _config(tmp_path, shared_weights, time_budget_s=60.0), Recorder())
+    names = [row["name"] for row in result.leaderboard]
+    assert names[0].startswith("pixels_rgb@32/frozen") and names[1] == "mobilenet_v2@128/frozen", names
+    assert trained == (["finetune", "scratch"] if transfers else ["scratch", "finetune"])
+
+
 def test_selection_rule() -> None:
     from types import SimpleNamespace
 
