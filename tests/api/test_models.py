@@ -65,7 +65,7 @@ def test_versions_activate_rollback_and_export(app, alice: Account, model_id: st
     assert [(v["v"], v["active"]) for v in versions] == [(2, True), (1, False)]
     one = alice.client.get(f"/api/v1/models/{model_id}/versions/1").json()
     assert one["input"] == {"height": 28, "width": 28, "layout": "NCHW", "dtype": "uint8", "color": "L",
-                            "mean": one["input"]["mean"], "std": one["input"]["std"]}
+                            "mean": one["input"]["mean"], "std": one["input"]["std"], "crop": "resize"}
     assert alice.client.post(f"/api/v1/models/{model_id}/versions/1/activate").json()["active_version"] == 1
     assert alice.client.post(f"/api/v1/models/{model_id}/versions/9/activate").status_code == 404
     exported = alice.client.get(f"/api/v1/models/{model_id}/versions/1/export", params={"format": "onnx"})

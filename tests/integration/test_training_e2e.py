@@ -68,6 +68,8 @@ def test_train_predict_export_and_grow(server: LiveServer, tmp_path: Path) -> No
         version = pgh.get_version(model["id"], current["active_version"])
         assert 0 <= version["metrics"]["accuracy"] <= 1 and "confusion" in str(version["metrics"]).lower()
         assert version["input"]["dtype"] == "uint8" and version["size_bytes"] > 0
+        # how an image becomes the input, as the chosen candidate was trained and the exported file records it
+        assert version["input"]["crop"] == version["lineage"]["candidate"]["config"]["crop"]
         assert time.monotonic() - pressed < 200
 
         probe = sorted((photos / "bees").iterdir())[:3] + sorted((photos / "ants").iterdir())[:3]
@@ -75,6 +77,7 @@ def test_train_predict_export_and_grow(server: LiveServer, tmp_path: Path) -> No
         exported = tmp_path / "insects.onnx"
         pgh.export_model(model["id"], current["active_version"], exported)
         local = load_model(exported.read_bytes())
+        assert local.crop == version["input"]["crop"]
         probs = local.run(np.stack([pixels_for(local, p.read_bytes(), ImageLimits()) for p in probe]))
         for row, prediction in zip(probs, answer["predictions"], strict=True):
             by_label = {t["label"]: t["confidence"] for t in prediction["top"]}
@@ -86,4 +89,6 @@ def test_train_predict_export_and_grow(server: LiveServer, tmp_path: Path) -> No
         seconds = time.monotonic() - started
         assert grown["status"] == "succeeded", grown
         assert pgh.get_model(model["id"])["classes"] == [*version["classes"], "daisy"]
+        bigger = pgh.get_model(model["id"])["active_version"]
+        assert pgh.get_version(model["id"], bigger)["input"] == version["input"]
         print(f"\nfirst training: {job['result']}\nadded a class in {seconds:.1f} s")

@@ -191,7 +191,7 @@ class ExpandHandler(JobHandler):
         model = db.get(Model, job.params["model_id"])
         if model is None:
             return
-        spec = {k: v for k, v in result["input"].items() if k != "crop"}
+        spec = dict(result["input"])
         base = repo.version(db, model.id, int(job.params["base_version"]))
         source = source_of(base) if base is not None else int(job.params["base_version"])
         rename = job.params.get("rename") or {}

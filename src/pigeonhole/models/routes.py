@@ -109,7 +109,8 @@ def version_public(row: ModelVersion, model: Model) -> VersionPublic:
                          lineage=row.lineage, created_at=row.created_at, active=row.v == model.active_version,
                          input=InputSpecPublic(height=spec["height"], width=spec["width"], layout=spec.get("layout",
                                                "NCHW"), dtype=spec.get("dtype", "uint8"), color=spec["color"],
-                                               mean=spec.get("mean"), std=spec.get("std")))
+                                               mean=spec.get("mean"), std=spec.get("std"),
+                                               crop=spec.get("crop", "center_crop")))
 
 
 def _public(service: ModelService, model: Model) -> ModelPublic:

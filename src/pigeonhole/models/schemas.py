@@ -44,6 +44,11 @@ class InputSpecPublic(BaseModel):
     color: str
     mean: list[float] | None = None
     std: list[float] | None = None
+    crop: Literal["center_crop", "resize"] = Field(
+        default="center_crop",
+        description="how an image becomes height x width before it goes in (copy it when running the exported "
+                    "file elsewhere): center_crop = shorter side to round(height / 0.875), then the centre square; "
+                    "resize = the whole image squeezed to the square (small images)")
 
 
 class VersionPublic(BaseModel):

@@ -1156,6 +1156,13 @@ export interface components {
             mean?: number[] | null;
             /** Std */
             std?: number[] | null;
+            /**
+             * Crop
+             * @description how an image becomes height x width before it goes in (copy it when running the exported file elsewhere): center_crop = shorter side to round(height / 0.875), then the centre square; resize = the whole image squeezed to the square (small images)
+             * @default center_crop
+             * @enum {string}
+             */
+            crop: "center_crop" | "resize";
         };
         /** JobAdmin */
         JobAdmin: {
