@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATASETS = SHARED / "datasets"
 WEIGHTS = SHARED / "weights"
+
+
+def shrink(data: bytes, side: int) -> bytes:
+    """The image as a ``side`` x ``side`` PNG: a stand-in for small colour sets (CIFAR-like) built from photos."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").resize((side, side), Image.BILINEAR, reducing_gap=2.0).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def zip_images(path: Path, per_class: int | None = None) -> dict[str, list[tuple[str, bytes]]]:

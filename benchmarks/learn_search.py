@@ -26,6 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _data import shrink  # noqa: E402
+
 from pigeonhole.learn.data import MappingSource, TrainingImage, TrainingSet, sha256_bytes  # noqa: E402
 from pigeonhole.learn.memory import JsonMemoryStore, ModelMemory  # noqa: E402
 from pigeonhole.learn.search import CandidateResult, SearchConfig, run_search  # noqa: E402
@@ -34,15 +36,6 @@ DATASETS = Path(os.environ.get("PIGEONHOLE_DATASETS_DIR") or ROOT.parent / "shar
 WEIGHTS = Path(os.environ.get("PIGEONHOLE_WEIGHTS_DIR") or ROOT.parent / "shared" / "weights")
 DEFAULT_BUDGETS = {"hymenoptera": 60.0, "flowers5": 600.0, "mnist": 600.0}
 HELD_OUT = {"hymenoptera": "val.zip", "flowers5": "test.zip"}
-
-
-def _shrink(data: bytes, side: int) -> bytes:
-    """The image as a ``side`` x ``side`` PNG: a stand-in for small colour sets (CIFAR-like) built from photos."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.open(io.BytesIO(data)).convert("RGB").resize((side, side), Image.BILINEAR, reducing_gap=2.0).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def _zip_images(
@@ -59,7 +52,7 @@ def _zip_images(
                 continue
             data = zf.read(name)
             if side:
-                data = _shrink(data, side)
+                data = shrink(data, side)
             key = sha256_bytes(data)
             blobs[key] = data
             out.append(TrainingImage(key, label, split, len(data)))

@@ -4,7 +4,7 @@ Prints one line per dataset: time to the first served version, total wall time, 
 calling the prediction API on the held-out split), chosen candidate, model size and latency.
 
     .venv/bin/python benchmarks/train.py [--datasets hymenoptera,flowers5,mnist] [--budget 600]
-        [--mnist-train 60000]
+        [--mnist-train 60000] [--side 32]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import DATASETS, WEIGHTS, mnist, write_folder, zip_images  # noqa: E402
+from _data import DATASETS, WEIGHTS, mnist, shrink, write_folder, zip_images  # noqa: E402
 from _server import start_server  # noqa: E402
 
 from pigeonhole.client import Client  # noqa: E402
@@ -27,11 +27,14 @@ SPLITS = {
 }
 
 
-def load(name: str, mnist_train: int) -> tuple[dict, dict]:
+def load(name: str, mnist_train: int, side: int = 0) -> tuple[dict, dict]:
     if name == "mnist":
         return mnist("train", mnist_train), mnist("test")
-    train, test = SPLITS[name]
-    return zip_images(DATASETS / name / train), zip_images(DATASETS / name / test)
+    train, test = (zip_images(DATASETS / name / split) for split in SPLITS[name])
+    if side:  # a small colour set (CIFAR-like) made of the same photos
+        train, test = ({label: [(f"{Path(n).stem}.png", shrink(data, side)) for n, data in files]
+                        for label, files in split.items()} for split in (train, test))
+    return train, test
 
 
 def accuracy(pgh: Client, model_id: str, test: dict[str, list[tuple[str, bytes]]]) -> float:
@@ -45,8 +48,8 @@ def accuracy(pgh: Client, model_id: str, test: dict[str, list[tuple[str, bytes]]
     return right / len(items)
 
 
-def run(pgh: Client, name: str, budget: int, mnist_train: int, preference: str) -> str:
-    train, test = load(name, mnist_train)
+def run(pgh: Client, name: str, budget: int, mnist_train: int, preference: str, side: int = 0) -> str:
+    train, test = load(name, mnist_train, side)
     with tempfile.TemporaryDirectory() as tmp:
         dataset = pgh.create_dataset(name)
         started = time.monotonic()
@@ -82,12 +85,14 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=600)
     parser.add_argument("--mnist-train", type=int, default=60_000)
     parser.add_argument("--preference", default="balanced")
+    parser.add_argument("--side", type=int, default=0,
+                        help="shrink every photo to N x N px first (a small colour set like CIFAR's 32 px)")
     args = parser.parse_args()
     server = start_server({"PIGEONHOLE_WEIGHTS_DIR": str(WEIGHTS)})
     try:
         with Client(server.base, server.token, timeout_s=600) as pgh:
             for name in args.datasets.split(","):
-                print(run(pgh, name, args.budget, args.mnist_train, args.preference), flush=True)
+                print(run(pgh, name, args.budget, args.mnist_train, args.preference, args.side), flush=True)
     finally:
         server.stop()
 

@@ -130,5 +130,14 @@ def test_model_commands_from_folder_to_export(server: LiveServer, cli, tmp_path:
     exported = tmp_path / "shades.onnx"
     assert cli("model", "export", model["id"], str(exported), extra_env=env).returncode == 0
     assert exported.stat().st_size > 0
+    # 28 px images are squeezed whole, not cropped: the version says so, as the exported file does
+    from pigeonhole.client import Client
+    from pigeonhole.learn.export import read_input_spec
+
+    with Client(server.base, env["PIGEONHOLE_TOKEN"]) as pgh:
+        trained_first = pgh.get_version(model["id"], 1)  # from the training job
+        grown = pgh.get_version(model["id"], pgh.get_model(model["id"])["active_version"])  # from class changes
+    assert trained_first["input"]["crop"] == grown["input"]["crop"] == "resize"
+    assert read_input_spec(exported.read_bytes())["crop"] == "resize"
     missing = cli("model", "predict", model["id"], str(tmp_path / "nope.png"), extra_env=env)
     assert missing.returncode == 4
