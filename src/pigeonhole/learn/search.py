@@ -617,7 +617,9 @@ class _Search:
         return Scored(config, acc, config.mflops(), time.monotonic() - t, built, head, info, val_features=feats["val"],
                       members=members_list, evaluated_on=measured)
 
-    def probe_classifier(self, config: CandidateConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    def probe_classifier(
+        self, config: CandidateConfig, *, announce: bool = True
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """The classifier layer fine-tuning starts from (None: a random one, as for networks trained from
         scratch or with ``start_from_probe`` off): a linear probe of the frozen extractor, i.e. a ridge
         head on its features of the serving view, with scores divided by the temperature fitted on
@@ -627,14 +629,16 @@ class _Search:
         gradients reshape the pretrained features to fit noise. flowers5, one training run each way
         (MobileNetV2 160 px, 13 rounds): rounds 9-13 scored 81.1 % on average on the test folder from a
         random start and 82.2 % from the probe, each of the five above the other's mean. The frozen
-        candidates have usually cached these features; the head solve takes about a second.
+        candidates have usually cached these features; the head solve takes about a second. ``announce``:
+        say so in the progress (not when the Tune stage only hands the start to its trials).
         """
         if config.kind != "finetune" or not config.train.start_from_probe:
             return None
         frozen = CandidateConfig("frozen", config.extractor, config.size, config.crop)
         spec = frozen.spec
         built = build_stack(frozen, [(spec, build_extractor(spec, self.catalog), member_key(spec, self.catalog))])
-        self.progress(f"Preparing to fine-tune ({_plain(config)})")
+        if announce:
+            self.progress(f"Preparing to fine-tune ({_plain(config)})")
         feats = self.train_val_features(built, frozen)
         # Raw features (no L2 normalisation, no random features): the layer it seeds sees raw features.
         head = self.fit_head(feats["train"], feats["val"], 0, l2_normalize=False)[0]

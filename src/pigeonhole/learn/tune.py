@@ -250,8 +250,9 @@ def _run_trials(search: Any, base: CandidateConfig, plan: TrialPlan) -> list[tup
 
     from pigeonhole.learn.tune_stopper import CANCEL_CHECKS, CancelStopper
 
+    start = search.probe_classifier(base, announce=False)  # the trials start where the base started
     setup = {"base": base, "epochs": plan.epochs, "threads": plan.threads, "seed": search.config.seed,
-             "niceness": os.nice(0), "classes": len(search.classes), "start": search.probe_classifier(base),
+             "niceness": os.nice(0), "classes": len(search.classes), "start": start,
              "weights_dir": str(search.config.weights_dir) if search.config.weights_dir else None,
              "end_wall": time.time() + plan.seconds}
     trainable = tune.with_parameters(
