@@ -273,3 +273,80 @@ def test_classifier_export_matches_head(catalog, flowers, flower_features) -> No
         feats = extractor(torch.from_numpy(pixels)).numpy()
     np.testing.assert_allclose(got, head.predict_proba(feats), atol=2e-4)
     np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
+
+
+def _rare_class_blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three overlapping classes of 200, 200 and 8 rows (a rare class among common ones)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1, 2], [200, 200, 8])
+    return rng.normal(size=(len(y), 16)) + 1.6 * np.eye(3, 16)[y], y
+
+
+@pytest.mark.parametrize("dense_after", [None, 0], ids=["dual", "primal"])
+def test_a_rare_class_is_weighted_up_exactly(dense_after: int | None) -> None:
+    """A class below two thirds of the median size counts as if it had that many rows: the solve is the
+    textbook ridge with those sample weights, in both forms, and adding/removing rows stays exact."""
+    x, y = _rare_class_blobs()
+    labels = [str(c) for c in y]
+    head = RidgeHead(16, HeadConfig(l2_normalize=False), dense_after=dense_after)
+    head.add(x, labels)
+    alpha = 0.3
+    head.solve(alpha)
+    weight = np.where(y == 2, 200 / 1.5 / 8, 1.0)  # median 200 / 1.5 rows' worth
+    total = weight.sum()
+    mu = weight @ x / total
+    sd = np.sqrt(weight @ (x - mu) ** 2 / total)
+    z = (x - mu) / sd
+    onehot = np.eye(3)[y]
+    prior = weight @ onehot / total
+    wz = np.linalg.solve((z.T * weight) @ z / total + alpha * np.eye(16), (z.T * weight) @ (onehot - prior) / total)
+    assert _rel(head.weights, wz / sd[:, None]) < 1e-6
+    assert _rel(head.bias, prior - mu @ (wz / sd[:, None])) < 1e-6
+    # statistics stay unweighted: taking rows out and back in gives the same head
+    grown = RidgeHead(16, HeadConfig(l2_normalize=False), dense_after=dense_after)
+    grown.add(x[:300], labels[:300])
+    grown.add(x[300:], labels[300:])
+    grown.remove_images(x[:5], labels[:5])
+    grown.add(x[:5], labels[:5])
+    grown.solve(alpha)
+    assert _rel(grown.weights, head.weights) < 1e-6 and _rel(grown.bias, head.bias) < 1e-6
+
+
+def test_a_rare_class_is_predicted(monkeypatch) -> None:
+    """Without the weights the 8-row class is almost never the answer; with them it is found."""
+    import pigeonhole.learn.head as head_module
+
+    x, y = _rare_class_blobs()
+    xt, yt = _rare_class_blobs(seed=1)
+    recall = {}
+    for name, ratio in (("unweighted", 1e12), ("weighted", head_module.RARE_RATIO)):
+        monkeypatch.setattr(head_module, "RARE_RATIO", ratio)
+        head = RidgeHead(16, HeadConfig(l2_normalize=False))
+        head.add(x, [str(c) for c in y])
+        head.solve(1.0)
+        predicted = np.array([int(head.classes[i]) for i in head.scores(xt).argmax(1)])
+        recall[name] = float((predicted[yt == 2] == 2).mean())
+    assert recall["unweighted"] <= 0.25 and recall["weighted"] >= 0.6, recall
+
+
+def test_left_out_scores_with_a_rare_class_equal_weighted_refits() -> None:
+    """The left-out scores use the class weights too: for a fixed standardisation each equals the weighted
+    ridge refit without that row."""
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1, 2], [40, 40, 4])
+    x = rng.normal(size=(len(y), 10)) + 2.0 * np.eye(3, 10)[y]
+    alpha = 0.5
+    scores = next(iter(left_out_scores(x, y, 3, (alpha,))))
+    weight = np.where(y == 2, 40 / 1.5 / 4, 1.0)
+    total = weight.sum()
+    mu = weight @ x / total
+    sd = np.sqrt(weight @ (x - mu) ** 2 / total)
+    z = (x - mu) / (sd * np.sqrt(total))
+    onehot = np.eye(3)[y]
+    for i in (0, 41, 80, 83):
+        rest = np.arange(len(y)) != i
+        w = weight[rest]
+        zm, ym = w @ z[rest] / w.sum(), w @ onehot[rest] / w.sum()
+        zc, yc = z[rest] - zm, onehot[rest] - ym
+        coef = np.linalg.solve((zc.T * w) @ zc + alpha * np.eye(10), (zc.T * w) @ yc)
+        np.testing.assert_allclose(scores[i], (z[i] - zm) @ coef + ym, atol=1e-8)
