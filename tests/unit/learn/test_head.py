@@ -284,7 +284,7 @@ def _rare_class_blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("dense_after", [None, 0], ids=["dual", "primal"])
 def test_a_rare_class_is_weighted_up_exactly(dense_after: int | None) -> None:
-    """A class below two thirds of the median size counts as if it had that many rows: the solve is the
+    """A class below two thirds of the median size counts as if it had the median's rows: the solve is the
     textbook ridge with those sample weights, in both forms, and adding/removing rows stays exact."""
     x, y = _rare_class_blobs()
     labels = [str(c) for c in y]
@@ -292,7 +292,7 @@ def test_a_rare_class_is_weighted_up_exactly(dense_after: int | None) -> None:
     head.add(x, labels)
     alpha = 0.3
     head.solve(alpha)
-    weight = np.where(y == 2, 200 / 1.5 / 8, 1.0)  # median 200 / 1.5 rows' worth
+    weight = np.where(y == 2, 200 / 8, 1.0)  # the median's 200 rows' worth
     total = weight.sum()
     mu = weight @ x / total
     sd = np.sqrt(weight @ (x - mu) ** 2 / total)
@@ -337,7 +337,7 @@ def test_left_out_scores_with_a_rare_class_equal_weighted_refits() -> None:
     x = rng.normal(size=(len(y), 10)) + 2.0 * np.eye(3, 10)[y]
     alpha = 0.5
     scores = next(iter(left_out_scores(x, y, 3, (alpha,))))
-    weight = np.where(y == 2, 40 / 1.5 / 4, 1.0)
+    weight = np.where(y == 2, 40 / 4, 1.0)
     total = weight.sum()
     mu = weight @ x / total
     sd = np.sqrt(weight @ (x - mu) ** 2 / total)
@@ -350,3 +350,14 @@ def test_left_out_scores_with_a_rare_class_equal_weighted_refits() -> None:
         zc, yc = z[rest] - zm, onehot[rest] - ym
         coef = np.linalg.solve((zc.T * w) @ zc + alpha * np.eye(10), (zc.T * w) @ yc)
         np.testing.assert_allclose(scores[i], (z[i] - zm) @ coef + ym, atol=1e-8)
+
+
+def test_class_weights_only_for_a_rare_class() -> None:
+    """Sets whose classes are within 1.5x below the median solve unweighted (flowers5's train folder: 587-842);
+    once one class is rarer, every class below the median counts as the median's size."""
+    from pigeonhole.learn.head import class_weights
+
+    np.testing.assert_array_equal(class_weights(np.array([613, 842, 627, 587, 784])), np.ones(5))
+    np.testing.assert_array_equal(class_weights(np.array([121, 124])), np.ones(2))
+    np.testing.assert_allclose(class_weights(np.array([200, 200, 8, 0])), [1, 1, 25, 1])
+    np.testing.assert_allclose(class_weights(np.array([500, 300, 400, 40])), [1, 350 / 300, 1, 350 / 40])
