@@ -153,13 +153,11 @@ def make_card(
     leaderboard: list[dict[str, Any]],
     lineage: dict[str, Any],
 ) -> dict[str, Any]:
-    spec = input_spec.as_dict()
-    spec.pop("crop", None)
     return {
         "format": CARD_FORMAT,
         "classes": list(classes),
-        "input": {**spec, "resize": input_spec.crop,
-                  "note": "uint8 pixels after the resize policy; normalisation is inside the model"},
+        "input": {**input_spec.as_dict(),
+                  "note": "uint8 pixels after the crop policy; normalisation is inside the model"},
         "outputs": {"probabilities": "calibrated, columns in 'classes' order", "features": "extractor output"},
         "unknown_threshold": float(head.threshold),
         "head": {"alpha": head.alpha, "temperature": head.temperature, "feature_dim": head.input_dim,

@@ -162,8 +162,7 @@ class TrainHandler(JobHandler):
             return
         keys = event["keys"]
         spec = {k: v for k, v in event["input"].items() if k in ("height", "width", "layout", "dtype", "color",
-                                                                 "mean", "std")}
-        spec["crop"] = event["input"].get("resize", "center_crop")  # the model card calls the policy "resize"
+                                                                 "mean", "std", "crop")}
         drift.training_version_recorded(model)
         # A retrain's result serves only if it beats the active version; a first training's always does.
         settle_version(db, model, load_settings(), guarded=job.kind == "retrain", classes=event["classes"],
