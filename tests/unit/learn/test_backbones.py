@@ -18,6 +18,8 @@ from pigeonhole.learn.backbones import (
     build_extractor,
     extractor_key,
     get_spec,
+    split_after_stem,
+    stem_modules,
     unavailable_reason,
 )
 from pigeonhole.learn.preprocess import Normalize, images_to_batch
@@ -109,3 +111,23 @@ def test_small_cnn_on_mnist(mnist) -> None:
     with torch.no_grad():
         feats = model(torch.from_numpy(images[:8, None]))
     assert feats.shape == (8, spec.feature_dim)
+
+
+@pytest.mark.parametrize("extractor_id", ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "squeezenet1_0"])
+def test_the_stem_and_the_rest_compute_the_whole_network(extractor_id: str) -> None:
+    """Fine-tuning runs a frozen stem apart from the rest (in ONNX Runtime): the two must be the network."""
+    spec = get_spec(extractor_id, 64)
+    torch.manual_seed(0)
+    body = build_architecture(spec).eval()
+    split = split_after_stem(spec, body)
+    assert split is not None
+    stem, rest = split
+    assert list(stem) == stem_modules(spec, body)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(rest(stem(x)), body(x), rtol=0, atol=0)
+
+
+def test_a_network_whose_stem_is_no_prefix_is_not_split() -> None:
+    spec = get_spec("resnet18", 64)
+    assert stem_modules(spec, build_architecture(spec)) and split_after_stem(spec, build_architecture(spec)) is None

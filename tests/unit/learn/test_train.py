@@ -145,6 +145,40 @@ def test_a_frozen_stem_stays_as_it_was_and_the_rest_learns() -> None:
     assert all(p.is_contiguous() for p in outcome.body.parameters())
 
 
+def test_a_frozen_stem_runs_in_onnx_runtime_and_trains_the_same_network(monkeypatch) -> None:
+    """The frozen stem is run by ONNX Runtime at every training and validation step; the network that comes
+    back computes what the same training with the stem in PyTorch gives (to float rounding)."""
+    import pigeonhole.learn.train as train
+
+    spec = get_spec("mobilenet_v2", 32)
+    torch.manual_seed(0)
+    body = build_architecture(spec).eval()
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (32, 3, 37, 37), dtype=np.uint8)
+    labels = np.arange(32) % 3
+    val = np.ascontiguousarray(pixels[:8, :, 2:34, 2:34])
+    params = TrainParams(epochs=2, lr=1e-3, batch_size=8, augment="photo", freeze_stem=True, bf16=False)
+    calls = []
+    real_call = train._OnnxStem.__call__
+    monkeypatch.setattr(train._OnnxStem, "__call__", lambda self, x: calls.append(len(x)) or real_call(self, x))
+
+    def run():
+        return train_extractor(
+            spec, copy.deepcopy(body), spec.feature_dim, 3, params, pixels, labels, val, labels[:8], input_size=32,
+            seed=0, deadline=float("inf"), pretrained=True,
+        ).body
+
+    onnx_body = run()
+    assert calls.count(8) == 2 * 4 + 2  # every training batch of both rounds, and each round's validation
+    monkeypatch.setattr(train, "split_after_stem", lambda spec, body: None)
+    eager_body = run()
+    assert len(calls) == 10  # no more
+    x = torch.from_numpy(val).float()
+    with torch.no_grad():
+        torch.testing.assert_close(onnx_body(x), eager_body(x), rtol=1e-3, atol=1e-4)
+        assert not torch.allclose(onnx_body(x), body(x), atol=1e-3)  # and it did train
+
+
 def test_the_first_round_replans_a_cautious_plan_to_fill_the_time(mnist, monkeypatch) -> None:
     """A plan of 2 rounds where the first round shows 5.5 fit: the plan grows to the next plan step (6), the
     rate decays by the deadline, and the last round the deadline cuts past its middle is still measured."""
