@@ -39,7 +39,8 @@ HELD_OUT = {"hymenoptera": "val.zip", "flowers5": "test.zip"}
 
 
 def _zip_images(
-    path: Path, split: str, blobs: dict, out: list, per_class: int | None, skip: int = 0, side: int = 0
+    path: Path, split: str, blobs: dict, out: list, per_class: int | None, skip: int = 0, side: int = 0,
+    caps: dict[str, int] | None = None,
 ) -> None:
     taken: dict[str, int] = {}
     with zipfile.ZipFile(path) as zf:
@@ -49,6 +50,8 @@ def _zip_images(
             label = name.split("/")[0]
             taken[label] = taken.get(label, 0) + 1
             if taken[label] <= skip or (per_class is not None and taken[label] > skip + per_class):
+                continue
+            if caps and label in caps and taken[label] > skip + caps[label]:
                 continue
             data = zf.read(name)
             if side:
@@ -80,14 +83,16 @@ def _mnist(split: str, prefix: str, blobs: dict, out: list, per_class: int | Non
         out.append(TrainingImage(key, str(int(lab)), split, len(data)))
 
 
-def load(name: str, subset: int | None, skip: int = 0, side: int = 0) -> tuple[TrainingSet, MappingSource]:
+def load(
+    name: str, subset: int | None, skip: int = 0, side: int = 0, caps: dict[str, int] | None = None
+) -> tuple[TrainingSet, MappingSource]:
     blobs: dict[str, bytes] = {}
     images: list[TrainingImage] = []
     if name == "mnist":
         _mnist("train", "train", blobs, images, subset, skip)
         _mnist("test", "t10k", blobs, images, None if subset is None else max(subset // 4, 10))
     else:
-        _zip_images(DATASETS / name / "train.zip", "train", blobs, images, subset, skip, side)
+        _zip_images(DATASETS / name / "train.zip", "train", blobs, images, subset, skip, side, caps)
         _zip_images(DATASETS / name / HELD_OUT[name], "test", blobs, images, None, side=side)
     # duplicate files (same bytes) keep their first label, like the dataset service's dedup
     seen: set[str] = set()
@@ -134,6 +139,8 @@ def main() -> None:
                         help="leave out the first N training images of each class (a set disjoint from --subset N)")
     parser.add_argument("--side", type=int, default=0,
                         help="shrink every photo to N x N px first (a small colour set like CIFAR's 32 px)")
+    parser.add_argument("--cap", action="append", default=[],
+                        help="CLASS=N: keep only N training images of that class (a rare class; repeatable)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: a fresh temporary folder")
     parser.add_argument("--memory", type=Path, default=None, help="JSON model memory file to read and extend")
@@ -144,9 +151,10 @@ def main() -> None:
     for item in args.budget:
         key, _, value = item.partition("=")
         budgets[key] = float(value)
+    caps = {k: int(v) for k, _, v in (item.partition("=") for item in args.cap)}
     memory = ModelMemory(JsonMemoryStore(args.memory)) if args.memory else None
     for name in args.datasets:
-        ts, source = load(name, args.subset, args.skip, args.side)
+        ts, source = load(name, args.subset, args.skip, args.side, caps)
         with tempfile.TemporaryDirectory() as tmp:
             cache = args.cache_dir or Path(tmp) / "cache"
             config = SearchConfig(
@@ -173,6 +181,9 @@ def main() -> None:
             f"stop {result.stop_reason} | {len(result.leaderboard)} candidates | train images {n_train}",
             flush=True,
         )
+        for label in caps:
+            recall = m["per_class"]["classes"][label]["recall"]
+            print(f"  {label}: recall {recall:.4f} on the held-out images", flush=True)
         if args.json:
             print(json.dumps([{k: v for k, v in row.items() if k != "config"} for row in result.leaderboard]))
 

@@ -4,12 +4,13 @@ Prints one line per dataset: time to the first served version, total wall time, 
 calling the prediction API on the held-out split), chosen candidate, model size and latency.
 
     .venv/bin/python benchmarks/train.py [--datasets hymenoptera,flowers5,mnist] [--budget 600]
-        [--mnist-train 60000] [--side 32]
+        [--mnist-train 60000] [--side 32] [--dump DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -48,7 +49,9 @@ def accuracy(pgh: Client, model_id: str, test: dict[str, list[tuple[str, bytes]]
     return right / len(items)
 
 
-def run(pgh: Client, name: str, budget: int, mnist_train: int, preference: str, side: int = 0) -> str:
+def run(
+    pgh: Client, name: str, budget: int, mnist_train: int, preference: str, side: int = 0, dump: Path | None = None
+) -> str:
     train, test = load(name, mnist_train, side)
     with tempfile.TemporaryDirectory() as tmp:
         dataset = pgh.create_dataset(name)
@@ -70,6 +73,9 @@ def run(pgh: Client, name: str, budget: int, mnist_train: int, preference: str, 
     if final["active_version"] is None:
         return f"train: {name}: no model ({job['status']}: {job.get('error')})"
     version = pgh.get_version(model["id"], final["active_version"])
+    if dump is not None:  # the whole job and version, for the details (rounds, sizes timed, leaderboard)
+        dump.mkdir(parents=True, exist_ok=True)
+        (dump / f"{name}-{model['id']}.json").write_text(json.dumps({"job": job, "version": version}, indent=1))
     acc = accuracy(pgh, model["id"], test)
     candidate = (version["lineage"].get("candidate") or {})
     chosen = candidate.get("name") if isinstance(candidate, dict) else candidate
@@ -87,12 +93,13 @@ def main() -> None:
     parser.add_argument("--preference", default="balanced")
     parser.add_argument("--side", type=int, default=0,
                         help="shrink every photo to N x N px first (a small colour set like CIFAR's 32 px)")
+    parser.add_argument("--dump", type=Path, default=None, help="write each job and version as JSON here")
     args = parser.parse_args()
     server = start_server({"PIGEONHOLE_WEIGHTS_DIR": str(WEIGHTS)})
     try:
         with Client(server.base, server.token, timeout_s=600) as pgh:
             for name in args.datasets.split(","):
-                print(run(pgh, name, args.budget, args.mnist_train, args.preference, args.side), flush=True)
+                print(run(pgh, name, args.budget, args.mnist_train, args.preference, args.side, args.dump), flush=True)
     finally:
         server.stop()
 
