@@ -31,6 +31,15 @@ def _train_digits(mnist, params: TrainParams, n_train: int, n_val: int, deadline
     )
 
 
+def _tiny_photo_net(n: int):
+    """A randomly initialised MobileNetV2 at 32 px and ``n`` noise 'photos' of 37 px in 3 classes."""
+    spec = get_spec("mobilenet_v2", 32)
+    torch.manual_seed(0)
+    body = build_architecture(spec).eval()
+    pixels = np.random.default_rng(0).integers(0, 256, (n, 3, 37, 37), dtype=np.uint8)
+    return spec, body, pixels, np.arange(n) % 3
+
+
 def test_augment_shapes_and_determinism() -> None:
     pixels = torch.randint(0, 256, (4, 3, 37, 37), dtype=torch.uint8)
     a = augment(pixels, 32, "photo", torch.Generator().manual_seed(0))
@@ -125,14 +134,9 @@ def test_a_frozen_stem_stays_as_it_was_and_the_rest_learns() -> None:
     network comes back as a plain module (standard layout, all parameters trainable) for export."""
     from pigeonhole.learn.backbones import stem_modules
 
-    spec = get_spec("mobilenet_v2", 32)
-    torch.manual_seed(0)
-    body = build_architecture(spec)
+    spec, body, pixels, labels = _tiny_photo_net(24)
     stem = {k: v.clone() for m in stem_modules(spec, body) for k, v in m.state_dict().items()}
     head_before = body.features[-1][0].weight.detach().clone()
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (24, 3, 37, 37), dtype=np.uint8)
-    labels = np.arange(24) % 3
     params = TrainParams(epochs=2, lr=1e-2, batch_size=8, augment="photo", freeze_stem=True, bf16=True)
     outcome = train_extractor(
         spec, body, spec.feature_dim, 3, params, pixels, labels, pixels[:8, :, :32, :32], labels[:8],
@@ -150,12 +154,7 @@ def test_a_frozen_stem_runs_in_onnx_runtime_and_trains_the_same_network(monkeypa
     back computes what the same training with the stem in PyTorch gives (to float rounding)."""
     import pigeonhole.learn.train as train
 
-    spec = get_spec("mobilenet_v2", 32)
-    torch.manual_seed(0)
-    body = build_architecture(spec).eval()
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (32, 3, 37, 37), dtype=np.uint8)
-    labels = np.arange(32) % 3
+    spec, body, pixels, labels = _tiny_photo_net(32)
     val = np.ascontiguousarray(pixels[:8, :, 2:34, 2:34])
     params = TrainParams(epochs=2, lr=1e-3, batch_size=8, augment="photo", freeze_stem=True, bf16=False)
     calls = []
@@ -253,12 +252,7 @@ def test_training_starts_from_the_given_classifier() -> None:
     what that layer scores on the (frozen-BN) features; from a random layer it does not."""
     from pigeonhole.learn.backbones import PixelExtractor
 
-    spec = get_spec("mobilenet_v2", 32)
-    torch.manual_seed(0)
-    body = build_architecture(spec).eval()
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (48, 3, 37, 37), dtype=np.uint8)
-    labels = np.arange(48) % 3
+    spec, body, pixels, labels = _tiny_photo_net(48)
     val, val_labels = np.ascontiguousarray(pixels[:24, :, 2:34, 2:34]), labels[:24]
     with torch.no_grad():
         features = PixelExtractor(spec, body)(torch.from_numpy(val).float()).numpy().astype(np.float64)
