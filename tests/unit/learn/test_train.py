@@ -178,6 +178,42 @@ def test_a_frozen_stem_runs_in_onnx_runtime_and_trains_the_same_network(monkeypa
         assert not torch.allclose(onnx_body(x), body(x), atol=1e-3)  # and it did train
 
 
+def test_a_resumed_fine_tune_runs_the_stem_its_checkpoint_holds(tmp_path: Path, monkeypatch) -> None:
+    """A retried job resumes from its checkpoint; the stem ONNX Runtime runs from then on is the checkpoint's
+    (one written before a deeper freeze holds trained weights in layers frozen now), not the pretrained one."""
+    from torch import nn
+
+    import pigeonhole.learn.train as train
+    from pigeonhole.learn.backbones import PixelExtractor, stem_modules
+
+    spec, body, pixels, labels = _tiny_photo_net(16)
+    val = np.ascontiguousarray(pixels[:8, :, 2:34, 2:34])
+    params = TrainParams(epochs=2, lr=1e-3, batch_size=8, augment="photo", bf16=False)
+    checkpoint, rounds, made = tmp_path / "ckpt.pt", [], []
+    real_init = train._OnnxStem.__init__
+    monkeypatch.setattr(train._OnnxStem, "__init__", lambda self, *args: made.append(self) or real_init(self, *args))
+
+    def run(stop_after_a_round: bool):
+        return train_extractor(
+            spec, copy.deepcopy(body), spec.feature_dim, 3, params, pixels, labels, val, labels[:8], input_size=32,
+            seed=0, deadline=float("inf"), pretrained=True, checkpoint=checkpoint,
+            on_epoch=lambda epoch, record: rounds.append(epoch),
+            should_stop=lambda: stop_after_a_round and bool(rounds),
+        )
+
+    assert run(True).stopped == "cancelled" and rounds == [1]
+    state = torch.load(checkpoint, weights_only=False)
+    state["net"]["extractor.body.features.0.0.weight"] *= 0.5
+    torch.save(state, checkpoint)
+    resumed = run(False)
+    tampered = state["net"]["extractor.body.features.0.0.weight"]
+    assert rounds == [1, 2] and torch.equal(resumed.body.features[0][0].weight, tampered)
+    x = torch.from_numpy(val).float()
+    with torch.no_grad():
+        eager = nn.Sequential(PixelExtractor(spec, resumed.body).normalize, *stem_modules(spec, resumed.body))(x)
+    np.testing.assert_allclose(made[-1].session.run(None, {"pixels": x.numpy()})[0], eager.numpy(), atol=1e-4)
+
+
 def test_the_first_round_replans_a_cautious_plan_to_fill_the_time(mnist, monkeypatch) -> None:
     """A plan of 2 rounds where the first round shows 5.5 fit: the plan grows to the next plan step (6), the
     rate decays by the deadline, and the last round the deadline cuts past its middle is still measured."""
