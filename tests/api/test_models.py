@@ -136,22 +136,24 @@ def test_delete_model_removes_versions_and_cancels_training(app, alice: Account,
 
 def test_rate_limit_answers_429_with_retry_after(app, alice: Account, model_id: str, new_client) -> None:
     add_version(app, model_id)
-    app.state.predict_limiter = RateLimiter(rate_per_s=4, burst=2)
-    token = alice.token(["predict"])
-    first, second = new_client(token), new_client(alice.token(["predict"]))
+    # One token a second: the burst of three below must not refill in between, which a first call that loads
+    # the model (several hundred ms on a busy machine) did at 4 a second. The model is loaded first, apart.
+    app.state.predict_limiter = RateLimiter(rate_per_s=1, burst=2)
+    first, second, warm = (new_client(alice.token(["predict"])) for _ in range(3))
     url = f"/api/v1/models/{model_id}/predict"
     image = [("files", ("a.png", grey_png(40, 1)))]
+    assert warm.post(url, files=image).status_code == 200
     assert [first.post(url, files=image).status_code for _ in range(2)] == [200, 200]
     limited = first.post(url, files=image)
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
     assert limited.json()["code"] == "rate_limited"
     assert second.post(url, files=image).status_code == 200  # per token
-    time.sleep(0.3)
+    time.sleep(1.1)
     assert first.post(url, files=image).status_code == 200  # and it recovers
     app.state.usage_recorder.flush()
     with app.state.session_factory() as db:
         rows = db.query(UsageRecord).filter(UsageRecord.route == "/api/v1/models/{model_id}/predict").all()
-    assert sorted(r.status for r in rows) == [200, 200, 200, 200, 429]  # every call recorded, once
+    assert sorted(r.status for r in rows) == [200, 200, 200, 200, 200, 429]  # every call recorded, once
 
 
 def test_monthly_quota_counts_images(app, alice: Account, model_id: str, new_client) -> None:
