@@ -83,11 +83,12 @@ class _OnnxStem:
     to about 1e-5 (float32 either way, also under bf16 autocast, which then starts after the stem).
     """
 
-    def __init__(self, spec: ExtractorSpec, extractor: PixelExtractor, input_size: int) -> None:
-        split = split_after_stem(spec, extractor.body)
-        assert split is not None
-        stem, self.rest = split
-        prefix = copy.deepcopy(nn.Sequential(extractor.normalize, stem)).to(memory_format=torch.contiguous_format)
+    def __init__(
+        self, spec: ExtractorSpec, extractor: PixelExtractor, input_size: int,
+        split: tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]],
+    ) -> None:
+        self.stem, self.rest = split
+        prefix = copy.deepcopy(nn.Sequential(extractor.normalize, self.stem)).to(memory_format=torch.contiguous_format)
         model = export_onnx(prefix, spec.at_size(input_size).input_spec("float32"), output_name="stem")
         self.session = open_session(model, intra_op_threads=torch.get_num_threads())
 
@@ -123,8 +124,9 @@ def _prepare(
     if pretrained and params.freeze_stem:
         for module in stem_modules(spec, net.extractor.body):
             module.requires_grad_(False)
-        if split_after_stem(spec, net.extractor.body) is not None:
-            net.onnx_stem = _OnnxStem(spec, net.extractor, input_size)
+        split = split_after_stem(spec, net.extractor.body)
+        if split is not None:
+            net.onnx_stem = _OnnxStem(spec, net.extractor, input_size, split)
     net.to(memory_format=torch.channels_last)
     return [p for p in net.parameters() if p.requires_grad]
 
@@ -337,7 +339,7 @@ def train_extractor(
         state = resumed
         net.load_state_dict(state["net"])
         if net.onnx_stem is not None:  # the stem as the checkpoint holds it (one written before a deeper freeze)
-            net.onnx_stem = _OnnxStem(spec, net.extractor, input_size)
+            net.onnx_stem = _OnnxStem(spec, net.extractor, input_size, (net.onnx_stem.stem, net.onnx_stem.rest))
         opt.load_state_dict(state["opt"])
         generator.set_state(state["generator"])
         best_state, best_acc, best_epoch = state["best_state"], state["best_acc"], state["best_epoch"]
