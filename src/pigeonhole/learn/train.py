@@ -87,8 +87,8 @@ class _OnnxStem:
         self, spec: ExtractorSpec, extractor: PixelExtractor, input_size: int,
         split: tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]],
     ) -> None:
-        self.stem, self.rest = split
-        prefix = copy.deepcopy(nn.Sequential(extractor.normalize, self.stem)).to(memory_format=torch.contiguous_format)
+        stem, self.rest = split
+        prefix = copy.deepcopy(nn.Sequential(extractor.normalize, stem)).to(memory_format=torch.contiguous_format)
         model = export_onnx(prefix, spec.at_size(input_size).input_spec("float32"), output_name="stem")
         self.session = open_session(model, intra_op_threads=torch.get_num_threads())
 
@@ -294,15 +294,18 @@ def train_extractor(
         with torch.no_grad():
             net.fc.weight.copy_(torch.as_tensor(classifier_start[0], dtype=torch.float32))
             net.fc.bias.copy_(torch.as_tensor(classifier_start[1], dtype=torch.float32))
+    resumed = None
+    if checkpoint is not None and checkpoint.is_file():
+        resumed = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        # Before _prepare, so the stem it hands to ONNX Runtime is the checkpoint's (one written before a
+        # deeper freeze holds trained weights in layers frozen now).
+        net.load_state_dict(resumed["net"])
     trainable = {id(p) for p in _prepare(net, spec, params, pretrained, input_size)}
     decay, no_decay = [], []
     for name, p in net.named_parameters():
         if id(p) in trainable:
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     lr = params.lr
-    resumed = None
-    if checkpoint is not None and checkpoint.is_file():
-        resumed = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if resumed is not None and resumed.get("planned_epochs"):
         params = replace(params, epochs=int(resumed["planned_epochs"]))  # keep the interrupted run's schedule
     opt = torch.optim.AdamW(
@@ -337,9 +340,6 @@ def train_extractor(
     last: tuple[int, float, dict[str, torch.Tensor], np.ndarray] | None = None  # the last measured round
     if resumed is not None:
         state = resumed
-        net.load_state_dict(state["net"])
-        if net.onnx_stem is not None:  # the stem as the checkpoint holds it (one written before a deeper freeze)
-            net.onnx_stem = _OnnxStem(spec, net.extractor, input_size, (net.onnx_stem.stem, net.onnx_stem.rest))
         opt.load_state_dict(state["opt"])
         generator.set_state(state["generator"])
         best_state, best_acc, best_epoch = state["best_state"], state["best_acc"], state["best_epoch"]
