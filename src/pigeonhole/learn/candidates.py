@@ -42,6 +42,7 @@ class TrainParams:
     batch_size: int = 64
     label_smoothing: float = 0.1
     augment: Literal["photo", "digits"] = "photo"
+    flip: bool = True  # photo augmentation mirrors images; off where mirroring changes the class (learn.mirror)
     patience: int = 3  # epochs without validation gain before stopping
     bf16: bool = False  # bf16 autocast, used only where the CPU computes bf16 natively (train.native_bf16)
     # Pretrained only: keep the first, highest-resolution layers as they are. On by default so that configs

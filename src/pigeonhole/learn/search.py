@@ -55,6 +55,8 @@ from pigeonhole.learn.data import ImageSource, PixelStore, TrainingImage, Traini
 from pigeonhole.learn.features import FeatureCache
 from pigeonhole.learn.head import HeadConfig, RidgeHead
 from pigeonhole.learn.memory import CandidateRecord, DatasetTraits, ModelMemory, SearchRecord, compute_traits
+from pigeonhole.learn.mirror import SIDE as MIRROR_SIDE
+from pigeonhole.learn.mirror import MirrorCheck, check_mirror
 from pigeonhole.learn.preprocess import CROP_FRACTION
 from pigeonhole.learn.train import measure_step_seconds, quantize_epochs, train_extractor
 from pigeonhole.learn.weights import WeightsCatalog
@@ -72,6 +74,8 @@ OPTIONAL_SHARE = 0.08  # optional frozen candidates may take at most this share 
 # image out in turn (exact for a ridge head, one eigendecomposition): a few dozen images cannot tell alphas
 # or candidates apart, a few hundred left-out scores can.
 LEFT_OUT_BELOW_VAL = 300
+MIRROR_CHECK_IMAGES = 1500  # the mirror check (learn.mirror) looks at up to this many training + validation images
+MIRROR_CHECK_FOLDS = 4
 # A preference's tolerance is granted only when it spans at least this many evaluation images: below
 # that, "within tolerance" is a difference the evaluation cannot measure, so the more accurate one is kept.
 TOLERANCE_MIN_IMAGES = 2
@@ -152,6 +156,7 @@ class SearchResult:
     first_candidate_s: float | None
     traits: dict[str, Any]
     tuning: dict[str, Any] | None = None  # the hyper-parameter search's trials, when one ran
+    mirror: dict[str, Any] | None = None  # whether mirroring changes the class (learn.mirror), when it was asked
 
 
 # Called as tuner(search=..., best=...) when the ladder is done and the target unmet: a better candidate or None.
@@ -282,6 +287,8 @@ class _Search:
         ).hexdigest()[:16]
         self.stage = "Starting"
         self.median_side = 224.0
+        self.grey = False
+        self.mirror: MirrorCheck | None = None
 
     # ------------------------------------------------------------------ time and progress
     def elapsed(self) -> float:
@@ -338,6 +345,21 @@ class _Search:
 
     def frozen_ok(self, extractor: str) -> bool:
         return unavailable_reason(get_spec(extractor), self.catalog) is None
+
+    def mirror_changes_class(self) -> bool:
+        """Whether mirroring an image changes what it shows in this set (digits, text, arrows: see
+        :mod:`pigeonhole.learn.mirror`). Measured once, when a recipe first wants to mirror images; where it
+        does, nothing is mirrored: no flip in training, no mirrored-view candidates."""
+        if self.mirror is None:
+            self.progress("Checking whether a mirrored image still shows the same thing")
+            images = self.splits["train"] + self.splits["val"]
+            order = np.random.default_rng(self.config.seed).permutation(len(images))[:MIRROR_CHECK_IMAGES]
+            sample = [images[i] for i in np.sort(order)]
+            pixels = self.pixels.get([i.key for i in sample], MIRROR_SIDE, color="L" if self.grey else "RGB",
+                                     policy="resize", should_stop=self.should_stop)
+            self.mirror = check_mirror(pixels, [i.label for i in sample], folds=MIRROR_CHECK_FOLDS,
+                                       seed=self.config.seed)
+        return self.mirror.changes_class
 
     def ladder(self, small: bool, grey: bool, median_side: float) -> list[CandidateConfig]:
         out: list[CandidateConfig] = []
@@ -540,6 +562,9 @@ class _Search:
         after_s = self.estimate_after_training_s(config, n_all, None)
         if self.remaining() - reserve_s - after_s < (20.0 if pretrained else 3.0):
             return None  # not even worth measuring the training speed
+        if params.augment == "photo" and params.flip and self.mirror_changes_class():
+            params = replace(params, flip=False)
+            config = replace(config, train=params)
         self.progress(f"Measuring training speed for {_plain(config)}")
         step_s = measure_step_seconds(spec, body, dim, classes, params, config.size, pretrained=pretrained)
         timed: dict[int, tuple[float, int]] = {}  # size -> (step seconds, rounds that fit), for the card
@@ -662,7 +687,7 @@ class _Search:
         that pass and exporting fit in the time left."""
         config = trained.config
         if trained.members is None or config.flip_tta or config.train.augment != "photo" or \
-                self.config.preference == "fast":
+                self.config.preference == "fast" or not config.train.flip:
             return None
         flipped = replace(config, flip_tta=True)
         need = 2.4 * float(trained.train_info.get("extract_seconds", 0.0)) + 2 * self.estimate_finish_s(config)
@@ -771,6 +796,7 @@ class _Search:
         grey = bool(grey_flags) and float(np.mean(grey_flags)) > 0.9
         small = median_side <= SMALL_SIDE
         self.median_side = median_side
+        self.grey = grey
         ladder = self.ladder(small, grey, median_side)
         counts = [sum(1 for i in self.splits["train"] if i.label == c) for c in self.classes]
         stop_reason = "exhausted"
@@ -810,6 +836,8 @@ class _Search:
                         tried.discard(ident)
                         continue
                 try:
+                    if config.flip_tta and self.mirror_changes_class():
+                        continue  # a mirrored image shows something else here
                     if config.kind == "frozen":
                         scored = self.run_frozen(config)
                     else:
@@ -889,6 +917,7 @@ class _Search:
             chosen=chosen, reported=self.reported, leaderboard=self.leaderboard,
             stop_reason=stop_reason if chosen else "no_candidate", elapsed_s=self.elapsed(),
             first_candidate_s=self.first_s, traits=traits.__dict__, tuning=self.tuning,
+            mirror=self.mirror.as_dict() if self.mirror is not None else None,
         )
 
     def remembered(self, memory: ModelMemory, traits: DatasetTraits, small: bool) -> list[CandidateConfig]:
@@ -907,7 +936,8 @@ class _Search:
             target = self.config.target_accuracy
             rounds = suggestion.rounds_for(target) if target is not None and self.config.preference != "accurate" \
                 else None
-            train = replace(config.train, epochs=0, max_epochs=max(2, rounds) if rounds else 0)
+            # Whether to mirror is this set's question (mirror_changes_class), not the remembered set's.
+            train = replace(config.train, epochs=0, max_epochs=max(2, rounds) if rounds else 0, flip=True)
             out.append(replace(config, optional=False, train=train))
         return out
 

@@ -136,14 +136,17 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def augment(
-    pixels: torch.Tensor, out_size: int, mode: str, generator: torch.Generator, *, crop_eval: float = 0.875
+    pixels: torch.Tensor, out_size: int, mode: str, generator: torch.Generator, *, crop_eval: float = 0.875,
+    flip: bool = True,
 ) -> torch.Tensor:
     """Batched random affine view of uint8/float pixels (N, C, S, S) -> float (N, C, out, out).
 
     ``photo``: random-resized crop (area 30-100 % of the eval view's scale range, aspect
-    3/4-4/3) and horizontal flip. ``digits``: +-10 degrees, scale 0.9-1.1, shift +-10 %;
+    3/4-4/3) and, with ``flip``, horizontal flip (off where mirroring changes the class:
+    :mod:`pigeonhole.learn.mirror`). ``digits``: +-10 degrees, scale 0.9-1.1, shift +-10 %;
     no flip (a mirrored digit is another glyph). Pixels stay in 0..255 (the model
-    normalises), so training and serving share one code path.
+    normalises), so training and serving share one code path. The random draws are the
+    same with or without ``flip``.
     """
     n = pixels.shape[0]
     x = pixels.to(torch.float32)
@@ -161,9 +164,9 @@ def augment(
         sx = torch.clamp(torch.sqrt(area * ratio), max=1.0)
         sy = torch.clamp(torch.sqrt(area / ratio), max=1.0)
         tx, ty = (rand[:, 2] * 2 - 1) * (1 - sx), (rand[:, 3] * 2 - 1) * (1 - sy)
-        flip = torch.where(rand[:, 4] < 0.5, -1.0, 1.0)
+        mirror = torch.where((rand[:, 4] < 0.5) & flip, -1.0, 1.0)
         zero = torch.zeros(n)
-        theta = torch.stack([torch.stack([sx * flip, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1)
+        theta = torch.stack([torch.stack([sx * mirror, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1)
     grid = F.affine_grid(theta, [n, x.shape[1], out_size, out_size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -361,9 +364,8 @@ def train_extractor(
                 stopped = "cancelled" if should_stop is not None and should_stop() else "deadline"
                 break
             idx = order[b * params.batch_size : (b + 1) * params.batch_size]
-            x = _channels_last(
-                augment(torch.from_numpy(train_pixels[idx.numpy()]), input_size, params.augment, generator)
-            )
+            batch = torch.from_numpy(train_pixels[idx.numpy()])
+            x = _channels_last(augment(batch, input_size, params.augment, generator, flip=params.flip))
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * steps_per_epoch + b)
             with autocast():

@@ -152,7 +152,8 @@ class TrainHandler(JobHandler):
         new_records = [r.to_json() for r in store.load()[known:]]
         return {"stop_reason": result.stop_reason, "chosen": result.chosen.name if result.chosen else None,
                 "elapsed_s": round(result.elapsed_s, 2), "first_candidate_s": result.first_candidate_s,
-                "leaderboard": result.leaderboard, "tuning": result.tuning, "memory": new_records}
+                "leaderboard": result.leaderboard, "tuning": result.tuning, "mirror_check": result.mirror,
+                "memory": new_records}
 
     def on_event(self, db: Session, job: Job, event: dict[str, Any]) -> None:
         if event.get("type") != "version":

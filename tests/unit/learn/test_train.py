@@ -51,6 +51,20 @@ def test_augment_shapes_and_determinism() -> None:
     assert center_view(pixels, 32).shape == (4, 3, 32, 32)
 
 
+def test_photo_augmentation_mirrors_only_when_asked() -> None:
+    """Without ``flip`` the views are the same crops, never mirrored: where mirroring changes the class
+    (learn.mirror) training must not show mirrored images under the original label."""
+    ramp = torch.arange(40, dtype=torch.float32).repeat(64, 3, 40, 1) * 6  # brighter to the right
+    flipped = augment(ramp, 32, "photo", torch.Generator().manual_seed(0))
+    upright = augment(ramp, 32, "photo", torch.Generator().manual_seed(0), flip=False)
+    left_to_right = lambda x: (x[..., -1] - x[..., 0]).mean(dim=(1, 2))  # noqa: E731
+    assert bool((left_to_right(upright) > 0).all())
+    mirrored = left_to_right(flipped) < 0
+    assert 10 < int(mirrored.sum()) < 54
+    assert torch.allclose(upright[mirrored], torch.flip(flipped[mirrored], dims=[3]), atol=1e-3)
+    assert torch.equal(upright[~mirrored], flipped[~mirrored])
+
+
 def test_quantized_epochs() -> None:
     assert quantize_epochs(0.5) == 0 and quantize_epochs(7.9) == 6 and quantize_epochs(9) == 8
     assert quantize_epochs(1000, cap=30) == 30
