@@ -44,3 +44,25 @@ def test_pixels_cached_across_instances(flowers, tmp_path: Path) -> None:
     assert grey.shape == (2, 1, 32, 32)
     square = decode_pixels(blobs[keys[0]], 64, "RGB", "square")
     assert square.shape == (3, 64, 64)
+
+
+def test_pixels_held_in_memory_stay_within_their_budget(flowers) -> None:
+    """Each geometry's pixels are kept for the next candidate at that size, but the least recently used
+    geometries go once the memo is over its budget (without a disk cache they are decoded again)."""
+    blobs = {sha256_bytes(b): b for b, _ in flowers.train[:4]}
+    keys = list(blobs)
+    one_96 = 4 * 3 * 96 * 96
+    store = PixelStore(MappingSource(blobs), None, memo_bytes=2 * one_96)
+    first = store.get(keys, 96)
+    store.get(keys, 64)
+    assert store.in_memory(keys, 96) == 4 and store.in_memory(keys, 64) == 4 and store.decoded == 8
+    store.get(keys, 96)  # used again: now the most recent
+    store.get(keys, 80)  # over the budget: 64 px, used least recently, goes
+    assert store.in_memory(keys, 64) == 0 and store.in_memory(keys, 96) == 4 and store.in_memory(keys, 80) == 4
+    np.testing.assert_array_equal(store.get(keys, 96), first)
+    assert store.decoded == 12
+    store.get(keys, 64)
+    assert store.decoded == 16 and store.in_memory(keys, 80) == 0
+    huge = PixelStore(MappingSource(blobs), None, memo_bytes=one_96 // 2)
+    np.testing.assert_array_equal(huge.get(keys, 96), first)  # answered, then not kept
+    assert huge.in_memory(keys, 96) == 0
