@@ -44,7 +44,9 @@ class TrainParams:
     augment: Literal["photo", "digits"] = "photo"
     flip: bool = True  # photo augmentation mirrors images; off where mirroring changes the class (learn.mirror)
     patience: int = 3  # epochs without validation gain before stopping
-    bf16: bool = False  # bf16 autocast, used only where the CPU computes bf16 natively (train.native_bf16)
+    # bf16 autocast: used only where the CPU computes bf16 natively (train.native_bf16) and a step is measured
+    # faster than in float32 (train.choose_precision, which records the answer here).
+    bf16: bool = False
     # Pretrained only: keep the first, highest-resolution layers as they are. On by default so that configs
     # remembered from before it existed (model memory) train with today's recipe.
     freeze_stem: bool = True

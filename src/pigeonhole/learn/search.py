@@ -58,7 +58,7 @@ from pigeonhole.learn.memory import CandidateRecord, DatasetTraits, ModelMemory,
 from pigeonhole.learn.mirror import SIDE as MIRROR_SIDE
 from pigeonhole.learn.mirror import MirrorCheck, check_mirror
 from pigeonhole.learn.preprocess import CROP_FRACTION
-from pigeonhole.learn.train import measure_step_seconds, quantize_epochs, train_extractor
+from pigeonhole.learn.train import choose_precision, measure_step_seconds, quantize_epochs, train_extractor
 from pigeonhole.learn.weights import WeightsCatalog
 
 Preference = Literal["fast", "balanced", "accurate"]
@@ -566,7 +566,8 @@ class _Search:
             params = replace(params, flip=False)
             config = replace(config, train=params)
         self.progress(f"Measuring training speed for {_plain(config)}")
-        step_s = measure_step_seconds(spec, body, dim, classes, params, config.size, pretrained=pretrained)
+        params, step_s = choose_precision(spec, body, dim, classes, params, config.size, pretrained=pretrained)
+        config = replace(config, train=params)
         timed: dict[int, tuple[float, int]] = {}  # size -> (step seconds, rounds that fit), for the card
         if pretrained:
             # The largest resolution that still allows enough rounds. A size that scaling this timing by
@@ -936,8 +937,10 @@ class _Search:
             target = self.config.target_accuracy
             rounds = suggestion.rounds_for(target) if target is not None and self.config.preference != "accurate" \
                 else None
-            # Whether to mirror is this set's question (mirror_changes_class), not the remembered set's.
-            train = replace(config.train, epochs=0, max_epochs=max(2, rounds) if rounds else 0, flip=True)
+            # Whether to mirror is this set's question (mirror_changes_class), not the remembered set's; whether
+            # bf16 is faster is this machine's (choose_precision).
+            train = replace(config.train, epochs=0, max_epochs=max(2, rounds) if rounds else 0, flip=True,
+                            bf16=config.train.bf16 or config.kind != "frozen")
             out.append(replace(config, optional=False, train=train))
         return out
 

@@ -333,3 +333,34 @@ def test_bf16_autocast_only_where_the_cpu_computes_bf16(monkeypatch) -> None:
     monkeypatch.setattr(train, "native_bf16", lambda: True)
     assert isinstance(train._autocast(True)(), torch.autocast)
     assert isinstance(train._autocast(False)(), contextlib.nullcontext)
+
+
+def test_bf16_kept_only_where_a_step_is_measured_faster(monkeypatch) -> None:
+    """Native bf16 can still be slower than float32 (MobileNetV2 on AVX-512 BF16 without AMX): both are timed."""
+    from dataclasses import replace
+
+    from pigeonhole.learn import train
+
+    spec = get_spec("smallcnn_l", 28)
+    body = build_architecture(spec)
+    recipe = TrainParams(batch_size=16, bf16=True)
+    timed: list[bool] = []
+
+    def fake_step(spec, body, dim, classes, params, size, *, pretrained=True):  # noqa: ANN001, ANN202
+        timed.append(params.bf16)
+        return {True: bf16_s, False: 0.2}[params.bf16]
+
+    monkeypatch.setattr(train, "measure_step_seconds", fake_step)
+    monkeypatch.setattr(train, "native_bf16", lambda: True)
+    bf16_s = 0.3
+    assert train.choose_precision(spec, body, 128, 10, recipe, 28, pretrained=False) == (
+        replace(recipe, bf16=False), 0.2)
+    bf16_s = 0.1
+    assert train.choose_precision(spec, body, 128, 10, recipe, 28, pretrained=False) == (recipe, 0.1)
+    monkeypatch.setattr(train, "native_bf16", lambda: False)  # emulated: not even timed (10 s a step)
+    timed.clear()
+    assert train.choose_precision(spec, body, 128, 10, recipe, 28, pretrained=False)[0] == recipe
+    assert timed == [True]  # one timing, which runs in float32 here (train._autocast)
+    timed.clear()
+    assert train.choose_precision(spec, body, 128, 10, replace(recipe, bf16=False), 28, pretrained=False)[1] == 0.2
+    assert timed == [False]
