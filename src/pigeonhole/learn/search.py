@@ -564,7 +564,6 @@ class _Search:
             return None  # not even worth measuring the training speed
         if params.augment == "photo" and params.flip and self.mirror_changes_class():
             params = replace(params, flip=False)
-            config = replace(config, train=params)
         self.progress(f"Measuring training speed for {_plain(config)}")
         params, step_s = choose_precision(spec, body, dim, classes, params, config.size, pretrained=pretrained)
         config = replace(config, train=params)
