@@ -16,6 +16,7 @@ from pigeonhole.backup_cli import backup, restore
 from pigeonhole.client.commands import register as register_client_commands
 from pigeonhole.doctor_cli import doctor
 from pigeonhole.settings import Settings, load_settings
+from pigeonhole.weights_cli import weights
 
 
 def _settings(**overrides: object) -> Settings:
@@ -232,6 +233,7 @@ register_client_commands(main)  # login, dataset, model, token, usage: the REST 
 main.add_command(doctor)
 main.add_command(backup)
 main.add_command(restore)
+main.add_command(weights)
 
 if __name__ == "__main__":
     main()

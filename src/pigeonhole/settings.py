@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite under data_dir")
     blob_url: str | None = Field(default=None, description="fsspec URL of the blob store; default: data_dir/blobs")
     weights_dir: Path | None = Field(default=None, description="pretrained weights and their weights.json")
+    builtin_weights: bool = Field(default=True, description="use the extractors that ship with the product and "
+                                  "those fetched from their publishers, beside weights.json's own")
+    weights_fetch: bool | None = Field(default=None, description="fetch the recommended extractors from their "
+                                       "publishers before a training when they are missing (default: on in "
+                                       "development, the embedded install; off in production)")
     cache_dir: Path | None = Field(default=None, description="node-local cache of pixels and features")
     secret_key: SecretStr | None = None
 
@@ -169,6 +174,10 @@ class Settings(BaseSettings):
     @property
     def resolved_weights_dir(self) -> Path:
         return self.weights_dir or self.data_dir / "weights"
+
+    @property
+    def resolved_weights_fetch(self) -> bool:
+        return self.weights_fetch if self.weights_fetch is not None else self.env == "development"
 
     @property
     def resolved_serving_threads(self) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, status
 
+from pigeonhole.admin.schemas import ExtractorWeights, WeightsStatus
 from pigeonhole.api.deps import AdminUser, DbSession, SettingsDep
 from pigeonhole.api.schemas import ListPage
 from pigeonhole.auth import repository as repo
@@ -14,6 +15,7 @@ from pigeonhole.compute.schemas import NodePublic, SelfTestCreate, node_public
 from pigeonhole.db.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, paginate
 from pigeonhole.db.tables import Job, User
 from pigeonhole.errors import NotFound
+from pigeonhole.extractors import weights_report
 from pigeonhole.jobs import repository as jobs_repo
 from pigeonhole.jobs import service as jobs_service
 from pigeonhole.jobs.schemas import JobAdmin, JobStatus, job_admin
@@ -53,6 +55,13 @@ def drain_node(node_id: str, _: AdminUser, db: DbSession) -> NodePublic:
 def undrain_node(node_id: str, _: AdminUser, db: DbSession) -> NodePublic:
     """Let the dispatcher place work on this node again."""
     return _drain(db, node_id, False)
+
+
+@router.get("/weights", response_model=WeightsStatus)
+def list_weights(_: AdminUser, settings: SettingsDep) -> WeightsStatus:
+    """The pretrained image extractors this server knows: present or missing, size, origin, how to get them."""
+    return WeightsStatus(weights_dir=str(settings.resolved_weights_dir), fetch_allowed=settings.resolved_weights_fetch,
+                         items=[ExtractorWeights(**row) for row in weights_report(settings)])
 
 
 @router.get("/jobs", response_model=ListPage[JobAdmin])

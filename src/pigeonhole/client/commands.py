@@ -222,6 +222,8 @@ def _describe(client: Client, model_id: str, url: str) -> None:
     accuracy = (current.get("metrics") or {}).get("accuracy")
     console.print(f"Model [bold]{current['name']}[/] ({current['id']}): {current['status']}, "
                   f"version {current['active_version']}" + (f", test accuracy {accuracy:.1%}" if accuracy else ""))
+    for note in current.get("notes") or []:
+        console.print(f"[yellow]Note:[/] {note}", markup=True, highlight=False)
     if current["active_version"] is not None:
         console.print("Classify an image:\n"
                       f"  pigeonhole model predict {current['id']} photo.jpg\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from pigeonhole.datasets.repository import ClassStats
+from pigeonhole.extractors import NO_EXTRACTOR_MESSAGE
 
 MIN_TO_TRAIN = 5
 RECOMMENDED = 20
@@ -23,6 +24,7 @@ class HealthReport:
     label_conflicts: int = 0
     small_images: int = 0
     unreadable_urls: int = 0
+    pretrained_extractors: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -35,7 +37,8 @@ def _names(names: list[str], limit: int = 3) -> str:
 
 
 def health_report(stats: list[ClassStats], *, label_conflicts: int, small_images: int,
-                  unreadable_urls: int = 0) -> HealthReport:
+                  unreadable_urls: int = 0, pretrained_extractors: list[str] | None = None) -> HealthReport:
+    """``pretrained_extractors``: titles of the server's pretrained extractors (None: not known here)."""
     counts = {s.name: s.count for s in stats}
     total = sum(counts.values())
     below_min = sorted(n for n, c in counts.items() if c < MIN_TO_TRAIN)
@@ -45,9 +48,11 @@ def health_report(stats: list[ClassStats], *, label_conflicts: int, small_images
         ready_to_train=len(counts) >= 2 and not below_min,
         images=total, classes=len(counts), below_minimum=below_min, below_recommended=below_rec,
         imbalance_ratio=ratio, label_conflicts=label_conflicts, small_images=small_images,
-        unreadable_urls=unreadable_urls,
+        unreadable_urls=unreadable_urls, pretrained_extractors=list(pretrained_extractors or []),
     )
     messages = report.messages
+    if pretrained_extractors is not None and not pretrained_extractors:
+        messages.append(NO_EXTRACTOR_MESSAGE)
     if total == 0:
         messages.append("The dataset is empty: upload images, or a zip file with one folder per class.")
     elif len(counts) < 2:

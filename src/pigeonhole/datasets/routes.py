@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Up
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from pigeonhole.api.deps import DbSession, Reader, Writer
+from pigeonhole.api.deps import DbSession, Reader, SettingsDep, Writer
 from pigeonhole.api.schemas import ListPage
 from pigeonhole.datasets import repository as repo
 from pigeonhole.datasets.imports import import_params
@@ -32,18 +32,19 @@ from pigeonhole.datasets.service import DatasetService, export_zip
 from pigeonhole.datasets.thumbnails import MEDIA_TYPE
 from pigeonhole.db.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, paginate
 from pigeonhole.db.tables import Dataset, DatasetImage
+from pigeonhole.extractors import present_extractors
 from pigeonhole.jobs.schemas import JobPublic, job_public
 from pigeonhole.jobs.service import create_job
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 
 
-def _service(db: DbSession, principal: Writer) -> DatasetService:
-    return DatasetService(db, principal.user_id)
+def _service(db: DbSession, principal: Writer, settings: SettingsDep) -> DatasetService:
+    return DatasetService(db, principal.user_id, present_extractors(settings))
 
 
-def _reader_service(db: DbSession, principal: Reader) -> DatasetService:
-    return DatasetService(db, principal.user_id)
+def _reader_service(db: DbSession, principal: Reader, settings: SettingsDep) -> DatasetService:
+    return DatasetService(db, principal.user_id, present_extractors(settings))
 
 
 WriteService = Annotated[DatasetService, Depends(_service)]

@@ -32,6 +32,8 @@ class Health(BaseModel):
     label_conflicts: int = Field(description="images that appear in more than one class")
     small_images: int = Field(description="images smaller than 32 px on a side")
     unreadable_urls: int
+    pretrained_extractors: list[str] = Field(default_factory=list, description="the server's pretrained image "
+                                             "extractors (none: photo models are trained from scratch)")
     messages: list[str] = Field(description="what to do next, in plain words")
 
 

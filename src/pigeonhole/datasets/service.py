@@ -40,9 +40,10 @@ class DatasetDetail:
 
 
 class DatasetService:
-    def __init__(self, db: Session, owner_id: str):
+    def __init__(self, db: Session, owner_id: str, extractors: list[str] | None = None):
         self.db = db
         self.owner_id = owner_id
+        self.extractors = extractors  # the server's pretrained extractors, for the health report (None: unknown)
 
     def create(self, name: str) -> Dataset:
         dataset = Dataset(owner_id=self.owner_id, name=clean_name(name))
@@ -60,7 +61,8 @@ class DatasetService:
         stats = repo.class_stats(self.db, dataset.id)
         health = health_report(stats, label_conflicts=repo.label_conflicts(self.db, dataset.id),
                                small_images=repo.small_image_count(self.db, dataset.id, SMALL_IMAGE_SIDE),
-                               unreadable_urls=repo.unreadable_urls(self.db, dataset.id))
+                               unreadable_urls=repo.unreadable_urls(self.db, dataset.id),
+                               pretrained_extractors=self.extractors)
         return DatasetDetail(dataset=dataset, classes=stats, health=health)
 
     def rename(self, dataset: Dataset, name: str) -> Dataset:

@@ -152,6 +152,8 @@ def make_card(
     training: dict[str, Any],
     leaderboard: list[dict[str, Any]],
     lineage: dict[str, Any],
+    extractor: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     return {
         "format": CARD_FORMAT,
@@ -169,4 +171,6 @@ def make_card(
         "training": training,
         "leaderboard": leaderboard,
         "lineage": lineage,
+        "extractor": extractor,  # id, pretrained, and the weights' name, title, hash, licence and origin
+        "notes": list(notes),  # plain sentences for the user, e.g. that no pretrained extractor was available
     }

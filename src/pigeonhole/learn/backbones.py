@@ -21,7 +21,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from pigeonhole.learn import efficientnet_lite, vit
 from pigeonhole.learn._torchvision import tv_models
+from pigeonhole.learn.onnx_extractor import OnnxBody
 from pigeonhole.learn.preprocess import Color, CropPolicy, InputSpec, Normalize
 from pigeonhole.learn.weights import WeightsCatalog, WeightsEntry, WeightsError, WeightsNotFoundError
 
@@ -146,9 +148,19 @@ def _strip_classifier(attr: str) -> Callable[[nn.Module], nn.Module]:
     return strip
 
 
+def _strip_convnext(net: nn.Module) -> nn.Module:
+    # Keep the LayerNorm2d and Flatten before the last Linear: the normalised pooled vector is the embedding.
+    net.classifier[2] = nn.Identity()  # type: ignore[index]
+    return net
+
+
 _STRIPPERS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "mobilenet_v2": _strip_classifier("classifier"),
     "efficientnet_b0": _strip_classifier("classifier"),
+    "efficientnet_v2_s": _strip_classifier("classifier"),
+    "convnext_tiny": _strip_convnext,
+    **{name: _strip_classifier("classifier") for name in efficientnet_lite.VARIANTS},
+    "dinov2_vits14": lambda net: net,
     "resnet18": _strip_classifier("fc"),
     "mobilenet_v3_small": _strip_mobilenet_v3,
     "mobilenet_v3_large": _strip_mobilenet_v3,
@@ -157,18 +169,25 @@ _STRIPPERS: dict[str, Callable[[nn.Module], nn.Module]] = {
 
 
 def _imagenet(
-    id: str, family: str, arch: str, dim: int, mflops: float, sizes: tuple[int, ...] = (160, 224)
+    id: str, family: str, arch: str, dim: int, mflops: float, sizes: tuple[int, ...] = (160, 224),
+    weights: str | None = None,
 ) -> ExtractorSpec:
     return ExtractorSpec(
         id=id,
         family=family,
         architecture=arch,
-        input_size=224,
+        input_size=sizes[-1],
         feature_dim=dim,
         mflops_224=mflops,
-        weights=f"{arch}-imagenet",
+        weights=weights or f"{arch}-imagenet",
         sizes=sizes,
     )
+
+
+def _lite(n: int, mflops_224: float, sizes: tuple[int, ...]) -> ExtractorSpec:
+    """EfficientNet-Lite: inputs scaled as (x - 127) / 128 (not ImageNet's mean and deviation)."""
+    return replace(_imagenet(f"efficientnet_lite{n}", "efficientnet_lite", f"efficientnet_lite{n}", 1280,
+                             mflops_224, sizes), mean=efficientnet_lite.MEAN, std=efficientnet_lite.STD)
 
 
 SPECS: dict[str, ExtractorSpec] = {
@@ -180,6 +199,13 @@ SPECS: dict[str, ExtractorSpec] = {
         _imagenet("efficientnet_b0", "efficientnet", "efficientnet_b0", 1280, 390.0),
         _imagenet("squeezenet1_0", "squeezenet", "squeezenet1_0", 512, 820.0),
         _imagenet("resnet18", "resnet", "resnet18", 512, 1810.0),
+        _lite(0, 407.0, (128, 160, 224)),
+        _lite(1, 550.0, (240,)),
+        _lite(2, 667.0, (260,)),
+        _imagenet("efficientnet_v2_s", "efficientnet_v2", "efficientnet_v2_s", 1280, 2850.0, (224,)),
+        _imagenet("convnext_tiny", "convnext", "convnext_tiny", 768, 4460.0, (224,)),
+        # ViT-S/14: the input must be a multiple of 14 px; about 6.1 G multiply-adds at 224 px (257 tokens).
+        _imagenet("dinov2_vits14", "dinov2", "dinov2_vits14", 768, 6100.0, (224,), weights="dinov2_vits14"),
         ExtractorSpec(
             id="smallcnn_l",
             family="smallcnn",
@@ -232,41 +258,71 @@ SPECS: dict[str, ExtractorSpec] = {
 }
 
 
+# Extractors the operator imported as ONNX files, by id ("onnx:<catalog name>"): registered from a catalog
+# (:func:`register_catalog`) by whoever builds one for a search, since their geometry lives in the catalog.
+_IMPORTED: dict[str, ExtractorSpec] = {}
+ONNX_PREFIX = "onnx:"
+
+
+def onnx_spec(entry: WeightsEntry) -> ExtractorSpec:
+    """The spec of an operator's ONNX extractor, from its catalog entry."""
+    pre = entry.preprocessing
+    size = int(pre.get("size", 224))
+    color: Color = "L" if pre.get("color") == "L" else "RGB"
+    channels = 1 if color == "L" else 3
+    return ExtractorSpec(
+        id=ONNX_PREFIX + entry.name, family="onnx", architecture="onnx", input_size=size,
+        feature_dim=int(entry.feature_dim or 0),
+        mflops_224=float(entry.extra.get("mflops", 1000.0)) * (224 / size) ** 2,  # counted at import, at its size
+        color=color, mean=tuple(pre.get("mean", (0.0,) * channels)), std=tuple(pre.get("std", (1.0,) * channels)),
+        weights=entry.name, sizes=(size,),
+    )
+
+
+def register_catalog(catalog: WeightsCatalog | None) -> None:
+    """Make the catalog's ONNX extractors known to :func:`get_spec` in this process."""
+    for entry in catalog or ():
+        if entry.format == "onnx":
+            _IMPORTED[ONNX_PREFIX + entry.name] = onnx_spec(entry)
+
+
 def get_spec(extractor_id: str, size: int | None = None) -> ExtractorSpec:
-    try:
-        spec = SPECS[extractor_id]
-    except KeyError:
-        raise KeyError(f"unknown extractor {extractor_id!r}; known: {', '.join(SPECS)}") from None
+    spec = SPECS.get(extractor_id) or _IMPORTED.get(extractor_id)
+    if spec is None:
+        raise KeyError(f"unknown extractor {extractor_id!r}; known: {', '.join([*SPECS, *_IMPORTED])}")
     return spec.at_size(size) if size is not None else spec
 
 
 def resolve_weights(spec: ExtractorSpec, catalog: WeightsCatalog | None) -> WeightsEntry | None:
-    """The catalog entry for a pretrained spec: its named entry, else any for the architecture.
+    """The catalog entry for a pretrained spec: its named entry when its file is here, else any present entry for
+    the architecture (an operator's file under another name, a publisher's fetched one), else the named entry.
 
-    The fallback lets operators drop in a file under another name (say a different
-    ImageNet recipe) without a code change, as long as it loads strictly.
+    The fallback lets operators drop in a file under another name (say a different ImageNet recipe) without a
+    code change, as long as it loads strictly.
     """
     if not spec.pretrained or catalog is None:
         return None
-    if spec.weights in catalog:
-        return catalog.get(spec.weights)
-    return catalog.find(spec.architecture)
+    named = catalog.get(spec.weights) if spec.weights in catalog else None
+    if named is not None and catalog.is_present(named.name):
+        return named
+    if spec.architecture == "onnx":
+        return named
+    found = catalog.find(spec.architecture)
+    return found if found is not None and catalog.is_present(found.name) else named or found
 
 
 def unavailable_reason(spec: ExtractorSpec, catalog: WeightsCatalog | None) -> str | None:
-    """None when the spec can be built now, else a sentence saying what is missing."""
+    """None when the spec can be built now, else a sentence saying what is missing. Only files already here count:
+    a search never waits on the network (fetching is a step of its own, ``weights_fetch``)."""
     if not spec.pretrained:
         return None
     if catalog is None:
-        return f"{spec.id} needs pretrained weights {spec.weights!r} but no weights directory is configured"
+        return f"{spec.id} needs pretrained weights {spec.weights!r} but no weights catalog is configured"
     entry = resolve_weights(spec, catalog)
     if entry is None:
-        return (
-            f"{spec.id} needs weights {spec.weights!r} (architecture {spec.architecture}), "
-            f"which are not in {catalog.root}/weights.json"
-        )
-    if not catalog.is_obtainable(entry.name):
-        return f"{spec.id}: weights file {entry.file} is missing from {catalog.root} and has no download URL"
+        return f"{spec.id} needs weights {spec.weights!r} (architecture {spec.architecture}), which no catalog lists"
+    if not catalog.is_present(entry.name):
+        return f"{spec.id}: {catalog.missing_reason(entry)}"
     return None
 
 
@@ -285,7 +341,7 @@ def extractor_key(spec: ExtractorSpec, catalog: WeightsCatalog | None) -> str:
 
 def available_specs(catalog: WeightsCatalog | None) -> list[ExtractorSpec]:
     """Usable extractors, cheapest first (the order the search should try them in)."""
-    usable = [s for s in SPECS.values() if unavailable_reason(s, catalog) is None]
+    usable = [s for s in (*SPECS.values(), *_IMPORTED.values()) if unavailable_reason(s, catalog) is None]
     return sorted(usable, key=lambda s: s.mflops)
 
 
@@ -305,8 +361,12 @@ def build_architecture(spec: ExtractorSpec, state_dict: dict[str, torch.Tensor] 
         return net.eval()
     if spec.architecture not in _STRIPPERS:
         raise KeyError(f"no builder for architecture {spec.architecture!r}")
-    full = getattr(tv_models(), spec.architecture)(weights=None)
+    full = _full_network(spec)
     if state_dict is not None:
+        if spec.architecture in efficientnet_lite.VARIANTS:
+            state_dict = efficientnet_lite.convert_state_dict(state_dict)
+        elif spec.architecture == "dinov2_vits14":
+            state_dict = vit.convert_state_dict(state_dict, spec.input_size)
         try:
             full.load_state_dict(state_dict, strict=True)
         except RuntimeError as exc:
@@ -314,12 +374,24 @@ def build_architecture(spec: ExtractorSpec, state_dict: dict[str, torch.Tensor] 
     return _STRIPPERS[spec.architecture](full).eval()
 
 
+def _full_network(spec: ExtractorSpec) -> nn.Module:
+    """The whole classification network, randomly initialised."""
+    if spec.architecture in efficientnet_lite.VARIANTS:
+        return efficientnet_lite.EfficientNetLite(spec.architecture)
+    if spec.architecture == "dinov2_vits14":
+        return vit.DinoViT(image_size=spec.input_size)
+    return getattr(tv_models(), spec.architecture)(weights=None)
+
+
 def build_extractor(spec: ExtractorSpec, catalog: WeightsCatalog | None) -> nn.Module:
-    """The extractor with its pretrained weights (sha256-checked), ready for inference."""
+    """The extractor with its pretrained weights (sha256-checked), ready for inference. An operator's ONNX
+    extractor comes back as :class:`OnnxBody`: it runs in ONNX Runtime only."""
     reason = unavailable_reason(spec, catalog)
     if reason is not None:
         raise WeightsNotFoundError(reason)
     entry = resolve_weights(spec, catalog)
+    if spec.architecture == "onnx" and entry is not None and catalog is not None:
+        return OnnxBody(catalog.path(entry.name), spec.feature_dim)
     state = catalog.load_state_dict(entry.name) if (entry is not None and catalog is not None) else None
     return build_architecture(spec, state)
 
@@ -337,6 +409,8 @@ def stem_modules(spec: ExtractorSpec, body: nn.Module) -> list[nn.Module]:
     freeze nothing.
     """
     arch = spec.architecture
+    if arch in efficientnet_lite.VARIANTS:  # the stem and the blocks through stride 8, as MobileNetV2
+        return list(body.features[: efficientnet_lite.stride8_end(arch)])  # type: ignore[index]
     if arch in ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"):
         stages = {"mobilenet_v2": 7, "mobilenet_v3_small": 2, "mobilenet_v3_large": 4, "efficientnet_b0": 3}[arch]
         return list(body.features[:stages])  # type: ignore[index]

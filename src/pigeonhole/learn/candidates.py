@@ -15,17 +15,21 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
+from pigeonhole.learn.artifacts import export_model
 from pigeonhole.learn.backbones import ExtractorSpec, PixelExtractor, get_spec, resolve_weights
 from pigeonhole.learn.export import INPUT_NAME, export_onnx, open_session
 from pigeonhole.learn.features import FeatureCache, FeatureKey
+from pigeonhole.learn.head import RidgeHead
+from pigeonhole.learn.onnx_extractor import OnnxBody, join_head, members_are_onnx, metadata_of, wrap_extractor
 from pigeonhole.learn.preprocess import Color, CropPolicy, InputSpec
 from pigeonhole.learn.weights import WeightsCatalog
 
@@ -182,25 +186,44 @@ def member_key(spec: ExtractorSpec, catalog: WeightsCatalog | None, body: nn.Mod
 
 @dataclass
 class BuiltExtractor:
-    """A candidate's feature network with its cache key and input contract."""
+    """A candidate's feature network with its cache key and input contract. ``imported``: an operator's ONNX
+    extractor, which exists only as the ONNX graph in ``onnx`` (``module`` is then an empty stack)."""
 
     module: FeatureStack
     key: str
     input_spec: InputSpec
     feature_dim: int
     onnx: bytes | None = None
+    imported: bool = False
 
     def session(self, threads: int | None = None):
         if self.onnx is None:
             self.onnx = export_onnx(self.module, self.input_spec)
         return open_session(self.onnx, intra_op_threads=threads)
 
+    def export(self, head: RidgeHead, metadata: Mapping[str, str]) -> bytes:
+        """The servable file: pixels -> (probabilities, features)."""
+        if self.imported:
+            assert self.onnx is not None
+            graph = onnx.load_from_string(self.onnx)
+            return join_head(graph, head, {**metadata_of(graph), **metadata})
+        return export_model(self.module, self.input_spec, head, metadata=metadata)
+
 
 def build_stack(
     config: CandidateConfig,
     members: Sequence[tuple[ExtractorSpec, nn.Module, str]],
 ) -> BuiltExtractor:
-    """Members are (spec, body, member key); all share the candidate's input geometry."""
+    """Members are (spec, body, member key); all share the candidate's input geometry. An operator's ONNX
+    extractor stands alone (no stack, no mirrored view: its graph cannot be traced into one)."""
+    if members_are_onnx([body for _, body, _ in members]):
+        if len(members) != 1 or config.flip_tta:
+            raise ValueError("an imported ONNX extractor is used alone, without mirrored views")
+        _, body, key = members[0]
+        assert isinstance(body, OnnxBody)
+        spec = config.input_spec()
+        return BuiltExtractor(FeatureStack([]), key, spec, body.feature_dim, onnx=wrap_extractor(body.path, spec),
+                              imported=True)
     modules = [PixelExtractor(spec, body).eval() for spec, body, _ in members]
     stack = FeatureStack(modules, flip_tta=config.flip_tta).eval()
     spec = config.input_spec()

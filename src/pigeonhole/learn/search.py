@@ -40,8 +40,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pigeonhole.learn.artifacts import export_model, make_card, measure_speed, run_model, split_metrics, write_artifacts
-from pigeonhole.learn.backbones import ExtractorSpec, build_architecture, build_extractor, get_spec, unavailable_reason
+from pigeonhole.learn.artifacts import make_card, measure_speed, run_model, split_metrics, write_artifacts
+from pigeonhole.learn.backbones import (
+    ExtractorSpec,
+    available_specs,
+    build_architecture,
+    build_extractor,
+    get_spec,
+    register_catalog,
+    resolve_weights,
+    unavailable_reason,
+)
 from pigeonhole.learn.candidates import (
     BuiltExtractor,
     CandidateConfig,
@@ -76,6 +85,14 @@ OPTIONAL_SHARE = 0.08  # optional frozen candidates may take at most this share 
 LEFT_OUT_BELOW_VAL = 300
 MIRROR_CHECK_IMAGES = 1500  # the mirror check (learn.mirror) looks at up to this many training + validation images
 MIRROR_CHECK_FOLDS = 4
+# Pretrained photo extractors in the order the ladder takes them when their files are here: the first present is
+# the anytime probe and the one fine-tuned. MobileNetV2 (an operator's, or torchvision's fetched) has the recipe
+# measured longest here; EfficientNet-Lite0 ships with every install; the rest are frozen side candidates.
+PHOTO_EXTRACTORS = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2", "efficientnet_lite1",
+                    "dinov2_vits14", "mobilenet_v3_large", "convnext_tiny", "efficientnet_v2_s", "squeezenet1_0")
+NO_PRETRAINED = ("No pretrained image extractor is installed, so this model was trained from scratch and will be "
+                 "much less accurate on photos. An administrator can run `pigeonhole weights list` to see what "
+                 "is missing and `pigeonhole weights fetch` or `pigeonhole weights import` to add one.")
 # A preference's tolerance is granted only when it spans at least this many evaluation images: below
 # that, "within tolerance" is a difference the evaluation cannot measure, so the more accurate one is kept.
 TOLERANCE_MIN_IMAGES = 2
@@ -89,6 +106,7 @@ class SearchConfig:
     preference: Preference = "balanced"
     seed: int = 0
     weights_dir: Path | None = None
+    builtin_weights: bool = True  # the packaged and fetched extractors (off: only weights_dir's own catalog)
     cache_dir: Path | None = None  # pixel/feature cache and training checkpoints (node-local disk)
     output_dir: Path | None = None  # artifacts, one folder per reported candidate
     threads: int = 2
@@ -157,6 +175,7 @@ class SearchResult:
     traits: dict[str, Any]
     tuning: dict[str, Any] | None = None  # the hyper-parameter search's trials, when one ran
     mirror: dict[str, Any] | None = None  # whether mirroring changes the class (learn.mirror), when it was asked
+    notes: list[str] = field(default_factory=list)  # plain sentences for the user (e.g. no pretrained extractor)
 
 
 # Called as tuner(search=..., best=...) when the ladder is done and the target unmet: a better candidate or None.
@@ -262,7 +281,9 @@ class _Search:
             raise ValueError(f"classes without training images: {missing[:5]}")
         if len(self.classes) < 2:
             raise ValueError("need at least two classes")
-        self.catalog = WeightsCatalog(config.weights_dir) if config.weights_dir else None
+        self.catalog = WeightsCatalog(config.weights_dir, builtin=config.builtin_weights)
+        register_catalog(self.catalog)
+        self.notes: list[str] = []  # plain sentences for the user about how this model was built (card, job)
         self.cache = (
             FeatureCache(Path(config.cache_dir) / "features", config.cache_bytes) if config.cache_dir else None
         )
@@ -346,6 +367,15 @@ class _Search:
     def frozen_ok(self, extractor: str) -> bool:
         return unavailable_reason(get_spec(extractor), self.catalog) is None
 
+    def photo_extractors(self) -> list[str]:
+        """Pretrained photo extractors whose files are here, in the order the ladder uses them: the first is the
+        anytime probe and the network fine-tuned, the others are tried frozen as time allows."""
+        return [e for e in PHOTO_EXTRACTORS if self.frozen_ok(e)]
+
+    def imported_extractors(self) -> list[str]:
+        """The operator's own ONNX extractors (``pigeonhole weights import``) whose files are here."""
+        return sorted(s.id for s in available_specs(self.catalog) if s.architecture == "onnx")
+
     def mirror_changes_class(self) -> bool:
         """Whether mirroring an image changes what it shows in this set (digits, text, arrows: see
         :mod:`pigeonhole.learn.mirror`). Measured once, when a recipe first wants to mirror images; where it
@@ -375,26 +405,35 @@ class _Search:
                     augment="digits" if grey else "photo", patience=4, bf16=True,
                 )
             )
-            if grey or not self.frozen_ok("mobilenet_v2"):
+            photo = self.photo_extractors()
+            if not grey and not photo:
+                self.notes.append(NO_PRETRAINED)
+            if grey or not photo:
                 return [*out, scratch]
             # Small colour photos (CIFAR-like): a pretrained network fine-tuned on them, upscaled, beats a small
             # CNN from scratch (flowers5 shrunk to 32 px, 300 s: 82.8 % vs 72.6 %), and each fills the budget,
             # so the fine-tune goes first; `run` moves the CNN ahead where pretrained features do not transfer.
-            out.append(CandidateConfig("frozen", "mobilenet_v2", 128, "resize"))
-            return [*out, self.finetune_config("mobilenet_v2"), scratch]
-        photo = [e for e in ("mobilenet_v2", "squeezenet1_0") if self.frozen_ok(e)]
-        if not photo:  # no pretrained weights at all: the from-scratch CNN is all we have
-            return [CandidateConfig("scratch", "smallcnn_rgb", 64, "resize", train=TrainParams(
+            out.append(CandidateConfig("frozen", photo[0], 128, "resize"))
+            return [*out, self.finetune_config(photo[0]), scratch]
+        photo = self.photo_extractors()
+        for imported in self.imported_extractors():
+            out.append(CandidateConfig("frozen", imported, get_spec(imported).input_size))
+        if not photo:  # no pretrained photo network: the operator's own extractors, else a CNN from scratch
+            if not out:
+                self.notes.append(NO_PRETRAINED)
+            return [*out, CandidateConfig("scratch", "smallcnn_rgb", 64, "resize", train=TrainParams(
                 lr=3e-3, batch_size=64, augment="photo", patience=4, bf16=True))]
         first = photo[0]
         n_train = len(self.splits["train"])
         probe_cap = PROBE_PER_CLASS if n_train > PROBE_PER_CLASS * len(self.classes) * 1.5 else 0
-        out.append(CandidateConfig("frozen", first, 160, max_train_per_class=probe_cap))
+        first_at = [CandidateConfig("frozen", first, 160, max_train_per_class=probe_cap)]
         if probe_cap:
-            out.append(CandidateConfig("frozen", first, 160))
+            first_at.append(CandidateConfig("frozen", first, 160))
+        out = first_at + out  # the anytime model first; the operator's own extractors right after it
         out.append(CandidateConfig("frozen", first, 224))
         for other in photo[1:]:
-            out.append(CandidateConfig("frozen", other, 224, optional=True))
+            spec = get_spec(other)
+            out.append(CandidateConfig("frozen", other, 224 if 224 in spec.sizes else spec.sizes[-1], optional=True))
         out.append(CandidateConfig("frozen", first, 224, flip_tta=True, random_features=1024, optional=True))
         out.append(self.finetune_config(first))
         return out
@@ -722,8 +761,7 @@ class _Search:
         lineage = {"job": self.job, "dataset": self.ts.fingerprint(), "seed": self.config.seed,
                    "extractor_key": scored.extractor.key, "parent": self.current.config.name if self.current else None,
                    "extractor_classes": extractor_classes(config, self.classes)}
-        model = export_model(scored.extractor.module, scored.extractor.input_spec, head,
-                             metadata={"pigeonhole.candidate": config.name})
+        model = scored.extractor.export(head, metadata={"pigeonhole.candidate": config.name})
         eval_split = "test" if self.splits["test"] else "val"
         keys = self.keys(eval_split)
         probs = run_model(model, self.pixel_fn(config)(keys), threads=self.config.threads) if keys else None
@@ -744,7 +782,8 @@ class _Search:
                     "head_trained_on": "train+val", **{k: v for k, v in scored.train_info.items()}}
         card = make_card(candidate=candidate, classes=self.classes, input_spec=scored.extractor.input_spec,
                          head=head, metrics=metrics, speed=speed, model_bytes=len(model), training=training,
-                         leaderboard=list(self.leaderboard), lineage=lineage)
+                         leaderboard=list(self.leaderboard), lineage=lineage,
+                         extractor=self.extractor_facts(config), notes=self.notes)
         paths: dict[str, str] = {}
         if self.output_dir is not None:
             folder = self.output_dir / f"{len(self.reported):02d}-{_slug(config.name)}"
@@ -755,6 +794,15 @@ class _Search:
             throughput_img_s=speed["throughput_img_s"], train_seconds=scored.seconds, ready_at_s=ready_at,
             artifacts=paths, card=card,
         )
+
+    def extractor_facts(self, config: CandidateConfig) -> dict[str, Any]:
+        """What the card says of the candidate's extractor: pretrained or not, and on which weights."""
+        spec = config.spec
+        entry = resolve_weights(spec, self.catalog) if spec.pretrained else None
+        return {"id": spec.id, "pretrained": spec.pretrained,
+                "weights": None if entry is None else {"name": entry.name, "title": entry.title or entry.name,
+                                                        "sha256": entry.sha256, "license": entry.license,
+                                                        "origin": entry.origin}}
 
     def estimate_finish_s(self, config: CandidateConfig) -> float:
         n = len(self.splits["test"]) or len(self.splits["val"])
@@ -798,6 +846,9 @@ class _Search:
         self.median_side = median_side
         self.grey = grey
         ladder = self.ladder(small, grey, median_side)
+        if NO_PRETRAINED in self.notes:
+            self.progress("No pretrained image extractor is installed: training from scratch, which is much less "
+                          "accurate on photos (an administrator can add one: `pigeonhole weights list`)")
         counts = [sum(1 for i in self.splits["train"] if i.label == c) for c in self.classes]
         stop_reason = "exhausted"
         probe_acc: float | None = None
@@ -917,7 +968,7 @@ class _Search:
             chosen=chosen, reported=self.reported, leaderboard=self.leaderboard,
             stop_reason=stop_reason if chosen else "no_candidate", elapsed_s=self.elapsed(),
             first_candidate_s=self.first_s, traits=traits.__dict__, tuning=self.tuning,
-            mirror=self.mirror.as_dict() if self.mirror is not None else None,
+            mirror=self.mirror.as_dict() if self.mirror is not None else None, notes=list(self.notes),
         )
 
     def remembered(self, memory: ModelMemory, traits: DatasetTraits, small: bool) -> list[CandidateConfig]:
@@ -930,6 +981,8 @@ class _Search:
                 continue
             if spec.pretrained and unavailable_reason(spec, self.catalog) is not None:
                 continue
+            if spec.architecture == "onnx" and (config.kind != "frozen" or config.flip_tta):
+                continue  # an imported graph is only ever used frozen, alone
             if (spec.architecture in ("pixels", "smallcnn")) != small and config.kind != "scratch":
                 continue
             # The rounds remembered as enough for this target, when one is given and reaching it ends the search.

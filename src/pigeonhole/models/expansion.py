@@ -205,7 +205,9 @@ class ExpandHandler(JobHandler):
                                                rename),
                      "parent": job.params["base_version"], "job_id": job.id, "seconds": result["seconds"],
                      "manifest_key": result["keys"].get("manifest"), "source": source,
-                     "extractor_classes": extractor_classes_after(base, rename) if base is not None else None},
+                     "extractor_classes": extractor_classes_after(base, rename) if base is not None else None,
+                     # the extractor is the base's, unchanged: so is what the user was told about it
+                     **({k: base.lineage.get(k) for k in ("extractor", "notes")} if base is not None else {})},
             latency_ms=result["latency_ms"], throughput=result["throughput"], job_id=job.id,
             version_id=result["version_id"])
         drift.after_expand(db, model, row, settings)

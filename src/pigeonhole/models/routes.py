@@ -98,8 +98,8 @@ def model_public(model: Model, active: ModelVersion | None, training: bool = Fal
                        metrics=active.metrics if active else None, target_accuracy=model.target_accuracy,
                        time_budget_s=model.time_budget_s, preference=model.preference,  # type: ignore[arg-type]
                        job_id=model.job_id, auto_retrain=bool(model.auto_retrain),
-                       retrain_suggested=suggestion,
-                       created_at=model.created_at, updated_at=model.updated_at)
+                       retrain_suggested=suggestion, notes=list((active.lineage or {}).get("notes") or []) if active
+                       else [], created_at=model.created_at, updated_at=model.updated_at)
 
 
 def version_public(row: ModelVersion, model: Model) -> VersionPublic:
@@ -107,6 +107,8 @@ def version_public(row: ModelVersion, model: Model) -> VersionPublic:
     return VersionPublic(v=row.v, classes=row.classes, metrics=row.metrics, size_bytes=row.size_bytes,
                          latency_ms=row.latency_ms, throughput=row.throughput, threshold=row.threshold,
                          lineage=row.lineage, created_at=row.created_at, active=row.v == model.active_version,
+                         pretrained=(row.lineage.get("extractor") or {}).get("pretrained"),
+                         notes=list(row.lineage.get("notes") or []),
                          input=InputSpecPublic(height=spec["height"], width=spec["width"], layout=spec.get("layout",
                                                "NCHW"), dtype=spec.get("dtype", "uint8"), color=spec["color"],
                                                mean=spec.get("mean"), std=spec.get("std"),

@@ -63,6 +63,10 @@ class VersionPublic(BaseModel):
     input: InputSpecPublic
     created_at: datetime
     active: bool
+    pretrained: bool | None = Field(default=None, description="whether its image extractor was pretrained (false: "
+                                    "trained from scratch, much less accurate on photos; null: not recorded)")
+    notes: list[str] = Field(default_factory=list, description="plain sentences about how this version was built "
+                             "that its user should know, e.g. that no pretrained extractor was available")
 
 
 class ModelPublic(BaseModel):
@@ -83,6 +87,8 @@ class ModelPublic(BaseModel):
     retrain_suggested: RetrainSuggestion | None = Field(
         default=None, description="set when a retrain would likely do better than the class changes made "
         "since the last training; cleared once a newer training version exists")
+    notes: list[str] = Field(default_factory=list, description="what the user should know about the active "
+                             "version, in plain sentences (e.g. that no pretrained extractor was available)")
     created_at: datetime
     updated_at: datetime
 

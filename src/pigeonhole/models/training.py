@@ -28,6 +28,8 @@ from pigeonhole.learn.data import TrainingImage, TrainingSet
 from pigeonhole.learn.memory import InMemoryStore, JsonMemoryStore, ModelMemory, SearchRecord
 from pigeonhole.learn.search import CandidateResult, SearchConfig, run_search
 from pigeonhole.learn.tune import ray_asha_tuner
+from pigeonhole.learn.weights import WeightsCatalog
+from pigeonhole.learn.weights_fetch import prefetch
 from pigeonhole.models import drift
 from pigeonhole.models.service import artifact_prefix, settle_version
 from pigeonhole.settings import load_settings
@@ -96,8 +98,20 @@ class _Reporter:
             "size_bytes": candidate.model_size_bytes, "latency_ms": candidate.latency_ms,
             "throughput": candidate.throughput_img_s, "candidate": candidate.name,
             "lineage": {**card.get("lineage", {}), "candidate": card.get("candidate"),
-                        "leaderboard": card.get("leaderboard"), "training": card.get("training")},
+                        "leaderboard": card.get("leaderboard"), "training": card.get("training"),
+                        "extractor": card.get("extractor"), "notes": card.get("notes", [])},
         })
+
+
+def _fetch_recommended(ctx: JobContext, weights_dir: Path, payload: dict[str, Any]) -> dict[str, str] | None:
+    """Bring the recommended publisher extractors that are missing, when the operator allows it (embedded installs
+    do by default). A failure (no network) costs one quick try and is reported in the job's result; the search
+    then uses what is here."""
+    catalog = WeightsCatalog(weights_dir, builtin=payload.get("builtin_weights", True), download_timeout_s=10.0)
+    if all(catalog.is_present(e.name) for e in catalog if e.recommended and e.url):
+        return None
+    ctx.report(progress=0.0, stage="Fetching pretrained image extractors from their publishers (once)")
+    return prefetch(catalog)
 
 
 @register
@@ -120,6 +134,7 @@ class TrainHandler(JobHandler):
             raise JobFailed("The dataset has no images of the chosen classes any more.")
         settings = load_settings()
         return {**params, "images": images, "weights_dir": str(settings.resolved_weights_dir),
+                "builtin_weights": settings.builtin_weights, "weights_fetch": settings.resolved_weights_fetch,
                 "memory": [r.to_json() for r in _memory_store().load()]}
 
     def run(self, ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
@@ -130,10 +145,12 @@ class TrainHandler(JobHandler):
         source = BlobSource(blobs, {sha: size for sha, _, _, size in payload["images"]})
         work = Path(ctx.cache_dir) / "training" / f"{ctx.job_id}-{ctx.attempt}"
         weights = os.environ.get("PIGEONHOLE_WEIGHTS_DIR") or payload["weights_dir"]
+        fetched = _fetch_recommended(ctx, Path(weights), payload) if payload.get("weights_fetch") else None
         config = SearchConfig(target_accuracy=payload.get("target_accuracy"),
                               time_budget_s=float(payload["time_budget_s"]),
                               preference=payload.get("preference", "balanced"), seed=int(payload.get("seed", 0)),
-                              weights_dir=Path(weights), cache_dir=Path(ctx.cache_dir) / "learn",
+                              weights_dir=Path(weights), builtin_weights=payload.get("builtin_weights", True),
+                              cache_dir=Path(ctx.cache_dir) / "learn",
                               output_dir=work, threads=max(1, int(os.environ.get("PIGEONHOLE_TRAIN_THREADS", "2"))),
                               cache_bytes=int(ctx.cache_max_bytes), job_id=ctx.job_id)
         store = InMemoryStore()
@@ -153,7 +170,7 @@ class TrainHandler(JobHandler):
         return {"stop_reason": result.stop_reason, "chosen": result.chosen.name if result.chosen else None,
                 "elapsed_s": round(result.elapsed_s, 2), "first_candidate_s": result.first_candidate_s,
                 "leaderboard": result.leaderboard, "tuning": result.tuning, "mirror_check": result.mirror,
-                "memory": new_records}
+                "notes": result.notes, "weights_fetched": fetched, "memory": new_records}
 
     def on_event(self, db: Session, job: Job, event: dict[str, Any]) -> None:
         if event.get("type") != "version":

@@ -24,9 +24,11 @@ from pigeonhole.learn.backbones import (
 )
 from pigeonhole.learn.preprocess import Normalize, images_to_batch
 from pigeonhole.learn.weights import WeightsCatalog, WeightsError, WeightsNotFoundError
+from tests.unit.learn.conftest import read_class_zip
 
 PRETRAINED = ["mobilenet_v2", "squeezenet1_0"]
-NOT_SHIPPED = ["resnet18", "efficientnet_b0", "mobilenet_v3_small", "mobilenet_v3_large"]
+NOT_SHIPPED = ["resnet18", "efficientnet_b0", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_v2_s",
+               "convnext_tiny", "efficientnet_lite2"]
 
 
 @pytest.mark.parametrize("extractor_id", PRETRAINED)
@@ -76,6 +78,38 @@ def test_specs_without_weights_report_clearly(extractor_id: str, catalog) -> Non
     assert out.shape == (2, spec.feature_dim)
 
 
+def test_efficientnet_lite0_ships_with_the_product_and_knows_ants_from_bees(tmp_path: Path, shared_datasets) -> None:
+    """The packaged weights through the product's own path (no weights directory at all): features of the
+    extractor as the search builds it, times the checkpoint's ImageNet classifier, name ImageNet's 'ant' (310)
+    and 'bee' (309) in the top 5 for most photos. Swish for ReLU6, ImageNet's mean/std for (x - 127) / 128, or
+    symmetric for TensorFlow's padding each cost this sanity."""
+    catalog = WeightsCatalog(tmp_path / "fresh-install")
+    spec = get_spec("efficientnet_lite0", 224)
+    assert unavailable_reason(spec, catalog) is None and spec in available_specs(catalog)
+    raw = catalog.load_state_dict("efficientnet_lite0-imagenet")
+    model = PixelExtractor(spec, build_extractor(spec, catalog)).eval()
+    hits = []
+    for label, imagenet_class in (("ants", 310), ("bees", 309)):
+        photos = [b for b, y in read_class_zip(shared_datasets / "hymenoptera" / "val.zip", 20) if y == label]
+        with torch.no_grad():
+            feats = model(torch.from_numpy(images_to_batch(photos, 224)))
+        logits = feats @ raw["_fc.weight"].T + raw["_fc.bias"]
+        hits += (logits.topk(5, dim=1).indices == imagenet_class).any(dim=1).tolist()
+    assert np.mean(hits) >= 0.8
+
+
+def test_a_dinov2_checkpoint_in_meta_s_layout_loads_strictly_at_the_extractor_size() -> None:
+    """The published file's names and its 37 x 37 position grid (518 px), resized at load time to 224 px."""
+    from pigeonhole.learn.vit import DinoViT
+
+    published = DinoViT(image_size=518).state_dict()
+    assert published["pos_embed"].shape == (1, 1 + 37 * 37, 384)
+    spec = get_spec("dinov2_vits14")
+    body = build_architecture(spec, published)
+    with torch.no_grad():
+        assert body(torch.zeros(2, 3, 224, 224)).shape == (2, spec.feature_dim) == (2, 768)
+
+
 def test_available_specs_cheapest_first(catalog) -> None:
     ids = [s.id for s in available_specs(catalog)]
     assert {"mobilenet_v2", "squeezenet1_0", "smallcnn_l"} <= set(ids)
@@ -83,6 +117,7 @@ def test_available_specs_cheapest_first(catalog) -> None:
     assert costs == sorted(costs)
     assert get_spec("mobilenet_v2", 112).mflops == pytest.approx(SPECS["mobilenet_v2"].mflops / 4)
     assert available_specs(None) == [s for s in available_specs(catalog) if not s.pretrained]
+    assert "efficientnet_lite0" in ids  # shipped in a registry package, beside the operator's files
 
 
 def test_catalog_entry_under_another_name_is_found_by_architecture(tmp_path: Path, shared_weights: Path) -> None:
@@ -113,7 +148,8 @@ def test_small_cnn_on_mnist(mnist) -> None:
     assert feats.shape == (8, spec.feature_dim)
 
 
-@pytest.mark.parametrize("extractor_id", ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "squeezenet1_0"])
+@pytest.mark.parametrize("extractor_id", ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "squeezenet1_0",
+                                          "efficientnet_lite0"])
 def test_the_stem_and_the_rest_compute_the_whole_network(extractor_id: str) -> None:
     """Fine-tuning runs a frozen stem apart from the rest (in ONNX Runtime): the two must be the network."""
     spec = get_spec(extractor_id, 64)

@@ -72,7 +72,7 @@ def test_missing_file_without_url_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_unknown_name_and_malformed_catalog(tmp_path: Path) -> None:
-    assert len(WeightsCatalog(tmp_path / "absent")) == 0
+    assert len(WeightsCatalog(tmp_path / "absent", builtin=False)) == 0
     with pytest.raises(WeightsNotFoundError, match="no weights named"):
         WeightsCatalog(tmp_path).get("nope")
     (tmp_path / "weights.json").write_text("{not json")
@@ -84,8 +84,8 @@ def test_download_failure_without_network(tmp_path: Path) -> None:
     # Port 9 (discard) on loopback refuses the connection at once: same path as no network.
     _write_catalog(tmp_path, sha256="0" * 64, url="http://127.0.0.1:9/tiny.safetensors")
     with pytest.raises(WeightsDownloadError, match="downloading"):
-        WeightsCatalog(tmp_path, download_timeout_s=5).path("tiny")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.json"]  # no partial file left
+        WeightsCatalog(tmp_path, allow_fetch=True, download_timeout_s=5).path("tiny")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["weights.json"]
 
 
 @pytest.fixture()
@@ -110,10 +110,11 @@ def test_download_into_dir_then_verify(tmp_path: Path, file_server) -> None:
     root = tmp_path / "weights"
     root.mkdir()
     _write_catalog(root, sha256=sha, url=f"{base}/tiny.safetensors")
-    catalog = WeightsCatalog(root)
+    assert not WeightsCatalog(root).is_obtainable("tiny")  # fetching is the operator's choice
+    catalog = WeightsCatalog(root, allow_fetch=True)
     assert not catalog.is_present("tiny") and catalog.is_obtainable("tiny")
     assert catalog.load_state_dict("tiny")["w"].shape == (2, 3)
-    assert sorted(p.name for p in root.iterdir()) == ["tiny.safetensors", "weights.json"]
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["tiny.safetensors", "weights.json"]
 
 
 def test_download_with_wrong_sha_is_discarded(tmp_path: Path, file_server) -> None:
@@ -123,5 +124,5 @@ def test_download_with_wrong_sha_is_discarded(tmp_path: Path, file_server) -> No
     root.mkdir()
     _write_catalog(root, sha256="1" * 64, url=f"{base}/tiny.safetensors")
     with pytest.raises(WeightsIntegrityError, match="discarded"):
-        WeightsCatalog(root).path("tiny")
-    assert sorted(p.name for p in root.iterdir()) == ["weights.json"]
+        WeightsCatalog(root, allow_fetch=True).path("tiny")
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["weights.json"]

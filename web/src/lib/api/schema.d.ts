@@ -801,6 +801,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/admin/weights": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Weights
+         * @description The pretrained image extractors this server knows: present or missing, size, origin, how to get them.
+         */
+        get: operations["admin-list_weights"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/admin/jobs": {
         parameters: {
             query?: never;
@@ -1037,6 +1057,49 @@ export interface components {
             /** Code */
             code: string;
         };
+        /** ExtractorWeights */
+        ExtractorWeights: {
+            /** Name */
+            name: string;
+            /** Title */
+            title: string;
+            /**
+             * Origin
+             * @description package: ships with the product; publisher: fetched from its publisher; operator: imported
+             * @enum {string}
+             */
+            origin: "package" | "publisher" | "operator";
+            /** Present */
+            present: boolean;
+            /**
+             * Size Bytes
+             * @description the file's size (when missing: as its publisher says)
+             */
+            size_bytes?: number | null;
+            /** Feature Dim */
+            feature_dim?: number | null;
+            /** License */
+            license?: string | null;
+            /** Url */
+            url?: string | null;
+            /**
+             * Recommended
+             * @default false
+             */
+            recommended: boolean;
+            /** Format */
+            format?: string | null;
+            /**
+             * How To Get
+             * @description when missing: what brings it, in one sentence
+             */
+            how_to_get?: string | null;
+            /**
+             * Problem
+             * @description set when the weights catalog itself cannot be read
+             */
+            problem?: string | null;
+        };
         /** Health */
         Health: {
             /**
@@ -1075,6 +1138,11 @@ export interface components {
             small_images: number;
             /** Unreadable Urls */
             unreadable_urls: number;
+            /**
+             * Pretrained Extractors
+             * @description the server's pretrained image extractors (none: photo models are trained from scratch)
+             */
+            pretrained_extractors?: string[];
             /**
              * Messages
              * @description what to do next, in plain words
@@ -1497,6 +1565,11 @@ export interface components {
             /** @description set when a retrain would likely do better than the class changes made since the last training; cleared once a newer training version exists */
             retrain_suggested?: components["schemas"]["RetrainSuggestion"] | null;
             /**
+             * Notes
+             * @description what the user should know about the active version, in plain sentences (e.g. that no pretrained extractor was available)
+             */
+            notes?: string[];
+            /**
              * Created At
              * Format: date-time
              */
@@ -1866,6 +1939,28 @@ export interface components {
             created_at: string;
             /** Active */
             active: boolean;
+            /**
+             * Pretrained
+             * @description whether its image extractor was pretrained (false: trained from scratch, much less accurate on photos; null: not recorded)
+             */
+            pretrained?: boolean | null;
+            /**
+             * Notes
+             * @description plain sentences about how this version was built that its user should know, e.g. that no pretrained extractor was available
+             */
+            notes?: string[];
+        };
+        /** WeightsStatus */
+        WeightsStatus: {
+            /** Weights Dir */
+            weights_dir: string;
+            /**
+             * Fetch Allowed
+             * @description whether a training fetches the recommended extractors when missing
+             */
+            fetch_allowed: boolean;
+            /** Items */
+            items: components["schemas"]["ExtractorWeights"][];
         };
     };
     responses: never;
@@ -6308,6 +6403,98 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["NodePublic"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    "admin-list_weights": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WeightsStatus"];
                 };
             };
             /** @description Bad request */
