@@ -4,7 +4,7 @@ Prints one line per dataset: time to the first served version, total wall time, 
 calling the prediction API on the held-out split), chosen candidate, model size and latency.
 
     .venv/bin/python benchmarks/train.py [--datasets hymenoptera,flowers5,mnist] [--budget 600]
-        [--mnist-train 60000] [--side 32] [--dump DIR]
+        [--mnist-train 60000] [--side 32] [--dump DIR] [--fresh]
 """
 
 from __future__ import annotations
@@ -94,8 +94,11 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=0,
                         help="shrink every photo to N x N px first (a small colour set like CIFAR's 32 px)")
     parser.add_argument("--dump", type=Path, default=None, help="write each job and version as JSON here")
+    parser.add_argument("--fresh", action="store_true",
+                        help="as a fresh install: no weights directory (only what ships with the product, and what "
+                             "its publishers give where the network allows)")
     args = parser.parse_args()
-    server = start_server({"PIGEONHOLE_WEIGHTS_DIR": str(WEIGHTS)})
+    server = start_server({} if args.fresh else {"PIGEONHOLE_WEIGHTS_DIR": str(WEIGHTS)})
     try:
         with Client(server.base, server.token, timeout_s=600) as pgh:
             for name in args.datasets.split(","):
