@@ -235,6 +235,17 @@ def test_selection_rule() -> None:
     assert select([cheap, costly], None, "balanced") is cheap
     assert select([cheap, costly], None, "accurate") is costly
 
+    # A lead measured on few images over a candidate measured on many is kept only when chance would rarely give
+    # it: 28 of 28 validation images is what a 97.2 % model scores 45 % of the time; 300 of 300 is not.
+    frozen, tuned = cand(0.972, 400, 0), cand(1.0, 800, 1)
+    frozen.evaluated_on, tuned.evaluated_on = 281, 28
+    assert select([frozen, tuned], None, "balanced") is frozen
+    assert select([frozen, tuned], 0.99, "balanced") is frozen  # nor does it meet a target on that evidence
+    tuned.evaluated_on = 140
+    assert select([frozen, tuned], None, "balanced") is tuned  # 140 of 140: P = 0.02 under 97.2 %
+    frozen.evaluated_on = tuned.evaluated_on = 28
+    assert select([frozen, tuned], None, "balanced") is tuned  # measured alike: the plain rule
+
 
 def test_flip_view_of_a_trained_candidate(small_flowers, tmp_path: Path, shared_weights: Path) -> None:
     """The mirrored-view variant reuses the trained networks, averages plain and mirrored features in the
