@@ -26,6 +26,10 @@ SHARED_DIR = Path(os.environ.get("PIGEONHOLE_SHARED_DIR", REPO_ROOT.parent / "sh
 POSTGRES_URL = os.environ.get("PIGEONHOLE_TEST_POSTGRES_URL")
 BACKENDS = ["sqlite", "postgres"] if POSTGRES_URL else ["sqlite"]
 
+# A test never reaches a publisher: trainings (in this process, in Ray workers and in servers the tests start,
+# which inherit the environment) do not fetch extractors; the tests of fetching serve files on 127.0.0.1.
+os.environ["PIGEONHOLE_WEIGHTS_FETCH"] = "false"
+
 # Cheap Argon2 so tests that sign up many users stay fast; production keeps the strong defaults.
 FAST_PASSWORDS = dict(argon2_time_cost=1, argon2_memory_kib=1024, argon2_parallelism=1)
 

@@ -25,7 +25,8 @@ def trainable_dataset(owner: Account, per_class: int = 5) -> str:
     return dataset_id
 
 
-def add_version(app: FastAPI, model_id: str, *, activate: bool = True, growable: bool = False) -> int:
+def add_version(app: FastAPI, model_id: str, *, activate: bool = True, growable: bool = False,
+                lineage: dict[str, Any] | None = None) -> int:
     """Store an exported classifier and record it as a new version, as the training job does.
 
     ``growable``: with head statistics and the features output, so classes can be added to it.
@@ -43,7 +44,8 @@ def add_version(app: FastAPI, model_id: str, *, activate: bool = True, growable:
         assert model is not None
         row = record_version(db, model, classes=["dark", "bright"], metrics={"accuracy": 1.0}, input_spec=spec,
                              threshold=0.5, size_bytes=len(onnx), onnx_key=key, head_key=head_key, card_key=None,
-                             lineage={"change": "trained", "note": json.dumps("test")}, latency_ms=1.0,
+                             lineage={"change": "trained", "note": json.dumps("test"), **(lineage or {})},
+                             latency_ms=1.0,
                              throughput=100.0, job_id=None, activate=activate, version_id=version_id)
         return row.v
 

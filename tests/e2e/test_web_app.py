@@ -206,6 +206,13 @@ def test_sign_up_to_admin(server: str, browser, shots: Path, tmp_path: Path) -> 
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Admin").click()
     expect(page.get_by_role("cell", name=re.compile(EMAIL))).to_be_visible()
     expect(page.get_by_text("Administrator", exact=True)).to_be_visible()
+    # the pretrained extractors: the packaged one present, the publishers' missing with how to get them
+    extractors = page.get_by_role("region", name="Pretrained extractors")
+    lite = extractors.get_by_role("row").filter(has_text="efficientnet_lite0-imagenet")
+    expect(lite.get_by_text("present", exact=True)).to_be_visible()
+    expect(lite.get_by_text("ships with Pigeonhole")).to_be_visible()
+    dino = extractors.get_by_role("row").filter(has_text="dinov2_vits14")
+    expect(dino.get_by_text("pigeonhole weights fetch dinov2_vits14")).to_be_visible()
     shot("10-admin-users")
 
     # 10. At phone width the pages still work: a deep link straight into the dataset.

@@ -78,6 +78,9 @@ class CandidateConfig:
     flip_tta: bool = False
     random_features: int = 0
     with_frozen: bool = False  # fine-tuned: also concatenate the frozen pretrained features
+    # frozen: a second pretrained extractor whose features (same input, its own normalisation) are concatenated:
+    # two architectures see different things, and one head on both is a cheap ensemble in one graph
+    partner: str | None = None
     train: TrainParams = field(default_factory=TrainParams)
     optional: bool = False  # a side candidate the search may skip when time is short
     max_train_per_class: int = 0  # > 0: the head sees only this many training images per class (fast probe)
@@ -92,7 +95,7 @@ class CandidateConfig:
 
     @property
     def name(self) -> str:
-        parts = [f"{self.extractor}@{self.size}", self.kind]
+        parts = [f"{self.extractor}{'+' + self.partner if self.partner else ''}@{self.size}", self.kind]
         if self.kind != "frozen":
             parts.append(f"{self.train.epochs}ep")
             if self.train.tuned:
@@ -114,7 +117,12 @@ class CandidateConfig:
         """Approximate inference multiply-adds of the extractor stack (head excluded)."""
         one = self.spec.mflops if self.spec.family != "smallcnn" else _smallcnn_mflops(self)
         members = 2 if self.with_frozen else 1
-        return one * members * (2 if self.flip_tta else 1)
+        partner = get_spec(self.partner, self.size).mflops if self.partner else 0.0
+        return (one * members + partner) * (2 if self.flip_tta else 1)
+
+    @property
+    def partner_spec(self) -> ExtractorSpec | None:
+        return get_spec(self.partner, self.size) if self.partner else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

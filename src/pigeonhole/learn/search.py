@@ -319,6 +319,7 @@ class _Search:
         self.catalog = WeightsCatalog(config.weights_dir, builtin=config.builtin_weights)
         register_catalog(self.catalog)
         self.notes: list[str] = []  # plain sentences for the user about how this model was built (card, job)
+        self.frozen_done: set[tuple[str, int, str]] = set()  # (extractor, size, crop) whose features are all cached
         self.cache = (
             FeatureCache(Path(config.cache_dir) / "features", config.cache_bytes) if config.cache_dir else None
         )
@@ -469,6 +470,8 @@ class _Search:
         for other in photo[1:]:
             spec = get_spec(other)
             out.append(CandidateConfig("frozen", other, 224 if 224 in spec.sizes else spec.sizes[-1], optional=True))
+        if len(photo) > 1:  # the two best-placed extractors into one head: chosen only if validation says better
+            out.append(CandidateConfig("frozen", first, 224, partner=photo[1], optional=True))
         out.append(CandidateConfig("frozen", first, 224, flip_tta=True, random_features=1024, optional=True))
         out.append(self.finetune_config(first))
         return out
@@ -533,28 +536,53 @@ class _Search:
         return n * max(config.mflops(), 1.0) / self.rate + max(0, n - decoded) * self.pixel_s + self.overhead_s
 
     def run_frozen(self, config: CandidateConfig) -> Scored:
+        """A frozen extractor (or a stack of two, ``partner``) and a ridge head. A stack's features are its
+        members' side by side, each extracted (and cached) as when the member ran alone, so a stack of two
+        extractors already tried costs a head solve."""
         t = time.monotonic()
-        spec = config.spec
-        body = build_extractor(spec, self.catalog) if spec.pretrained else build_architecture(spec)
-        built = build_stack(config, [(spec, body, member_key(spec, self.catalog))])
+        parts = [replace(config, partner=None)]
+        if config.partner:
+            parts.append(replace(config, extractor=config.partner, partner=None))
+        members = []
+        for part in parts:
+            spec = part.spec
+            body = build_extractor(spec, self.catalog) if spec.pretrained else build_architecture(spec)
+            members.append((spec, body, member_key(spec, self.catalog)))
+        built = build_stack(config, members)
         self.progress(f"Trying a quick model: {_plain(config)}")
         rows = self.train_rows(config.max_train_per_class)
         all_train = self.keys("train")
         train_keys = [all_train[i] for i in rows]
-        timing: dict[str, float] = {}
-        feats = {
-            s: extract_features(built, keys, self.pixel_fn(config), self.cache,
-                                threads=self.config.threads, should_stop=self.should_stop, timing=timing)
-            for s, keys in (("train", train_keys), ("val", self.keys("val")))
-        }
-        if spec.pretrained and timing.get("infer_s", 0.0) > 0.5:
-            self.measured_pass(config, timing, time.monotonic() - t)
+        pieces: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+        for part, member in zip(parts, members, strict=True):
+            single = built if len(parts) == 1 else build_stack(part, [member])
+            timing: dict[str, float] = {}
+            started = time.monotonic()
+            for split, keys in (("train", train_keys), ("val", self.keys("val"))):
+                pieces[split].append(extract_features(single, keys, self.pixel_fn(part), self.cache,
+                                                      threads=self.config.threads, should_stop=self.should_stop,
+                                                      timing=timing))
+            if part.spec.pretrained and timing.get("infer_s", 0.0) > 0.5:
+                self.measured_pass(part, timing, time.monotonic() - started)
+            if not part.max_train_per_class and not part.flip_tta:
+                self.frozen_done.add((part.extractor, part.size, part.crop))
+        feats = {split: np.hstack(p) if len(p) > 1 else p[0] for split, p in pieces.items()}
         left_out = len(feats["val"]) < LEFT_OUT_BELOW_VAL  # frozen features: left-out scores are honest
         head, acc, measured = self.fit_head(feats["train"], feats["val"], config.random_features, rows,
                                             left_out=left_out)
         config = replace(config, random_features=head.config.random_features)
         return Scored(config, acc, config.mflops(), time.monotonic() - t, built, head, val_features=feats["val"],
                       evaluated_on=measured, val_in_head=left_out)
+
+    def frozen_need_s(self, config: CandidateConfig) -> float:
+        """Seconds a frozen candidate will take: its feature passes (none for the members of a stack already tried
+        alone, whose features are cached) and finishing it."""
+        n = len(self.splits["train"]) + len(self.splits["val"])
+        parts = [replace(config, partner=None)] + ([replace(config, extractor=config.partner, partner=None)]
+                                                   if config.partner else [])
+        passes = sum(self.estimate_frozen_s(p, n) for p in parts
+                     if not config.partner or (p.extractor, p.size, p.crop) not in self.frozen_done)
+        return passes + self.estimate_finish_s(config)
 
     def measured_pass(self, config: CandidateConfig, timing: dict[str, float], seconds: float) -> None:
         """Fold a timed feature pass into the speed estimates, keeping the slowest of each part: they
@@ -832,12 +860,15 @@ class _Search:
 
     def extractor_facts(self, config: CandidateConfig) -> dict[str, Any]:
         """What the card says of the candidate's extractor: pretrained or not, and on which weights."""
-        spec = config.spec
-        entry = resolve_weights(spec, self.catalog) if spec.pretrained else None
-        return {"id": spec.id, "pretrained": spec.pretrained,
-                "weights": None if entry is None else {"name": entry.name, "title": entry.title or entry.name,
-                                                        "sha256": entry.sha256, "license": entry.license,
-                                                        "origin": entry.origin}}
+        def facts(spec: ExtractorSpec) -> dict[str, Any] | None:
+            entry = resolve_weights(spec, self.catalog) if spec.pretrained else None
+            return None if entry is None else {"name": entry.name, "title": entry.title or entry.name,
+                                               "sha256": entry.sha256, "license": entry.license,
+                                               "origin": entry.origin}
+
+        partner = config.partner_spec
+        return {"id": config.spec.id, "pretrained": config.spec.pretrained, "weights": facts(config.spec),
+                **({"partner": partner.id, "partner_weights": facts(partner)} if partner is not None else {})}
 
     def estimate_finish_s(self, config: CandidateConfig) -> float:
         n = len(self.splits["test"]) or len(self.splits["val"])
@@ -910,8 +941,7 @@ class _Search:
                 # the first candidate always runs (it is the anytime model); later ones only if they fit
                 reserve = 0.0
                 if self.current is not None and config.kind == "frozen":
-                    need = self.estimate_frozen_s(config, len(self.splits["train"]) + len(self.splits["val"]))
-                    need += self.estimate_finish_s(config)
+                    need = self.frozen_need_s(config)
                     if need > self.remaining():
                         short_of_time = True
                         continue
@@ -1016,6 +1046,8 @@ class _Search:
                 continue
             if spec.pretrained and unavailable_reason(spec, self.catalog) is not None:
                 continue
+            if config.partner_spec is not None and unavailable_reason(config.partner_spec, self.catalog) is not None:
+                continue
             if spec.architecture == "onnx" and (config.kind != "frozen" or config.flip_tta):
                 continue  # an imported graph is only ever used frozen, alone
             if (spec.architecture in ("pixels", "smallcnn")) != small and config.kind != "scratch":
@@ -1059,12 +1091,17 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:80]
 
 
-_FRIENDLY = {"mobilenet_v2": "MobileNetV2", "squeezenet1_0": "SqueezeNet", "pixels_l": "raw pixels",
+_FRIENDLY = {"mobilenet_v2": "MobileNetV2", "squeezenet1_0": "SqueezeNet", "efficientnet_lite0": "EfficientNet-Lite0",
+             "efficientnet_lite1": "EfficientNet-Lite1", "efficientnet_lite2": "EfficientNet-Lite2",
+             "dinov2_vits14": "DINOv2", "convnext_tiny": "ConvNeXt-Tiny", "efficientnet_v2_s": "EfficientNetV2-S",
+             "mobilenet_v3_large": "MobileNetV3-Large", "pixels_l": "raw pixels",
              "pixels_rgb": "raw pixels", "smallcnn_l": "a small network", "smallcnn_rgb": "a small network"}
 
 
 def _plain(config: CandidateConfig) -> str:
     name = _FRIENDLY.get(config.extractor, config.extractor)
+    if config.partner:
+        name += f" and {_FRIENDLY.get(config.partner, config.partner)} together"
     extra = " with mirrored views" if config.flip_tta else ""
     return f"{name} at {config.size} px{extra}"
 

@@ -135,11 +135,13 @@ def fetch(catalog: WeightsCatalog, name: str, *, progress: Progress | None = Non
 
 def prefetch(catalog: WeightsCatalog, names: Sequence[str] | None = None) -> dict[str, str]:
     """Fetch the recommended publisher entries that are missing (or ``names``): name -> "present", "fetched" or
-    why it failed. Never raises, so a training goes on with what is here when the network is not."""
+    why it failed. A recommended entry whose architecture is already here (say the operator's MobileNetV2) is
+    not fetched again. Never raises, so a training goes on with what is here when the network is not."""
     chosen = [e for e in catalog if (e.name in names if names is not None else e.recommended) and e.url]
     outcome: dict[str, str] = {}
     for entry in chosen:
-        if catalog.is_present(entry.name):
+        found = catalog.find(entry.architecture)
+        if catalog.is_present(entry.name) or (names is None and found is not None and catalog.is_present(found.name)):
             outcome[entry.name] = "present"
             continue
         try:

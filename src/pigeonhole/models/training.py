@@ -108,7 +108,7 @@ def _fetch_recommended(ctx: JobContext, weights_dir: Path, payload: dict[str, An
     do by default). A failure (no network) costs one quick try and is reported in the job's result; the search
     then uses what is here."""
     catalog = WeightsCatalog(weights_dir, builtin=payload.get("builtin_weights", True), download_timeout_s=10.0)
-    if all(catalog.is_present(e.name) for e in catalog if e.recommended and e.url):
+    if all(catalog.is_present((catalog.find(e.architecture) or e).name) for e in catalog if e.recommended and e.url):
         return None
     ctx.report(progress=0.0, stage="Fetching pretrained image extractors from their publishers (once)")
     return prefetch(catalog)

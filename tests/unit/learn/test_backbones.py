@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.unit.learn.conftest import read_class_zip
 
 from pigeonhole.learn._torchvision import tv_models
 from pigeonhole.learn.backbones import (
@@ -24,7 +25,6 @@ from pigeonhole.learn.backbones import (
 )
 from pigeonhole.learn.preprocess import Normalize, images_to_batch
 from pigeonhole.learn.weights import WeightsCatalog, WeightsError, WeightsNotFoundError
-from tests.unit.learn.conftest import read_class_zip
 
 PRETRAINED = ["mobilenet_v2", "squeezenet1_0"]
 NOT_SHIPPED = ["resnet18", "efficientnet_b0", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_v2_s",

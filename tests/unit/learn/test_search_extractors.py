@@ -90,3 +90,35 @@ def test_an_operator_onnx_extractor_is_searched_exported_and_grown(small_flowers
     rebuilt = rebuild_model(model, head)
     np.testing.assert_allclose(open_session(rebuilt).run(["probabilities"], {INPUT_NAME: pixels})[0], probs,
                                atol=1e-6)
+
+
+def test_two_extractors_stack_into_one_head_from_their_cached_features(small_flowers, shared_weights,
+                                                                       tmp_path) -> None:
+    """MobileNetV2 (the operator's) and the packaged Lite0 side by side: the stack's features are the members'
+    (cached when each ran alone, so it costs a head solve), it is exported as one graph, and grows exactly."""
+    from pigeonhole.learn.candidates import CandidateConfig
+    from pigeonhole.learn.search import NullReporter, _Search
+
+    ts, source = small_flowers
+    search = _Search(ts, source, _config(tmp_path, shared_weights), NullReporter(), None, None)
+    ladder = search.ladder(small=False, grey=False, median_side=128.0)
+    stacked = [c for c in ladder if c.partner]
+    assert [(c.extractor, c.partner, c.size) for c in stacked] == [("mobilenet_v2", "efficientnet_lite0", 224)]
+    mobilenet, lite = (search.run_frozen(CandidateConfig("frozen", e, 160)) for e in ("mobilenet_v2",
+                                                                                      "efficientnet_lite0"))
+    pair = CandidateConfig("frozen", "mobilenet_v2", 160, partner="efficientnet_lite0")
+    assert search.frozen_need_s(pair) == pytest.approx(search.estimate_finish_s(pair))  # nothing to extract
+    scored = search.run_frozen(pair)
+    np.testing.assert_array_equal(scored.val_features, np.hstack([mobilenet.val_features, lite.val_features]))
+    assert pair.mflops() == pytest.approx(mobilenet.mflops + lite.mflops) and "+efficientnet_lite0@160" in pair.name
+    search.current = mobilenet
+    result = search.finish(scored)
+    assert result.card["extractor"]["partner_weights"]["name"] == "efficientnet_lite0-imagenet"
+    model = Path(result.artifacts["model"]).read_bytes()
+    head = RidgeHead.from_bytes(Path(result.artifacts["head"]).read_bytes())
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 3, 160, 160), dtype=np.uint8)
+    probs, feats = open_session(model).run(None, {INPUT_NAME: pixels})
+    assert feats.shape == (2, 2560)
+    np.testing.assert_allclose(open_session(rebuild_model(model, head)).run(["probabilities"],
+                                                                            {INPUT_NAME: pixels})[0], probs,
+                               atol=1e-6)

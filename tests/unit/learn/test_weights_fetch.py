@@ -181,3 +181,15 @@ def test_import_onnx_checks_the_graph_and_records_its_contract(tmp_path: Path) -
         import_onnx(catalog, tmp_path / "bad.onnx", name="bad", size=64)
     with pytest.raises(WeightsError, match="letters, digits"):
         import_onnx(catalog, path, name="../evil", size=64)
+
+
+def test_prefetch_skips_an_architecture_the_operator_already_has(tmp_path: Path, shared_weights: Path) -> None:
+    import_dir(WeightsCatalog(tmp_path / "w"), shared_weights)  # the operator's MobileNetV2
+    listed = json.loads((tmp_path / "w" / "weights.json").read_text())
+    # the other recommended entry points at a closed port on this machine: a test never reaches a publisher
+    dino = {**WeightsCatalog(None).get("dinov2_vits14").to_json(), "url": "http://127.0.0.1:9/dinov2.pth"}
+    (tmp_path / "w" / "weights.json").write_text(json.dumps({"weights": [*listed["weights"], dino]}))
+    catalog = WeightsCatalog(tmp_path / "w", download_timeout_s=1)
+    outcome = prefetch(catalog, None)
+    assert outcome["mobilenet_v2-imagenet1k_v2"] == "present"  # torchvision's is not fetched on top
+    assert "downloading" in outcome["dinov2_vits14"]  # no network: said, not raised
