@@ -633,28 +633,10 @@ class _Search:
         # reserving with the same padding left 75 s of a 600 s budget unused on flowers5.
         return self.estimate_extract_s(replace(config, flip_tta=True), n, train_img_s) + self.estimate_finish_s(config)
 
-    def partner_for(self, config: CandidateConfig) -> str | None:
-        """The other pretrained extractor whose frozen features may join a fine-tuned stack (:meth:`run_partner_view`):
-        the next present photo extractor, for fine-tunes of photos outside the ``fast`` preference."""
-        if config.kind != "finetune" or config.partner or self.config.preference == "fast":
-            return None
-        return next((e for e in self.photo_extractors() if e != config.extractor), None)
-
-    def partner_view_reserve_s(self, config: CandidateConfig) -> float:
-        """Time kept after fine-tuning for the partner view: the partner's feature pass over train+val at the
-        fine-tune size, and finishing."""
-        partner = self.partner_for(config)
-        if partner is None:
-            return 0.0
-        n = len(self.splits["train"]) + len(self.splits["val"])
-        return self.estimate_frozen_s(CandidateConfig("frozen", partner, config.size, config.crop), n) \
-            + self.estimate_finish_s(config)
-
     def kept_after_training_s(self, config: CandidateConfig, n: int, train_img_s: float) -> float:
         """All the time a training plan leaves for what follows it: the feature passes, export and
-        measuring, the partner view and the mirrored view."""
-        return self.estimate_after_training_s(config, n, train_img_s) + self.flip_view_reserve_s(config, train_img_s) \
-            + self.partner_view_reserve_s(config)
+        measuring, and the mirrored view."""
+        return self.estimate_after_training_s(config, n, train_img_s) + self.flip_view_reserve_s(config, train_img_s)
 
     def plan_epochs(self, step_s: float, n_train: int, batch: int, budget_s: float, *, up: bool = False) -> int:
         """Rounds that fit in ``budget_s``, down to a step of the plan scale; ``up``: the next step, for the
@@ -747,9 +729,6 @@ class _Search:
         members_list = [(spec, tuned, member_key(spec, self.catalog, tuned))]
         if config.with_frozen:
             members_list.append((spec, build_extractor(spec, self.catalog), member_key(spec, self.catalog)))
-        if config.partner_spec is not None:  # a remembered partner view: the partner joins from the start
-            partner = config.partner_spec
-            members_list.append((partner, build_extractor(partner, self.catalog), member_key(partner, self.catalog)))
         built = build_stack(config, members_list)
         self.progress(f"Measuring the new model ({_plain(config)})")
         extracting = time.monotonic()
@@ -801,36 +780,6 @@ class _Search:
         return {s: extract_features(built, self.keys(s), self.pixel_fn(config), self.cache,
                                     threads=self.config.threads, should_stop=self.reporter.cancelled)
                 for s in ("train", "val")}
-
-    def run_partner_view(self, trained: Scored) -> Scored | None:
-        """A fine-tuned stack with the frozen features of another pretrained architecture beside it, one head on
-        all: no training, one feature pass of the partner (the fine-tuned features are cached). Two frozen
-        architectures together scored 74.8 % on flowers5 validation against 72.0 % and 71.1 % apart; ``select``
-        takes the view only where validation says it is better. Runs only when the pass and finishing fit."""
-        partner = self.partner_for(trained.config)
-        if partner is None or trained.members is None:
-            return None
-        config = replace(trained.config, partner=partner)
-        part = CandidateConfig("frozen", partner, config.size, config.crop)
-        n = len(self.splits["train"]) + len(self.splits["val"])
-        if self.estimate_frozen_s(part, n) + self.estimate_finish_s(config) > self.remaining():
-            return None
-        t = time.monotonic()
-        spec = part.spec
-        member = (spec, build_extractor(spec, self.catalog), member_key(spec, self.catalog))
-        self.progress(f"Measuring the new model beside {_FRIENDLY.get(partner, partner)} ({_plain(trained.config)})")
-        try:
-            ours = self.train_val_features(build_stack(trained.config, trained.members), trained.config)
-            theirs = self.train_val_features(build_stack(part, [member]), part)
-        except InterruptedError:
-            return None
-        head, acc, measured = self.fit_head(np.hstack([ours["train"], theirs["train"]]),
-                                            np.hstack([ours["val"], theirs["val"]]), config.random_features)
-        members = [*trained.members, member]
-        info = {**trained.train_info, "partner_view_of": trained.config.name}
-        seconds = trained.seconds + time.monotonic() - t
-        return Scored(config, acc, config.mflops(), seconds, build_stack(config, members), head, info,
-                      val_features=np.hstack([ours["val"], theirs["val"]]), members=members, evaluated_on=measured)
 
     def run_flip_view(self, trained: Scored) -> Scored | None:
         """A fine-tuned photo candidate again, each image also seen mirrored and the features averaged
@@ -1037,12 +986,6 @@ class _Search:
                     # pretrained features do no better than raw pixels here (icons, symbols, sprites...): the
                     # network trained from scratch gets the budget first
                     queue.sort(key=lambda c: c.kind != "scratch")
-                if not self.target_met():
-                    partnered = self.run_partner_view(scored)
-                    if partnered is not None:
-                        best_acc = max(best_acc, partnered.val_accuracy)
-                        self.consider(partnered)
-                        scored = max(scored, partnered, key=lambda c: c.val_accuracy)
                 if not self.target_met():
                     flipped = self.run_flip_view(scored)
                     if flipped is not None:

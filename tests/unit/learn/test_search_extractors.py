@@ -122,29 +122,3 @@ def test_two_extractors_stack_into_one_head_from_their_cached_features(small_flo
     np.testing.assert_allclose(open_session(rebuild_model(model, head)).run(["probabilities"],
                                                                             {INPUT_NAME: pixels})[0], probs,
                                atol=1e-6)
-
-
-def test_a_fine_tuned_stack_gets_a_partner_view_from_another_architecture(small_flowers, shared_weights,
-                                                                          tmp_path) -> None:
-    """After a fine-tune, the frozen features of the next present architecture join its stack under one head, as
-    a candidate of its own (validation decides); the fast preference never spends time on it."""
-    from pigeonhole.learn.backbones import build_extractor
-    from pigeonhole.learn.candidates import CandidateConfig, TrainParams, build_stack, member_key
-    from pigeonhole.learn.search import NullReporter, Scored, _Search
-
-    ts, source = small_flowers
-    search = _Search(ts, source, _config(tmp_path, shared_weights), NullReporter(), None, None)
-    config = CandidateConfig("finetune", "mobilenet_v2", 96, train=TrainParams(epochs=1))
-    spec = config.spec
-    members = [(spec, build_extractor(spec, search.catalog), member_key(spec, search.catalog))]  # stands for tuned
-    feats = search.train_val_features(build_stack(config, members), config)
-    head, acc, n = search.fit_head(feats["train"], feats["val"], 0)
-    trained = Scored(config, acc, config.mflops(), 1.0, build_stack(config, members), head, {}, members=members,
-                     val_features=feats["val"], evaluated_on=n)
-    view = search.run_partner_view(trained)
-    assert view is not None and view.config.partner == "efficientnet_lite0" and len(view.members) == 2
-    assert view.val_features.shape == (len(ts.split("val")), 2560)
-    np.testing.assert_array_equal(view.val_features[:, :1280], feats["val"])
-    assert view.config.name.startswith("mobilenet_v2+efficientnet_lite0@96/finetune")
-    fast = _Search(ts, source, _config(tmp_path, shared_weights, preference="fast"), NullReporter(), None, None)
-    assert fast.partner_for(config) is None and fast.partner_view_reserve_s(config) == 0.0
