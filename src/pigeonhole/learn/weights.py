@@ -37,7 +37,7 @@ import importlib.util
 import json
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -291,12 +291,3 @@ class WeightsCatalog:
             )
         with self._lock:
             self._verified[key] = entry.sha256
-
-    def with_entry(self, entry: WeightsEntry) -> WeightsCatalog:
-        """A copy that also knows ``entry`` (tests and imports check an entry before writing it)."""
-        copy = WeightsCatalog.__new__(WeightsCatalog)
-        copy.__dict__.update(self.__dict__)
-        copy._entries = {**self._entries, entry.name: replace(entry)}
-        copy._verified = {}
-        copy._lock = threading.Lock()
-        return copy
