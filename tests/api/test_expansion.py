@@ -14,6 +14,7 @@ from pigeonhole.ids import new_id
 from pigeonhole.learn.features import ImageItem, compute_features
 from pigeonhole.learn.grow import extractor_of, rebuild_model
 from pigeonhole.learn.head import RidgeHead
+from pigeonhole.learn.search import LEFT_OUT
 from pigeonhole.models.service import record_version
 from pigeonhole.models.training import TrainHandler
 from tests.api.conftest import Account
@@ -239,22 +240,24 @@ def test_refresh_uses_new_images_of_existing_classes(app, alice: Account, grown_
     assert alice.client.post(f"/api/v1/models/{model_id}/refresh", json={"classes": ["zebra"]}).status_code == 404
 
 
-def _trained_like_version(app, alice: Account, model_id: str, dataset_id: str) -> None:
+def _trained_like_version(app, alice: Account, model_id: str, dataset_id: str, *, left_out: bool = False) -> None:
     """A version built the way training builds one: statistics of train + val, hyperparameters chosen on
-    val held out, and a manifest of the images the head holds."""
+    val held out (``left_out``: on every held image left out in turn, as for a small set), and a manifest of
+    the images the head holds."""
     model_bytes, _ = dark_bright_version()
     extractor = extractor_of(model_bytes)
     blobs = app.state.blob_store
     rows = [(i["sha256"], i["label"], i["split"], i["size_bytes"]) for i in all_images(alice, dataset_id)
             if i["label"] in ("dark", "bright")]
-    head = _reference_head(blobs, extractor, rows, ["dark", "bright"])
+    head = (_left_out_head if left_out else _reference_head)(blobs, extractor, rows, ["dark", "bright"])
     version_id = new_id()
     keys = {name: f"models/{model_id}/{version_id}/{name}" for name in ("model.onnx", "head.npz", "images.json")}
     blobs.put_bytes(keys["model.onnx"], rebuild_model(model_bytes, head))
     blobs.put_bytes(keys["head.npz"], head.to_bytes())
     blobs.put_bytes(keys["images.json"], json.dumps([list(r) for r in rows if r[2] != "test"]).encode())
     with app.state.session_factory() as db, db.begin():
-        record_version(db, db.get(Model, model_id), classes=head.classes, metrics={}, input_spec={"height": 28,
+        record_version(db, db.get(Model, model_id), classes=head.classes,
+                       metrics={"val_measured_on": LEFT_OUT} if left_out else {}, input_spec={"height": 28,
                        "width": 28, "color": "L"}, threshold=head.threshold, size_bytes=1,
                        onnx_key=keys["model.onnx"], head_key=keys["head.npz"], card_key=None,
                        lineage={"manifest_key": keys["images.json"]}, latency_ms=None, throughput=None,
@@ -275,6 +278,50 @@ def _reference_head(blobs, extractor, rows, classes: list[str]) -> RidgeHead:  #
     head.add(val_f, val_l)
     head.solve()
     return head
+
+
+def _left_out_head(blobs, extractor, rows, classes: list[str]) -> RidgeHead:  # type: ignore[no-untyped-def]
+    chosen = sorted((r for r in rows if r[2] in ("train", "val") and r[1] in classes),
+                    key=lambda r: classes.index(r[1]))
+    feats = compute_features([ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))
+                              for sha, _, _, size in chosen], extractor)
+    head = RidgeHead(feats.shape[1])
+    head.add(feats, [r[1] for r in chosen])
+    head.fit_left_out(feats, [r[1] for r in chosen])
+    return head
+
+
+def test_on_a_small_set_growing_chooses_as_training_does_and_gives_back_the_original(
+    app, alice: Account, grown_setup: tuple[str, str], tmp_path: Path
+) -> None:
+    """Training scores a small set's frozen candidates on every train+val image left out; a class change of such
+    a version chooses ridge strength, temperature and threshold the same way, so it equals a refit, and adding
+    a class then removing it gives back the user's original probabilities."""
+    model_id, dataset_id = grown_setup
+    _trained_like_version(app, alice, model_id, dataset_id, left_out=True)
+    url = f"/api/v1/models/{model_id}/classes"
+    run_job(app, alice.client.post(url, json={"names": ["mid"]}).json()["job_id"], tmp_path)  # v2
+    run_job(app, alice.client.delete(f"{url}/mid").json()["job_id"], tmp_path)  # v3
+    blobs = app.state.blob_store
+    with app.state.session_factory() as db:
+        rows_by_v = {r.v: r for r in db.query(ModelVersion).filter_by(model_id=model_id)}
+        heads = {v: RidgeHead.from_bytes(blobs.read_bytes(r.head_key)) for v, r in rows_by_v.items()}
+        model_bytes = blobs.read_bytes(rows_by_v[2].onnx_key)
+    assert rows_by_v[2].metrics["val_measured_on"] == LEFT_OUT
+    extractor = extractor_of(model_bytes)
+    rows = [(i["sha256"], i["label"], i["split"], i["size_bytes"]) for i in all_images(alice, dataset_id)]
+    reference = _left_out_head(blobs, extractor, rows, ["dark", "bright", "mid"])
+    assert heads[2].counts == reference.counts and heads[2].alpha == reference.alpha
+    probe = compute_features([ImageItem(f"p{i}", (lambda i=i: grey_png(30 + 25 * i, 5000 + i)))
+                              for i in range(8)], extractor)
+    np.testing.assert_allclose(heads[2].predict_proba(probe), reference.predict_proba(probe), atol=1e-6)
+    assert heads[3].classes == heads[1].classes and heads[3].alpha == heads[1].alpha
+    assert heads[3].threshold == pytest.approx(heads[1].threshold, abs=1e-6)
+    np.testing.assert_allclose(heads[3].predict_proba(probe), heads[1].predict_proba(probe), atol=1e-6)
+    original, again = _probs(alice, model_id, 1), _probs(alice, model_id, 3)
+    for a, b in zip(original, again, strict=True):
+        assert [label for label, _ in a] == [label for label, _ in b]
+        assert max(abs(x - y) for (_, x), (_, y) in zip(a, b, strict=True)) <= 1e-6
 
 
 def test_growing_a_trained_version_equals_a_refit_from_scratch(app, alice: Account, grown_setup: tuple[str, str],

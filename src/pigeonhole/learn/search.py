@@ -83,6 +83,7 @@ OPTIONAL_SHARE = 0.08  # optional frozen candidates may take at most this share 
 # image out in turn (exact for a ridge head, one eigendecomposition): a few dozen images cannot tell alphas
 # or candidates apart, a few hundred left-out scores can.
 LEFT_OUT_BELOW_VAL = 300
+LEFT_OUT = "left-out train+val images"  # metrics.val_measured_on of such a candidate (growing chooses the same way)
 MIRROR_CHECK_IMAGES = 1500  # the mirror check (learn.mirror) looks at up to this many training + validation images
 MIRROR_CHECK_FOLDS = 4
 # Pretrained photo extractors in the order the ladder takes them when their files are here: the first present is
@@ -834,7 +835,7 @@ class _Search:
         )
         metrics["split"] = eval_split
         metrics["val_accuracy"] = scored.val_accuracy
-        metrics["val_measured_on"] = "left-out train+val images" if scored.val_in_head else "validation images"
+        metrics["val_measured_on"] = LEFT_OUT if scored.val_in_head else "validation images"
         metrics["val_images"] = scored.evaluated_on
         speed = measure_speed(model, scored.extractor.input_spec, threads=self.config.threads)
         ready_at = self.elapsed()

@@ -28,6 +28,7 @@ from pigeonhole.learn.evaluate import recall_gap, rename_classes
 from pigeonhole.learn.features import FeatureCache, ImageItem, compute_features
 from pigeonhole.learn.grow import extractor_of, input_spec_of, rebuild_model
 from pigeonhole.learn.head import RidgeHead
+from pigeonhole.learn.search import LEFT_OUT
 from pigeonhole.models import drift
 from pigeonhole.models import repository as repo
 from pigeonhole.models.service import artifact_prefix, settle_version, source_of
@@ -213,6 +214,81 @@ class ExpandHandler(JobHandler):
         drift.after_expand(db, model, row, settings)
 
 
+def _choose_left_out(ctx: JobContext, head: RidgeHead, manifest: list[list[Any]], images: list[list[Any]],
+                     new_classes: set[str], extractor: Any, cache: FeatureCache, blobs: BlobStore,
+                     ) -> tuple[RidgeHead, list[list[Any]]]:
+    """As training chooses for a small set (under ``LEFT_OUT_BELOW_VAL`` validation images, frozen features):
+    the head holds the train and validation images of every class, and ridge strength, temperature and threshold
+    are chosen on each held image scored by the head refit without it. The same procedure on the same images as
+    a refit, so adding a class and removing it again gives back the version the user had."""
+    new_rows = [r for r in images if r[1] in new_classes and r[2] in ("train", "val")]
+    if new_classes:
+        ctx.report(progress=0.2, stage=f"Learning {len(new_classes)} class(es) from their images")
+        if not any(r[2] == "train" for r in new_rows):
+            raise JobFailed("The new classes have no training images.")
+    held = [r for r in manifest if r[1] in head.classes and r[1] not in new_classes] + new_rows
+    features = compute_features([ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))
+                                 for sha, _, _, size in held], extractor, cache)
+    if new_rows:
+        fresh = len(held) - len(new_rows)
+        head.add(features[fresh:], [r[1] for r in new_rows])
+    ctx.report(progress=0.6, stage="Choosing the settings on every image left out in turn")
+    head.fit_left_out(features, [r[1] for r in held])
+    return head, held
+
+
+def _choose_on_validation(ctx: JobContext, head: RidgeHead, manifest: list[list[Any]] | None,
+                          images: list[list[Any]], new_classes: set[str],
+                          validation: tuple[list[ImageItem], list[str]], extractor: Any, cache: FeatureCache,
+                          blobs: BlobStore, payload: dict[str, Any], clock: _StageClock,
+                          ) -> tuple[RidgeHead, list[list[Any]] | None, Any, dict[str, Any] | None]:
+    """As training chooses for larger sets: ridge strength, calibration and threshold on validation images the
+    head does not hold; the final head then holds train + validation images of every class. Returns the head,
+    its manifest, the chooser's answers on the validation images (never held) and the drift estimate."""
+    val_items, val_labels = validation
+    chooser = RidgeHead.from_bytes(head.to_bytes())
+    if manifest is not None:
+        held = [r for r in manifest if r[2] == "val" and r[1] in chooser.classes]
+        if held:
+            held_items = [ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n))) for sha, _, _, size in held]
+            chooser.remove_images(compute_features(held_items, extractor, cache), [r[1] for r in held])
+    clock.lap("held_out")
+    if new_classes:
+        ctx.report(progress=0.2, stage=f"Learning {len(new_classes)} class(es) from their images")
+        new_items = [ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))
+                     for sha, label, split, size in images if split == "train" and label in new_classes]
+        if not new_items:
+            raise JobFailed("The new classes have no training images.")
+        new_labels = [label for _, label, split, _ in images if split == "train" and label in new_classes]
+        new_features = compute_features(new_items, extractor, cache)
+        chooser.add(new_features, new_labels)
+        head.add(new_features, new_labels)
+        clock.lap("new_classes")
+    ctx.report(progress=0.6, stage="Checking accuracy on validation images")
+    val_features = compute_features(val_items, extractor, cache) if val_items else None
+    clock.lap("val_features")
+    if val_features is not None and len(set(val_labels)) >= 2:
+        chooser.fit(val_features, val_labels)
+    else:
+        chooser.solve()
+    # The chooser's answers on the validation images it never held: the drift estimate, and the
+    # measurement when there are no test images.
+    val_probs = chooser.predict_proba(val_features) if val_features is not None else None
+    gap = _drift(chooser, val_probs, val_labels, payload.get("extractor_classes"))
+    if manifest is None:
+        return chooser, None, val_probs, gap  # older versions hold training images only: keep doing the same
+    for attribute in ("alpha", "temperature", "threshold", "threshold_precision", "threshold_coverage"):
+        setattr(head, attribute, getattr(chooser, attribute))
+    fresh = [i for i, label in enumerate(val_labels) if label in new_classes]
+    if fresh and val_features is not None:
+        head.add(val_features[fresh], [val_labels[i] for i in fresh])
+    head.solve()
+    clock.lap("solve")
+    manifest = [r for r in manifest if r[1] in head.classes and r[1] not in new_classes] + \
+        [r for r in images if r[1] in new_classes and r[2] in ("train", "val")]
+    return head, manifest, val_probs, gap
+
+
 def _grow(ctx: JobContext, payload: dict[str, Any], blobs: BlobStore, model_bytes: bytes, head: RidgeHead,
           manifest: list[list[Any]] | None, clock: _StageClock,
           ) -> tuple[RidgeHead, list[list[Any]] | None, dict[str, Any]]:
@@ -238,48 +314,15 @@ def _grow(ctx: JobContext, payload: dict[str, Any], blobs: BlobStore, model_byte
                 head.remove_class(name)
         new_classes = (set(payload["add"]) | set(payload.get("refresh", []))) - set(head.classes)
         val_items, val_labels, val_keys = items("val")
-        # As in training: ridge strength, calibration and threshold are chosen on validation images the
-        # head does not hold; the final head then holds train + validation images of every class.
-        chooser = RidgeHead.from_bytes(head.to_bytes())
-        if manifest is not None:
-            held = [r for r in manifest if r[2] == "val" and r[1] in chooser.classes]
-            if held:
-                held_items = [ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))
-                              for sha, _, _, size in held]
-                chooser.remove_images(compute_features(held_items, extractor, cache), [r[1] for r in held])
-        clock.lap("held_out")
-        if new_classes:
-            ctx.report(progress=0.2, stage=f"Learning {len(new_classes)} class(es) from their images")
-            new_items, new_labels, _ = items("train", new_classes)
-            if not new_items:
-                raise JobFailed("The new classes have no training images.")
-            new_features = compute_features(new_items, extractor, cache)
-            chooser.add(new_features, new_labels)
-            head.add(new_features, new_labels)
-            clock.lap("new_classes")
-        ctx.report(progress=0.6, stage="Checking accuracy on validation images")
-        val_features = compute_features(val_items, extractor, cache) if val_items else None
-        clock.lap("val_features")
-        if val_features is not None and len(set(val_labels)) >= 2:
-            chooser.fit(val_features, val_labels)
+        val_probs: Any = None
+        gap = None
+        if manifest is not None and (payload.get("base_metrics") or {}).get("val_measured_on") == LEFT_OUT:
+            head, manifest = _choose_left_out(ctx, head, manifest, images, new_classes, extractor, cache, blobs)
+            clock.lap("left_out")
         else:
-            chooser.solve()
-        # The chooser's answers on the validation images it never held: the drift estimate, and the
-        # measurement when there are no test images.
-        val_probs = chooser.predict_proba(val_features) if val_features is not None else None
-        gap = _drift(chooser, val_probs, val_labels, payload.get("extractor_classes"))
-        if manifest is None:
-            head = chooser  # older versions hold training images only: keep doing the same
-        else:
-            for attribute in ("alpha", "temperature", "threshold", "threshold_precision", "threshold_coverage"):
-                setattr(head, attribute, getattr(chooser, attribute))
-            fresh = [i for i, label in enumerate(val_labels) if label in new_classes]
-            if fresh and val_features is not None:
-                head.add(val_features[fresh], [val_labels[i] for i in fresh])
-            head.solve()
-            clock.lap("solve")
-            manifest = [r for r in manifest if r[1] in head.classes and r[1] not in new_classes] + \
-                [r for r in images if r[1] in new_classes and r[2] in ("train", "val")]
+            head, manifest, val_probs, gap = _choose_on_validation(ctx, head, manifest, images, new_classes,
+                                                                   (val_items, val_labels), extractor, cache, blobs,
+                                                                   payload, clock)
         ctx.report(progress=0.8, stage="Measuring the new version")
         test_items, test_labels, test_keys = items("test")
         if test_items:
@@ -289,12 +332,14 @@ def _grow(ctx: JobContext, payload: dict[str, Any], blobs: BlobStore, model_byte
         elif val_probs is not None:
             # As training does without test images: measure on validation images, with the head that
             # chose the settings and never held them, so the figure is not the final head's own data.
-            metrics = split_metrics(val_probs, val_labels, val_keys, chooser.classes, chooser.threshold)
+            metrics = split_metrics(val_probs, val_labels, val_keys, head.classes, head.threshold)
             metrics["split"] = "val"
         else:
             metrics = {"note": "no test images"}
         if gap is not None:
             metrics["drift"] = gap
+        if (payload.get("base_metrics") or {}).get("val_measured_on") == LEFT_OUT and manifest is not None:
+            metrics["val_measured_on"] = LEFT_OUT  # so a later change of this version chooses the same way
         clock.lap("measure")
     finally:
         cache.close()
