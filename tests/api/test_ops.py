@@ -17,6 +17,20 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert body["status"] == "degraded" and "dispatcher" in body["checks"]["compute"]
 
 
+def test_compute_is_ready_only_once_a_node_has_checked_in(app, client: TestClient) -> None:
+    from pigeonhole.compute import lease, nodes
+
+    with app.state.session_factory() as db:
+        assert lease.try_acquire(db, "dispatcher-1", ttl_s=60)
+    starting = client.get("/readyz").json()
+    assert starting["status"] == "degraded" and "no compute node has checked in" in starting["checks"]["compute"]
+    with app.state.session_factory() as db, db.begin():
+        nodes.sync_nodes(db, [{"NodeID": "n1", "Alive": True, "NodeManagerAddress": "127.0.0.1",
+                               "Resources": {"CPU": 2.0}}], "gpu_node")
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ok" and ready["checks"]["compute"] == "ok"
+
+
 def test_readiness_reports_a_broken_blob_store(app, client: TestClient, settings) -> None:
     blobs = settings.data_dir / "blobs"
     shutil.rmtree(blobs)

@@ -8,10 +8,11 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from pigeonhole.compute.lease import holder_of
 from pigeonhole.db.migrate import pending_revisions
+from pigeonhole.db.tables import ComputeNode
 from pigeonhole.serving.wire import ROUTE_PREFIX
 
 router = APIRouter(tags=["ops"])
@@ -37,10 +38,15 @@ def _check_storage(request: Request) -> str | None:
 
 
 def _check_compute(request: Request) -> str | None:
+    """Ready once a dispatcher holds the lease *and* a compute node has checked in (the admin's node list holds
+    it): between the two, a dispatcher that has just started would take jobs it has nowhere to run yet."""
     with request.app.state.session_factory() as db:
         if holder_of(db) is None:
             return ("no job dispatcher is running: predictions work, but training, class changes and imports "
                     "wait until one starts")
+        if db.scalar(select(ComputeNode.id).where(ComputeNode.alive.is_(True)).limit(1)) is None:
+            return ("the job dispatcher is starting: no compute node has checked in yet, so training, class "
+                    "changes and imports wait a moment")
     return None
 
 
