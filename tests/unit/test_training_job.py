@@ -26,3 +26,44 @@ def test_the_training_job_runs_the_search_with_the_hyper_parameter_stage(monkeyp
     out = training.TrainHandler().run(ctx, payload)  # type: ignore[arg-type]
     assert callable(seen["tuner"]) and seen["tuner"].__qualname__.startswith("ray_asha_tuner")
     assert seen["config"].target_accuracy == 0.9 and out["tuning"] == {"trials": 4}
+
+
+def test_a_training_fetches_the_recommended_extractors_beside_itself_not_before(monkeypatch, tmp_path: Path) -> None:
+    """Where fetching is allowed, the missing recommended extractors are fetched in a background thread (the first
+    version must not wait on a download) and land verified for the next trainings. The publisher here is a local
+    server with the shared MobileNetV2 file, named as the built-in entry is."""
+    import functools
+    import http.server
+    import json
+    import shutil
+    import threading
+
+    from pigeonhole.learn.weights import WeightsCatalog, sha256_file
+    from tests.conftest import SHARED_DIR
+
+    served = tmp_path / "served"
+    served.mkdir()
+    source = SHARED_DIR / "weights" / "mobilenet_v2-imagenet-dequant.safetensors"
+    shutil.copy(source, served / "mnv2.safetensors")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        weights = tmp_path / "weights"
+        weights.mkdir()
+        entry = {**WeightsCatalog(None).get("mobilenet_v2-imagenet1k_v2").to_json(), "file": "mnv2.safetensors",
+                 "format": "safetensors", "sha256": sha256_file(source),
+                 "url": f"http://127.0.0.1:{server.server_address[1]}/mnv2.safetensors"}
+        dino = {**WeightsCatalog(None).get("dinov2_vits14").to_json(), "recommended": False}
+        (weights / "weights.json").write_text(json.dumps({"weights": [entry, dino]}))
+        said = training._fetch_recommended(weights, {"builtin_weights": True})
+        assert said is not None and "mobilenet_v2-imagenet1k_v2" in said and "background" in said
+        for thread in threading.enumerate():
+            if thread.name == "pigeonhole-weights-fetch":
+                thread.join(60)
+        assert WeightsCatalog(weights).is_present("mobilenet_v2-imagenet1k_v2")
+        assert training._fetch_recommended(weights, {"builtin_weights": True}) is None  # nothing left to fetch
+    finally:
+        server.shutdown()
+        server.server_close()

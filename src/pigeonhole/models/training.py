@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -103,15 +104,19 @@ class _Reporter:
         })
 
 
-def _fetch_recommended(ctx: JobContext, weights_dir: Path, payload: dict[str, Any]) -> dict[str, str] | None:
-    """Bring the recommended publisher extractors that are missing, when the operator allows it (embedded installs
-    do by default). A failure (no network) costs one quick try and is reported in the job's result; the search
-    then uses what is here."""
+def _fetch_recommended(weights_dir: Path, payload: dict[str, Any]) -> str | None:
+    """Start fetching the recommended publisher extractors that are missing, when the operator allows it (embedded
+    installs do by default), beside this training rather than before it: the first version must not wait on a
+    download. This training uses what is here; the next ones find the files. A fetch cut short (the job ended, the
+    network dropped) leaves its bytes in ``<file>.part`` and the next one resumes; a lock beside each file keeps
+    two jobs from fetching it twice."""
     catalog = WeightsCatalog(weights_dir, builtin=payload.get("builtin_weights", True), download_timeout_s=10.0)
-    if all(catalog.is_present((catalog.find(e.architecture) or e).name) for e in catalog if e.recommended and e.url):
+    missing = [e.name for e in catalog if e.recommended and e.url
+               and not catalog.is_present((catalog.find(e.architecture) or e).name)]
+    if not missing:
         return None
-    ctx.report(progress=0.0, stage="Fetching pretrained image extractors from their publishers (once)")
-    return prefetch(catalog)
+    threading.Thread(target=prefetch, args=(catalog, missing), name="pigeonhole-weights-fetch", daemon=True).start()
+    return f"fetching {', '.join(missing)} from their publishers in the background, for the next trainings"
 
 
 @register
@@ -145,7 +150,7 @@ class TrainHandler(JobHandler):
         source = BlobSource(blobs, {sha: size for sha, _, _, size in payload["images"]})
         work = Path(ctx.cache_dir) / "training" / f"{ctx.job_id}-{ctx.attempt}"
         weights = os.environ.get("PIGEONHOLE_WEIGHTS_DIR") or payload["weights_dir"]
-        fetched = _fetch_recommended(ctx, Path(weights), payload) if payload.get("weights_fetch") else None
+        fetched = _fetch_recommended(Path(weights), payload) if payload.get("weights_fetch") else None
         config = SearchConfig(target_accuracy=payload.get("target_accuracy"),
                               time_budget_s=float(payload["time_budget_s"]),
                               preference=payload.get("preference", "balanced"), seed=int(payload.get("seed", 0)),
