@@ -310,7 +310,8 @@ def test_where_mirroring_changes_the_class_nothing_is_mirrored(mnist, shared_wei
     assert result.mirror["images"] == 250 and result.mirror["z"] >= 3
     assert [row["name"] for row in result.leaderboard] == ["mobilenet_v2@96/frozen"]
 
-    search = _Search(ts, source, _config(tmp_path, shared_weights, time_budget_s=60.0), NullReporter(), None, None)
+    # Two rounds are asked for: a large budget only keeps a busy machine's slow steps from skipping the training.
+    search = _Search(ts, source, _config(tmp_path, shared_weights, time_budget_s=600.0), NullReporter(), None, None)
     recipe = search.finetune_config("mobilenet_v2")
     assert recipe.train.flip
     tuned = search.run_trained(replace(recipe, train=replace(recipe.train, max_epochs=2)), 0.0)
