@@ -45,6 +45,10 @@ describe('models in plain words', () => {
     expect(candidateName('mobilenet_v2@160/finetune/13ep/tuned/+frozen')).toBe(
       'MobileNetV2 at 160 px, fine-tuned, 13 rounds, tuned settings, plus quick features',
     )
+    expect(candidateName('mobilenet_v2+efficientnet_lite0@224/frozen')).toBe(
+      'MobileNetV2 and EfficientNet-Lite0 at 224 px, quick',
+    )
+    expect(candidateName('onnx:shop-net@160/frozen')).toBe('shop-net (your own extractor) at 160 px, quick')
     expect(candidateName('odd')).toBe('odd')
   })
 

@@ -128,6 +128,12 @@ const FAMILY: Record<string, string> = {
   efficientnet_b0: 'EfficientNet-B0',
   squeezenet1_0: 'SqueezeNet',
   resnet18: 'ResNet-18',
+  efficientnet_lite0: 'EfficientNet-Lite0',
+  efficientnet_lite1: 'EfficientNet-Lite1',
+  efficientnet_lite2: 'EfficientNet-Lite2',
+  efficientnet_v2_s: 'EfficientNetV2-S',
+  convnext_tiny: 'ConvNeXt-Tiny',
+  dinov2_vits14: 'DINOv2',
   smallcnn_l: 'a small network',
   smallcnn_rgb: 'a small network',
   pixels_l: 'raw pixels',
@@ -149,7 +155,9 @@ export function candidateName(name: string): string {
   const match = /^([^@]+)(?:@(\d+))?$/.exec(head)
   if (!match) return name
   const [, family, size] = match
-  const base = FAMILY[family] ?? family.replaceAll('_', ' ')
+  // "a+b": two extractors' features side by side; "onnx:name": the operator's own extractor
+  const one = (f: string) => (f.startsWith('onnx:') ? `${f.slice(5)} (your own extractor)` : (FAMILY[f] ?? f.replaceAll('_', ' ')))
+  const base = family.split('+').map(one).join(' and ')
   const parts = [size ? `${base} at ${size} px` : base]
   for (const part of rest) {
     const epochs = /^(\d+)ep$/.exec(part)
