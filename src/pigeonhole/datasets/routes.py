@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
@@ -40,11 +41,11 @@ router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 
 
 def _service(db: DbSession, principal: Writer, settings: SettingsDep) -> DatasetService:
-    return DatasetService(db, principal.user_id, present_extractors(settings))
+    return DatasetService(db, principal.user_id, partial(present_extractors, settings))
 
 
 def _reader_service(db: DbSession, principal: Reader, settings: SettingsDep) -> DatasetService:
-    return DatasetService(db, principal.user_id, present_extractors(settings))
+    return DatasetService(db, principal.user_id, partial(present_extractors, settings))
 
 
 WriteService = Annotated[DatasetService, Depends(_service)]

@@ -7,6 +7,7 @@ import os
 import tempfile
 import threading
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO
@@ -40,10 +41,11 @@ class DatasetDetail:
 
 
 class DatasetService:
-    def __init__(self, db: Session, owner_id: str, extractors: list[str] | None = None):
+    def __init__(self, db: Session, owner_id: str, extractors: Callable[[], list[str]] | None = None):
         self.db = db
         self.owner_id = owner_id
-        self.extractors = extractors  # the server's pretrained extractors, for the health report (None: unknown)
+        # the server's pretrained extractors, read only when a health report is made (None: unknown)
+        self.extractors = extractors
 
     def create(self, name: str) -> Dataset:
         dataset = Dataset(owner_id=self.owner_id, name=clean_name(name))
@@ -62,7 +64,7 @@ class DatasetService:
         health = health_report(stats, label_conflicts=repo.label_conflicts(self.db, dataset.id),
                                small_images=repo.small_image_count(self.db, dataset.id, SMALL_IMAGE_SIDE),
                                unreadable_urls=repo.unreadable_urls(self.db, dataset.id),
-                               pretrained_extractors=self.extractors)
+                               pretrained_extractors=self.extractors() if self.extractors else None)
         return DatasetDetail(dataset=dataset, classes=stats, health=health)
 
     def rename(self, dataset: Dataset, name: str) -> Dataset:

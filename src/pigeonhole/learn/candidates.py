@@ -29,7 +29,7 @@ from pigeonhole.learn.backbones import ExtractorSpec, PixelExtractor, get_spec, 
 from pigeonhole.learn.export import INPUT_NAME, export_onnx, open_session
 from pigeonhole.learn.features import FeatureCache, FeatureKey
 from pigeonhole.learn.head import RidgeHead
-from pigeonhole.learn.onnx_extractor import OnnxBody, join_head, members_are_onnx, metadata_of, wrap_extractor
+from pigeonhole.learn.onnx_extractor import OnnxBody, join_head, metadata_of, wrap_extractor
 from pigeonhole.learn.preprocess import Color, CropPolicy, InputSpec
 from pigeonhole.learn.weights import WeightsCatalog
 
@@ -194,15 +194,18 @@ def member_key(spec: ExtractorSpec, catalog: WeightsCatalog | None, body: nn.Mod
 
 @dataclass
 class BuiltExtractor:
-    """A candidate's feature network with its cache key and input contract. ``imported``: an operator's ONNX
-    extractor, which exists only as the ONNX graph in ``onnx`` (``module`` is then an empty stack)."""
+    """A candidate's feature network with its cache key and input contract. An operator's ONNX extractor exists only
+    as the ONNX graph in ``onnx``; its ``module`` is an empty stack (:attr:`imported`)."""
 
     module: FeatureStack
     key: str
     input_spec: InputSpec
     feature_dim: int
     onnx: bytes | None = None
-    imported: bool = False
+
+    @property
+    def imported(self) -> bool:
+        return len(self.module.members) == 0
 
     def session(self, threads: int | None = None):
         if self.onnx is None:
@@ -224,14 +227,13 @@ def build_stack(
 ) -> BuiltExtractor:
     """Members are (spec, body, member key); all share the candidate's input geometry. An operator's ONNX
     extractor stands alone (no stack, no mirrored view: its graph cannot be traced into one)."""
-    if members_are_onnx([body for _, body, _ in members]):
+    if any(isinstance(body, OnnxBody) for _, body, _ in members):
         if len(members) != 1 or config.flip_tta:
             raise ValueError("an imported ONNX extractor is used alone, without mirrored views")
         _, body, key = members[0]
         assert isinstance(body, OnnxBody)
         spec = config.input_spec()
-        return BuiltExtractor(FeatureStack([]), key, spec, body.feature_dim, onnx=wrap_extractor(body.path, spec),
-                              imported=True)
+        return BuiltExtractor(FeatureStack([]), key, spec, body.feature_dim, onnx=wrap_extractor(body.path, spec))
     modules = [PixelExtractor(spec, body).eval() for spec, body, _ in members]
     stack = FeatureStack(modules, flip_tta=config.flip_tta).eval()
     spec = config.input_spec()

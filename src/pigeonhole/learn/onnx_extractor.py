@@ -16,7 +16,7 @@ import io
 import json
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +195,3 @@ def join_head(extractor: onnx.ModelProto, head: RidgeHead, metadata: Mapping[str
 def metadata_of(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
-
-def members_are_onnx(bodies: Sequence[nn.Module]) -> bool:
-    return any(isinstance(b, OnnxBody) for b in bodies)

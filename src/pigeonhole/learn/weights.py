@@ -15,8 +15,7 @@ The built-in entries are listed in :mod:`pigeonhole.learn.weights_builtin`. Ever
 sha256 against the catalog, so a truncated or swapped file is refused instead of silently yielding a worse
 model. Where a publisher gives no full hash, its own convention is kept: torchvision names a file with the first
 hex digits of its sha256, and an entry's ``sha256`` may be such a prefix (at least 8 digits). Nothing here
-reaches the network except :meth:`WeightsCatalog.path` for a missing file whose entry has a URL, when the catalog
-was built with ``allow_fetch``.
+reaches the network: fetching is :mod:`pigeonhole.learn.weights_fetch`'s, asked for by the operator or a training.
 
 Operator catalog format (``weights.json``)::
 
@@ -153,15 +152,12 @@ class WeightsCatalog:
     A missing directory or catalog file is a fresh install (built-ins only), while a malformed one raises,
     because silently ignoring it would hide an operator's mistake. Verified hashes are remembered per
     (path, size, mtime) so repeated loads in one process do not rehash; any change to the file forces a new
-    check. ``allow_fetch``: :meth:`path` downloads a missing file that has a URL (otherwise only
-    :mod:`pigeonhole.learn.weights_fetch` does, when asked).
+    check. Loading never downloads: a missing file is a clear error that says how to get it.
     """
 
-    def __init__(self, root: Path | None, *, builtin: bool = True, allow_fetch: bool = False,
-                 download_timeout_s: float = 60.0) -> None:
+    def __init__(self, root: Path | None, *, builtin: bool = True, download_timeout_s: float = 60.0) -> None:
         self.root = Path(root) if root is not None else None
         self.builtin = builtin
-        self.allow_fetch = allow_fetch
         self.download_timeout_s = download_timeout_s
         self._entries: dict[str, WeightsEntry] = {}
         if builtin:
@@ -231,11 +227,6 @@ class WeightsCatalog:
         path = self.file_path(self._entries[name])
         return path is not None and path.is_file()
 
-    def is_obtainable(self, name: str) -> bool:
-        """Present on disk, or downloadable by :meth:`path` (a URL, and fetching allowed)."""
-        entry = self._entries.get(name)
-        return entry is not None and (self.is_present(name) or (self.allow_fetch and bool(entry.url)))
-
     def missing_reason(self, entry: WeightsEntry) -> str:
         """One sentence on why an entry's file is not here and what brings it."""
         if entry.origin == "package":
@@ -248,15 +239,11 @@ class WeightsCatalog:
                 f"(sha256 {entry.sha256}) there or run `pigeonhole weights import`")
 
     def path(self, name: str) -> Path:
-        """Path of a verified file (downloading it first when absent, allowed and a URL is known)."""
+        """Path of a verified file."""
         entry = self.get(name)
         path = self.file_path(entry)
         if path is None or not path.is_file():
-            if path is None or not (entry.url and self.allow_fetch):
-                raise WeightsNotFoundError(f"weights {name!r}: {self.missing_reason(entry)}")
-            from pigeonhole.learn.weights_fetch import download
-
-            download(entry, path, timeout_s=self.download_timeout_s)
+            raise WeightsNotFoundError(f"weights {name!r}: {self.missing_reason(entry)}")
         self.verify(entry, path)
         return path
 

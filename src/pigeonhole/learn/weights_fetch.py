@@ -133,22 +133,31 @@ def fetch(catalog: WeightsCatalog, name: str, *, progress: Progress | None = Non
     return path
 
 
+def missing_recommended(catalog: WeightsCatalog) -> list[str]:
+    """The recommended publisher entries to fetch: missing, and no entry of the same architecture is here (say the
+    operator's MobileNetV2, which torchvision's would only duplicate)."""
+    return [e.name for e in catalog if e.recommended and e.url
+            and not catalog.is_present((catalog.find(e.architecture) or e).name)]
+
+
 def prefetch(catalog: WeightsCatalog, names: Sequence[str] | None = None) -> dict[str, str]:
-    """Fetch the recommended publisher entries that are missing (or ``names``): name -> "present", "fetched" or
-    why it failed. A recommended entry whose architecture is already here (say the operator's MobileNetV2) is
-    not fetched again. Never raises, so a training goes on with what is here when the network is not."""
-    chosen = [e for e in catalog if (e.name in names if names is not None else e.recommended) and e.url]
+    """Fetch ``names`` (default: :func:`missing_recommended`): name -> "present", "fetched" or why it failed. Never
+    raises, so a training goes on with what is here when the network is not."""
+    if names is None:
+        missing = set(missing_recommended(catalog))
+        names = [e.name for e in catalog if e.recommended and e.url]
+    else:
+        missing = {n for n in names if not catalog.is_present(n)}
     outcome: dict[str, str] = {}
-    for entry in chosen:
-        found = catalog.find(entry.architecture)
-        if catalog.is_present(entry.name) or (names is None and found is not None and catalog.is_present(found.name)):
-            outcome[entry.name] = "present"
+    for name in names:
+        if name not in missing:
+            outcome[name] = "present"
             continue
         try:
-            fetch(catalog, entry.name)
-            outcome[entry.name] = "fetched"
+            fetch(catalog, name)
+            outcome[name] = "fetched"
         except WeightsError as exc:
-            outcome[entry.name] = str(exc)
+            outcome[name] = str(exc)
     return outcome
 
 

@@ -30,7 +30,7 @@ from pigeonhole.learn.memory import InMemoryStore, JsonMemoryStore, ModelMemory,
 from pigeonhole.learn.search import CandidateResult, SearchConfig, run_search
 from pigeonhole.learn.tune import ray_asha_tuner
 from pigeonhole.learn.weights import WeightsCatalog
-from pigeonhole.learn.weights_fetch import prefetch
+from pigeonhole.learn.weights_fetch import missing_recommended, prefetch
 from pigeonhole.models import drift
 from pigeonhole.models.service import artifact_prefix, settle_version
 from pigeonhole.settings import load_settings
@@ -111,8 +111,7 @@ def _fetch_recommended(weights_dir: Path, payload: dict[str, Any]) -> str | None
     network dropped) leaves its bytes in ``<file>.part`` and the next one resumes; a lock beside each file keeps
     two jobs from fetching it twice."""
     catalog = WeightsCatalog(weights_dir, builtin=payload.get("builtin_weights", True), download_timeout_s=10.0)
-    missing = [e.name for e in catalog if e.recommended and e.url
-               and not catalog.is_present((catalog.find(e.architecture) or e).name)]
+    missing = missing_recommended(catalog)
     if not missing:
         return None
     threading.Thread(target=prefetch, args=(catalog, missing), name="pigeonhole-weights-fetch", daemon=True).start()

@@ -20,6 +20,7 @@ from pigeonhole.learn.weights import (
     WeightsIntegrityError,
     WeightsNotFoundError,
 )
+from pigeonhole.learn.weights_fetch import fetch
 
 
 def _write_catalog(root: Path, **entry: object) -> None:
@@ -84,7 +85,7 @@ def test_download_failure_without_network(tmp_path: Path) -> None:
     # Port 9 (discard) on loopback refuses the connection at once: same path as no network.
     _write_catalog(tmp_path, sha256="0" * 64, url="http://127.0.0.1:9/tiny.safetensors")
     with pytest.raises(WeightsDownloadError, match="downloading"):
-        WeightsCatalog(tmp_path, allow_fetch=True, download_timeout_s=5).path("tiny")
+        fetch(WeightsCatalog(tmp_path, download_timeout_s=5), "tiny")
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["weights.json"]
 
 
@@ -110,9 +111,11 @@ def test_download_into_dir_then_verify(tmp_path: Path, file_server) -> None:
     root = tmp_path / "weights"
     root.mkdir()
     _write_catalog(root, sha256=sha, url=f"{base}/tiny.safetensors")
-    assert not WeightsCatalog(root).is_obtainable("tiny")  # fetching is the operator's choice
-    catalog = WeightsCatalog(root, allow_fetch=True)
-    assert not catalog.is_present("tiny") and catalog.is_obtainable("tiny")
+    catalog = WeightsCatalog(root)
+    with pytest.raises(WeightsNotFoundError, match="weights fetch tiny"):  # loading never downloads
+        catalog.load_state_dict("tiny")
+    assert not catalog.is_present("tiny")
+    fetch(catalog, "tiny")
     assert catalog.load_state_dict("tiny")["w"].shape == (2, 3)
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["tiny.safetensors", "weights.json"]
 
@@ -124,5 +127,5 @@ def test_download_with_wrong_sha_is_discarded(tmp_path: Path, file_server) -> No
     root.mkdir()
     _write_catalog(root, sha256="1" * 64, url=f"{base}/tiny.safetensors")
     with pytest.raises(WeightsIntegrityError, match="discarded"):
-        WeightsCatalog(root, allow_fetch=True).path("tiny")
+        fetch(WeightsCatalog(root), "tiny")
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["weights.json"]
