@@ -6,6 +6,7 @@ import base64
 import time
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from pigeonhole.db.tables import Job, UsageRecord
@@ -179,11 +180,22 @@ def test_http_predictions_equal_in_process_onnx_outputs(app, alice: Account, mod
     answer = alice.client.post(f"/api/v1/models/{model_id}/predict", params={"top_k": 2},
                                files=[("files", (f"{i}.png", data)) for i, data in enumerate(images)]).json()
     model = load_model(dark_bright_onnx())
-    probs = model.run(np.stack([pixels_for(model, data, ImageLimits()) for data in images]))
-    for row, prediction in zip(probs, answer["predictions"], strict=True):
+    pixels = np.stack([pixels_for(model, data, ImageLimits()) for data in images])
+    # The exported file alone, in plain ONNX Runtime, with the caution in its metadata: it refuses exactly the
+    # images the service refuses.
+    session = ort.InferenceSession(dark_bright_onnx(), providers=["CPUExecutionProvider"])
+    probs, familiar = session.run(["probabilities", "familiarity"], {"pixels": pixels})
+    caution = float(session.get_modelmeta().custom_metadata_map["pigeonhole.threshold"])
+    for row, fam, prediction in zip(probs, familiar, answer["predictions"], strict=True):
         by_label = {t["label"]: t["confidence"] for t in prediction["top"]}
         for label, p in zip(model.classes, row, strict=True):
             assert abs(by_label[label] - float(p)) <= 1e-6
+        assert abs(prediction["familiarity"] - float(fam)) <= 1e-6
+        assert (prediction["label"] is None) == (float(fam) < caution)
+    # a stricter caution than the version's refuses more, through the same rule
+    strict = alice.client.post(f"/api/v1/models/{model_id}/predict", params={"threshold": 0.999},
+                               files=[("files", (f"{i}.png", data)) for i, data in enumerate(images)]).json()
+    assert [p["label"] is None for p in strict["predictions"]] == [float(f) < 0.999 for f in familiar]
 
 
 def test_status_reads_training_while_the_job_runs(app, alice: Account, model_id: str) -> None:

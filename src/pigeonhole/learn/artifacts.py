@@ -1,6 +1,7 @@
 """What a finished candidate leaves behind: ONNX model, head statistics, model card.
 
-- ``model.onnx``: uint8 NCHW ``pixels`` -> ``probabilities`` (N, K, calibrated) and
+- ``model.onnx``: uint8 NCHW ``pixels`` -> ``probabilities`` (N, K, calibrated), ``familiarity`` (N, in [0, 1]:
+  below the metadata's ``pigeonhole.threshold`` the answer is "unknown", see ``novelty``) and
   ``features`` (N, D, the extractor output). Normalisation is inside the graph. The
   second output lets the service add images or classes to the head later without any
   other file: features of new images + ``head.npz`` -> a new exact head.
@@ -28,20 +29,22 @@ from pigeonhole.learn.head import RidgeHead
 from pigeonhole.learn.preprocess import InputSpec
 
 MODEL_FILE, HEAD_FILE, CARD_FILE = "model.onnx", "head.npz", "card.json"
+OUTPUTS = ("probabilities", "familiarity", "features")
 CARD_FORMAT = 1
 
 
 class ClassifierModule(nn.Module):
-    """Extractor + solved head as one torch module: pixels -> (probabilities, features)."""
+    """Extractor + solved head as one torch module: pixels -> (probabilities, familiarity, features)."""
 
     def __init__(self, extractor: nn.Module, head: RidgeHead) -> None:
         super().__init__()
         self.extractor = extractor
         self.head = head.to_module()
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feats = self.extractor(pixels)
-        return self.head(feats), feats
+        probs, familiar = self.head(feats)
+        return probs, familiar, feats
 
 
 def export_model(
@@ -53,7 +56,7 @@ def export_model(
         **(metadata or {}),
     }
     module = ClassifierModule(extractor, head).eval()
-    return export_onnx(module, input_spec, output_name=("probabilities", "features"), metadata=meta)
+    return export_onnx(module, input_spec, output_name=OUTPUTS, metadata=meta)
 
 
 def measure_speed(model: bytes, input_spec: InputSpec, *, threads: int | None = None, repeats: int = 20) -> dict:
@@ -85,23 +88,25 @@ def measure_speed(model: bytes, input_spec: InputSpec, *, threads: int | None = 
     }
 
 
-def run_model(model: bytes | Any, pixels: np.ndarray, *, threads: int | None = None, batch: int = 64) -> np.ndarray:
-    """Probabilities of an exported model (bytes or an open session) on uint8 pixels."""
+def run_model(model: bytes | Any, pixels: np.ndarray, *, threads: int | None = None,
+              batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, familiarity) of an exported model (bytes or an open session) on uint8 pixels."""
     session = open_session(model, intra_op_threads=threads) if isinstance(model, bytes) else model
-    outs = [
-        session.run(["probabilities"], {INPUT_NAME: pixels[s : s + batch]})[0] for s in range(0, len(pixels), batch)
-    ]
-    return np.concatenate(outs) if outs else np.zeros((0, 0), dtype=np.float32)
+    outs = [session.run(["probabilities", "familiarity"], {INPUT_NAME: pixels[s : s + batch]})
+            for s in range(0, len(pixels), batch)]
+    if not outs:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.float32)
+    return np.concatenate([p for p, _ in outs]), np.concatenate([f for _, f in outs])
 
 
 def split_metrics(
-    probs: np.ndarray, labels: Sequence[str], keys: Sequence[str], classes: Sequence[str], threshold: float,
-    *, mistakes: int = 12,
+    probs: np.ndarray, familiar: np.ndarray, labels: Sequence[str], keys: Sequence[str], classes: Sequence[str],
+    threshold: float, *, mistakes: int = 12,
 ) -> dict[str, Any]:
     """Full metrics plus balanced accuracy and the most confident mistakes (by image key)."""
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[lab] for lab in labels], dtype=np.int64)
-    metrics = evaluate(y, probs, list(classes), threshold=threshold)
+    metrics = evaluate(y, probs, list(classes), threshold=threshold, familiarity=familiar)
     recalls = [v["recall"] for v in metrics["per_class"]["classes"].values() if v["support"]]
     metrics["balanced_accuracy"] = float(np.mean(recalls)) if recalls else 0.0
     if len(y):
@@ -116,6 +121,20 @@ def split_metrics(
     else:
         metrics["confident_mistakes"] = []
     return metrics
+
+
+def unknown_facts(head: RidgeHead) -> dict[str, Any]:
+    """What the card says of "unknown": the detector, the caution, and what was measured when choosing them."""
+    detector = head.detector
+    return {
+        "rule": "familiarity below the caution is answered 'unknown'",
+        "caution": float(head.threshold),
+        "detector": None if detector is None else detector.kind,
+        "shrinkage": None if detector is None else detector.shrinkage,
+        "simulated_auroc": {} if detector is None else detector.simulated_auroc,
+        "held_out_answered": head.threshold_coverage,
+        "held_out_right_when_answered": head.threshold_precision,
+    }
 
 
 @dataclass
@@ -162,6 +181,7 @@ def make_card(
                   "note": "uint8 pixels after the crop policy; normalisation is inside the model"},
         "outputs": {"probabilities": "calibrated, columns in 'classes' order", "features": "extractor output"},
         "unknown_threshold": float(head.threshold),
+        "unknown": unknown_facts(head),
         "head": {"alpha": head.alpha, "temperature": head.temperature, "feature_dim": head.input_dim,
                  "random_features": head.config.random_features, "counts": head.counts},
         "candidate": candidate,

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from pigeonhole.learn.novelty import answers_curve
+
 UNKNOWN = -1
 
 
@@ -76,21 +78,25 @@ def expected_calibration_error(probs: np.ndarray, y_true: Sequence[int], n_bins:
 
 
 def evaluate(
-    y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str], *, threshold: float = 0.0
+    y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str], *, threshold: float = 0.0,
+    familiarity: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The full metrics dict of a model version on a labelled set.
 
-    ``accuracy`` ignores the unknown threshold (pure top-1); ``accuracy_with_unknown``,
-    ``coverage`` and ``selective_accuracy`` describe behaviour with it.
+    ``accuracy`` ignores "unknown" (pure top-1). What the served model delivers: it answers ``coverage`` of the
+    images (those with ``familiarity`` >= ``threshold``; without familiarity, the largest probability), is
+    right on ``selective_accuracy`` of those, and right on ``accuracy_with_unknown`` of all images.
+    ``caution_curve`` gives the same two figures for every caution the user can choose.
     """
     probs = np.asarray(probs, dtype=np.float64)
     t = _as_index(y_true)
     top1 = probs.argmax(axis=1) if len(t) else np.zeros(0, dtype=np.int64)
     conf = probs.max(axis=1) if len(t) else np.zeros(0)
-    accepted = conf >= threshold
+    familiar = conf if familiarity is None else np.asarray(familiarity, dtype=np.float64)
+    accepted = familiar >= threshold
     with_unknown = np.where(accepted, top1, UNKNOWN)
     n = max(len(t), 1)
-    return {
+    out = {
         "n": int(len(t)),
         "accuracy": float((top1 == t).sum() / n),
         "accuracy_with_unknown": float((with_unknown == t).sum() / n),
@@ -101,6 +107,9 @@ def evaluate(
         "per_class": per_class_report(t, top1, classes),
         "confusion": confusion_matrix(t, with_unknown, classes),
     }
+    if familiarity is not None and len(t):
+        out["caution_curve"] = answers_curve(familiar, top1 == t)
+    return out
 
 
 def rename_classes(metrics: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:

@@ -26,7 +26,6 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from pigeonhole.learn.head import RidgeHead
 from pigeonhole.learn.preprocess import InputSpec
 
 INPUT_NAME = "pixels"
@@ -75,33 +74,6 @@ def export_onnx(
         entry.key, entry.value = key, value
     onnx.checker.check_model(model)
     return model.SerializeToString()
-
-
-class _Classifier(nn.Module):
-    def __init__(self, extractor: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.extractor = extractor
-        self.head = head
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.extractor(pixels))
-
-
-def export_classifier(
-    extractor: nn.Module, input_spec: InputSpec, head: RidgeHead, *, metadata: Mapping[str, str] | None = None
-) -> bytes:
-    """One ONNX file: uint8 pixels -> calibrated ``probabilities`` (N, K).
-
-    ``extractor`` takes pixels (a ``PixelExtractor``). Class names and the unknown
-    threshold go into the metadata, so the file alone is enough to serve predictions.
-    """
-    meta = {
-        "pigeonhole.classes": json.dumps(head.classes),
-        "pigeonhole.threshold": repr(float(head.threshold)),
-        **(metadata or {}),
-    }
-    module = _Classifier(extractor, head.to_module())
-    return export_onnx(module, input_spec, output_name="probabilities", metadata=meta)
 
 
 def write_atomic(data: bytes, path: Path) -> Path:

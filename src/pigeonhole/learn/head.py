@@ -33,12 +33,12 @@ Calibration: softmax(scores / T) with the temperature T fitted on validation by 
 minimisation of the negative log-likelihood (convex in 1/T, so golden-section search
 on log T finds it).
 
-"Unknown" rule: on validation, the threshold t is the *smallest* calibrated
-confidence such that predictions with confidence >= t have precision >= the target
-(default 0.95); predictions below t are reported as unknown. The smallest such t keeps
-the most predictions while honouring the target. If no t reaches the target, t is the
-one with the highest precision (ties: more coverage), and ``threshold_precision``
-records what was actually achieved, so callers never promise more than was measured.
+"Unknown" rule: each image gets a familiarity in [0, 1] from a detector chosen on held-out images (see
+``novelty``), and images below the caution (``threshold``, default 5 %) are answered "unknown". The caution
+is the share of ordinary images of the taught classes refused, so a weak model answers as often as a good
+one; ``threshold_precision`` and ``threshold_coverage`` record how often it was right when it answered and
+how often it answered on those held-out images. A head saved before detectors existed has none: its
+familiarity is the largest probability and its threshold a confidence, as it always was.
 """
 
 from __future__ import annotations
@@ -47,10 +47,14 @@ import io
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
+
+from pigeonhole.learn import novelty
+
+if TYPE_CHECKING:
+    from pigeonhole.learn.head_graph import HeadGraph
 
 DEFAULT_ALPHAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 RARE_RATIO = 1.5  # a class below median size / RARE_RATIO turns on class weights (module docstring)
@@ -210,28 +214,6 @@ def fit_temperature(scores: np.ndarray, y: np.ndarray, lo: float = 1e-4, hi: flo
     return float(np.exp((a + b) / 2))
 
 
-def choose_threshold(
-    confidence: np.ndarray, correct: np.ndarray, target_precision: float
-) -> tuple[float, float, float]:
-    """(threshold, precision, coverage) on validation, by the rule in the module docstring."""
-    if len(confidence) == 0:
-        return 0.0, 0.0, 0.0
-    order = np.argsort(-confidence, kind="stable")
-    conf, ok = confidence[order], correct[order].astype(np.float64)
-    precision = np.cumsum(ok) / np.arange(1, len(ok) + 1)
-    # Only cut between distinct confidences: accepting is "conf >= t".
-    last_of_tie = np.r_[conf[1:] != conf[:-1], True]
-    idx = np.flatnonzero(last_of_tie)
-    meets = idx[precision[idx] >= target_precision]
-    if len(meets):
-        i = int(meets[-1])
-    else:  # best precision reachable; among equals the one that accepts most
-        p = precision[idx]
-        i = int(idx[np.flatnonzero(p == p.max())[-1]])
-    threshold = 0.0 if i == len(conf) - 1 else float(conf[i])
-    return threshold, float(precision[i]), (i + 1) / len(conf)
-
-
 def _feature_scale(var: np.ndarray) -> np.ndarray:
     """Standard deviations that standardise the features; constant features (weight 0 anyway) get 1."""
     sigma = np.sqrt(np.clip(var, 0.0, None))
@@ -387,6 +369,8 @@ class RidgeHead:
         self.threshold = 0.0
         self.threshold_precision: float | None = None
         self.threshold_coverage: float | None = None
+        self.detector: novelty.Detector | None = None
+        self._scatter: novelty.Scatter | None = None
         self.weights: np.ndarray | None = None  # (dim, K) over mapped features
         self.bias: np.ndarray | None = None
 
@@ -441,6 +425,18 @@ class RidgeHead:
 
     def _invalidate(self) -> None:
         self.weights = self.bias = None
+        self._scatter = None
+
+    def scatter(self) -> novelty.Scatter:
+        """Class means and covariances of the base features (the input part of the map), from the statistics."""
+        if self._scatter is None:
+            d = self.input_dim
+            stats = [self._stats[c] for c in self.classes]
+            counts = np.array([s.count for s in stats], dtype=np.float64)
+            sums = np.stack([s.sum[:d] for s in stats])
+            grams = [s.rows[:, :d].T @ s.rows[:, :d] if s.rows is not None else s.gram[:d, :d] for s in stats]
+            self._scatter = novelty.Scatter(counts, sums, grams)
+        return self._scatter
 
     # ---- solving ----------------------------------------------------------------
     def _problem(self) -> _RidgeProblem:
@@ -460,9 +456,9 @@ class RidgeHead:
         val_labels: Sequence[str],
         *,
         alphas: Sequence[float] = DEFAULT_ALPHAS,
-        target_precision: float = 0.95,
+        caution: float = novelty.DEFAULT_CAUTION,
     ) -> dict[str, float]:
-        """Choose alpha on validation, then fit temperature and the unknown threshold.
+        """Choose alpha on validation, then fit temperature and the unknown detector.
 
         Alpha: highest validation accuracy, ties broken by lower calibrated NLL. Validation
         images of classes the head does not know are ignored.
@@ -480,7 +476,8 @@ class RidgeHead:
                 solutions[alpha] = (w, b)
                 yield alpha, phi @ w + b
 
-        info = self._calibrate(scored(), y, target_precision)
+        self.weights, self.bias = None, None
+        info = self._calibrate(scored(), y, phi, caution, left_out=False)
         self.weights, self.bias = solutions[self.alpha]
         return info
 
@@ -490,9 +487,9 @@ class RidgeHead:
         labels: Sequence[str],
         *,
         alphas: Sequence[float] = DEFAULT_ALPHAS,
-        target_precision: float = 0.95,
+        caution: float = novelty.DEFAULT_CAUTION,
     ) -> dict[str, float]:
-        """Choose alpha, temperature and threshold on leave-one-out scores of the images the head holds.
+        """Choose alpha, temperature and the unknown detector on leave-one-out scores of the images the head holds.
 
         For small sets: a validation split of a few dozen images makes alpha a coin toss and ties
         every candidate at 100 %, while each held image scored by the head refit without it is an
@@ -506,15 +503,16 @@ class RidgeHead:
             raise ValueError("leave-one-out needs exactly the images the head holds")
         index = {c: i for i, c in enumerate(self.classes)}
         y = np.array([index[lab] for lab in labels], dtype=np.int64)
-        scores = left_out_scores(self.map(features), y, len(self.classes), alphas)
-        info = self._calibrate(zip(alphas, scores, strict=True), y, target_precision)
+        phi = self.map(features)
+        scores = left_out_scores(phi, y, len(self.classes), alphas)
+        info = self._calibrate(zip(alphas, scores, strict=True), y, phi, caution, left_out=True)
         self.solve(self.alpha)
         return {**info, "left_out": len(y)}
 
-    def _calibrate(self, candidates: Iterable[tuple[float, np.ndarray]], y: np.ndarray,
-                   target_precision: float) -> dict[str, float]:
+    def _calibrate(self, candidates: Iterable[tuple[float, np.ndarray]], y: np.ndarray, phi: np.ndarray,
+                   caution: float, *, left_out: bool) -> dict[str, float]:
         """Take the alpha whose held-out scores are most accurate (ties: lower calibrated NLL), then the
-        temperature and the unknown threshold on those scores."""
+        temperature and the unknown detector on those scores (``phi``: the held-out images' mapped features)."""
         best: tuple[float, float, float, float, np.ndarray] | None = None
         for alpha, scores in candidates:
             temp = fit_temperature(scores, y)
@@ -527,11 +525,17 @@ class RidgeHead:
                 best = (alpha, acc, nll, temp, scores)
         assert best is not None
         self.alpha, acc, nll, self.temperature, scores = best
-        probs = _softmax(scores / self.temperature)
-        conf, pred = probs.max(axis=1), probs.argmax(axis=1)
-        self.threshold, self.threshold_precision, self.threshold_coverage = choose_threshold(
-            conf, pred == y, target_precision
-        )
+        logits = scores / self.temperature
+        counts = np.array([self._stats[c].count for c in self.classes])
+        self.detector = novelty.choose(logits, self.temperature, phi[:, : self.input_dim], y, self.scatter(),
+                                       counts, lambda c: self._without(c, phi, y, left_out), left_out=left_out)
+        familiar = novelty.familiarity(novelty.raw_scores(
+            self.detector.kind, logits, self.temperature, phi[:, : self.input_dim],
+            self.scatter().moments(self.detector.shrinkage) if self.detector.kind == "relative_mahalanobis"
+            else None, y if left_out else None, counts if left_out else None), self.detector.knots)
+        self.set_caution(caution)
+        point = novelty.answers_curve(familiar, logits.argmax(axis=1) == y, [self.threshold])[0]
+        self.threshold_precision, self.threshold_coverage = point["right_when_answered"], point["answered"]
         return {
             "alpha": self.alpha,
             "val_accuracy": acc,
@@ -540,7 +544,29 @@ class RidgeHead:
             "threshold": self.threshold,
             "threshold_precision": self.threshold_precision,
             "threshold_coverage": self.threshold_coverage,
+            "detector": novelty.name_of(self.detector.kind, self.detector.shrinkage),
         }
+
+    def _without(self, c: int, phi: np.ndarray, y: np.ndarray, left_out: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Held-out logits from the head solved without class c: of the other classes' images (left out in
+        turn when ``left_out``: the head holds exactly ``phi``) and of class c's images."""
+        keep = [name for i, name in enumerate(self.classes) if i != c]
+        sub = RidgeHead(self.input_dim, self.config, dense_after=self.dense_after, feature_map=self.map)
+        sub.classes, sub._stats = keep, {name: self._stats[name] for name in keep}
+        sub.solve(self.alpha)
+        known = y != c
+        if left_out:
+            remap = np.cumsum(np.arange(len(self.classes)) != c) - 1
+            seen = next(left_out_scores(phi[known], remap[y[known]], len(keep), [self.alpha]))
+        else:
+            seen = phi[known] @ sub.weights + sub.bias
+        return seen / self.temperature, (phi[~known] @ sub.weights + sub.bias) / self.temperature
+
+    def set_caution(self, caution: float) -> None:
+        """The share of ordinary images of the taught classes to answer "unknown" (0 to 0.5)."""
+        if not 0.0 <= caution <= 0.5:
+            raise ValueError("the caution is a share between 0 and 0.5")
+        self.threshold = float(caution)
 
     # ---- prediction -------------------------------------------------------------
     def _require_solved(self) -> tuple[np.ndarray, np.ndarray]:
@@ -556,19 +582,36 @@ class RidgeHead:
         """(N, K) calibrated probabilities, columns in ``self.classes`` order."""
         return _softmax(self.scores(features) / self.temperature)
 
+    def familiarity(self, features: np.ndarray) -> np.ndarray:
+        """(N,) in [0, 1]: how familiar each image looks (module docstring); below ``threshold`` is unknown."""
+        logits = self.scores(features) / self.temperature
+        if self.detector is None:
+            return _softmax(logits).max(axis=1)
+        moments = (self.scatter().moments(self.detector.shrinkage)
+                   if self.detector.kind == "relative_mahalanobis" else None)
+        base = self.map(features)[:, : self.input_dim]
+        raw = novelty.raw_scores(self.detector.kind, logits, self.temperature, base, moments)
+        return novelty.familiarity(raw, self.detector.knots)
+
     def predict(self, features: np.ndarray) -> list[tuple[str | None, float]]:
         """(label or None for unknown, confidence) per image."""
         probs = self.predict_proba(features)
+        familiar = self.familiarity(features)
         out: list[tuple[str | None, float]] = []
         for i, j in enumerate(probs.argmax(axis=1)):
-            conf = float(probs[i, j])
-            out.append((self.classes[j] if conf >= self.threshold else None, conf))
+            out.append((self.classes[j] if familiar[i] >= self.threshold else None, float(probs[i, j])))
         return out
 
-    def to_module(self) -> nn.Module:
-        """A torch module features -> calibrated probabilities, for ONNX export."""
+    def to_module(self) -> HeadGraph:
+        """A torch module features -> (calibrated probabilities, familiarity), for ONNX export."""
         w, b = self._require_solved()
-        return _HeadModule(self.map, w, b, self.temperature)
+        moments = None
+        if self.detector is not None and self.detector.kind == "relative_mahalanobis":
+            moments = self.scatter().moments(self.detector.shrinkage)
+        from pigeonhole.learn.head_graph import HeadGraph  # torch only where a graph is made
+
+        return HeadGraph(self.map.config.l2_normalize, self.map.projection, w, b, self.temperature, self.detector,
+                         moments)
 
     # ---- serialisation ------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -584,6 +627,7 @@ class RidgeHead:
             "threshold": self.threshold,
             "threshold_precision": self.threshold_precision,
             "threshold_coverage": self.threshold_coverage,
+            "detector": self.detector.to_meta() if self.detector is not None else None,
         }
         arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
         if self.map.projection is not None:
@@ -624,31 +668,8 @@ class RidgeHead:
                 head.classes.append(name)
             for key in ("alpha", "temperature", "threshold", "threshold_precision", "threshold_coverage"):
                 setattr(head, key, meta[key])
+            if meta.get("detector"):
+                head.detector = novelty.Detector.from_meta(meta["detector"])
             if "weights" in npz:
                 head.weights, head.bias = npz["weights"].copy(), npz["bias"].copy()
         return head
-
-
-class _HeadModule(nn.Module):
-    """The solved head in torch (float32): map -> linear -> softmax(./T)."""
-
-    def __init__(self, fmap: FeatureMap, w: np.ndarray, b: np.ndarray, temperature: float) -> None:
-        super().__init__()
-        self.l2 = fmap.config.l2_normalize
-        self.linear = nn.Linear(w.shape[0], w.shape[1])
-        with torch.no_grad():
-            self.linear.weight.copy_(torch.from_numpy(w.T / temperature))
-            self.linear.bias.copy_(torch.from_numpy(b / temperature))
-        self.has_rff = fmap.projection is not None
-        if fmap.projection is not None:
-            pw, pb = fmap.projection
-            self.register_buffer("proj_w", torch.from_numpy(pw).float())
-            self.register_buffer("proj_b", torch.from_numpy(pb).float())
-            self.rff_scale = float(np.sqrt(2.0 / pw.shape[1]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        unit = x / torch.clamp(torch.linalg.vector_norm(x, dim=1, keepdim=True), min=_EPS)
-        phi = unit if self.l2 else x
-        if self.has_rff:
-            phi = torch.cat([phi, self.rff_scale * torch.cos(unit @ self.proj_w + self.proj_b)], dim=1)
-        return torch.softmax(self.linear(phi), dim=1)

@@ -33,7 +33,7 @@ from pigeonhole.learn.head import RidgeHead
 from pigeonhole.learn.preprocess import InputSpec
 from pigeonhole.learn.weights import WeightsError
 
-FEATURES, PROBABILITIES = "features", "probabilities"
+FEATURES, PROBABILITIES, FAMILIARITY = "features", "probabilities", "familiarity"
 _OP, _HEAD = "op_", "head_"
 
 
@@ -160,8 +160,8 @@ def _head_model(head: RidgeHead, ir_version: int) -> onnx.ModelProto:
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(module, (dummy,), buffer, input_names=[FEATURES], output_names=[PROBABILITIES],
-                          dynamic_axes={FEATURES: {0: "batch"}, PROBABILITIES: {0: "batch"}},
+        torch.onnx.export(module, (dummy,), buffer, input_names=[FEATURES], output_names=[PROBABILITIES, FAMILIARITY],
+                          dynamic_axes={name: {0: "batch"} for name in (FEATURES, PROBABILITIES, FAMILIARITY)},
                           opset_version=OPSET, do_constant_folding=True, dynamo=False)
     model = onnx.load_from_string(buffer.getvalue())
     model.ir_version = ir_version
@@ -169,19 +169,20 @@ def _head_model(head: RidgeHead, ir_version: int) -> onnx.ModelProto:
 
 
 def join_head(extractor: onnx.ModelProto, head: RidgeHead, metadata: Mapping[str, str]) -> bytes:
-    """An extractor graph (``pixels`` -> ``features``) joined to ``head``: pixels -> (probabilities, features),
-    with ``metadata`` plus the head's classes and threshold."""
+    """An extractor graph (``pixels`` -> ``features``) joined to ``head``: pixels -> (probabilities, familiarity,
+    features), with ``metadata`` plus the head's classes and threshold."""
     head_model = onnx.compose.add_prefix(_head_model(head, extractor.ir_version), _HEAD)
     merged = onnx.compose.merge_models(extractor, head_model, io_map=[(FEATURES, _HEAD + FEATURES)],
-                                       outputs=[_HEAD + PROBABILITIES, FEATURES])
+                                       outputs=[_HEAD + PROBABILITIES, _HEAD + FAMILIARITY, FEATURES])
+    renamed = {_HEAD + PROBABILITIES: PROBABILITIES, _HEAD + FAMILIARITY: FAMILIARITY}
     for node in merged.graph.node:
-        for i, name in enumerate(node.output):
-            if name == _HEAD + PROBABILITIES:
-                node.output[i] = PROBABILITIES
+        for names in (node.input, node.output):
+            for i, name in enumerate(names):
+                names[i] = renamed.get(name, name)
     for output in merged.graph.output:
-        if output.name == _HEAD + PROBABILITIES:
-            output.name = PROBABILITIES
-    ordered = sorted(merged.graph.output, key=lambda o: o.name != PROBABILITIES)  # as torch-exported files: p, f
+        output.name = renamed.get(output.name, output.name)
+    order = [PROBABILITIES, FAMILIARITY, FEATURES]  # as torch-exported files
+    ordered = sorted(merged.graph.output, key=lambda o: order.index(o.name))
     outputs = [onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in ordered]
     del merged.graph.output[:]
     merged.graph.output.extend(outputs)

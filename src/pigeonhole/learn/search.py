@@ -825,10 +825,10 @@ class _Search:
         model = scored.extractor.export(head, metadata={"pigeonhole.candidate": config.name})
         eval_split = "test" if self.splits["test"] else "val"
         keys = self.keys(eval_split)
-        probs = run_model(model, self.pixel_fn(config)(keys), threads=self.config.threads) if keys else None
+        answers = run_model(model, self.pixel_fn(config)(keys), threads=self.config.threads) if keys else None
         metrics = (
-            split_metrics(probs, self.labels(eval_split), keys, self.classes, head.threshold)
-            if probs is not None else {}
+            split_metrics(*answers, self.labels(eval_split), keys, self.classes, head.threshold)
+            if answers is not None else {}
         )
         metrics["split"] = eval_split
         metrics["val_accuracy"] = scored.val_accuracy

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pigeonhole.compute.handlers import JobContext, JobFailed, JobHandler, Placement, Resources, register
-from pigeonhole.serving.model import load_model
+from pigeonhole.serving.model import load_model, split_answers
 from pigeonhole.serving.preprocess import pixels_for, top_k
 from pigeonhole.storage.archives import ArchiveLimits, ArchiveRejected, RejectedEntry, iter_zip
 from pigeonhole.storage.blobs import BlobStore
@@ -69,8 +69,8 @@ class BatchPredictHandler(JobHandler):
 
         def flush() -> None:
             if pending:
-                probs = model.run(np.stack([p for _, p in pending]))
-                for (name, _), answer in zip(pending, top_k(model, probs, payload["top_k"]), strict=True):
+                probs, familiar, _ = split_answers(model, model.run(np.stack([p for _, p in pending])))
+                for (name, _), answer in zip(pending, top_k(model, probs, familiar, payload["top_k"]), strict=True):
                     rows.append({"name": name, **answer})
                 pending.clear()
                 ctx.report(progress=None, stage=f"Classified {len(rows)} images")

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from pigeonhole.compute.handlers import JobContext, JobFailed, JobHandler, Placement, Resources, register
 from pigeonhole.db.tables import DatasetImage, Job, Model, ModelVersion
 from pigeonhole.ids import new_id
-from pigeonhole.learn.artifacts import measure_speed, split_metrics
+from pigeonhole.learn.artifacts import measure_speed, split_metrics, unknown_facts
 from pigeonhole.learn.evaluate import recall_gap, rename_classes
 from pigeonhole.learn.features import FeatureCache, ImageItem, compute_features
 from pigeonhole.learn.grow import extractor_of, input_spec_of, rebuild_model
@@ -175,6 +175,7 @@ class ExpandHandler(JobHandler):
             keys["manifest"] = f"{prefix}/images.json"
             blobs.put_bytes(keys["manifest"], json.dumps(manifest).encode())
         card = {"classes": head.classes, "metrics": metrics, "unknown_threshold": float(head.threshold),
+                "unknown": unknown_facts(head),
                 "speed": speed, "change": describe_change(payload["add"], payload["remove"], payload.get("refresh"),
                                                           rename),
                 "parent_version": payload["base_version"], "seconds": round(time.monotonic() - started, 2),
@@ -273,11 +274,13 @@ def _choose_on_validation(ctx: JobContext, head: RidgeHead, manifest: list[list[
         chooser.solve()
     # The chooser's answers on the validation images it never held: the drift estimate, and the
     # measurement when there are no test images.
-    val_probs = chooser.predict_proba(val_features) if val_features is not None else None
-    gap = _drift(chooser, val_probs, val_labels, payload.get("extractor_classes"))
+    val_probs = ((chooser.predict_proba(val_features), chooser.familiarity(val_features))
+                 if val_features is not None else None)
+    gap = _drift(chooser, val_probs[0] if val_probs is not None else None, val_labels,
+                 payload.get("extractor_classes"))
     if manifest is None:
         return chooser, None, val_probs, gap  # older versions hold training images only: keep doing the same
-    for attribute in ("alpha", "temperature", "threshold", "threshold_precision", "threshold_coverage"):
+    for attribute in ("alpha", "temperature", "threshold", "threshold_precision", "threshold_coverage", "detector"):
         setattr(head, attribute, getattr(chooser, attribute))
     fresh = [i for i, label in enumerate(val_labels) if label in new_classes]
     if fresh and val_features is not None:
@@ -326,13 +329,14 @@ def _grow(ctx: JobContext, payload: dict[str, Any], blobs: BlobStore, model_byte
         ctx.report(progress=0.8, stage="Measuring the new version")
         test_items, test_labels, test_keys = items("test")
         if test_items:
-            probs = head.predict_proba(compute_features(test_items, extractor, cache))
-            metrics = split_metrics(probs, test_labels, test_keys, head.classes, head.threshold)
+            test_features = compute_features(test_items, extractor, cache)
+            metrics = split_metrics(head.predict_proba(test_features), head.familiarity(test_features), test_labels,
+                                    test_keys, head.classes, head.threshold)
             metrics["split"] = "test"
         elif val_probs is not None:
             # As training does without test images: measure on validation images, with the head that
             # chose the settings and never held them, so the figure is not the final head's own data.
-            metrics = split_metrics(val_probs, val_labels, val_keys, head.classes, head.threshold)
+            metrics = split_metrics(*val_probs, val_labels, val_keys, head.classes, head.threshold)
             metrics["split"] = "val"
         else:
             metrics = {"note": "no test images"}

@@ -16,7 +16,7 @@ from pigeonhole.errors import PayloadTooLarge, Unprocessable
 from pigeonhole.models.schemas import PredictRequest
 from pigeonhole.serving.backends import PredictBackend, make_backend
 from pigeonhole.serving.cache import ModelCache
-from pigeonhole.serving.model import ModelContract
+from pigeonhole.serving.model import ModelContract, split_answers
 from pigeonhole.serving.preprocess import pixels_for, top_k
 from pigeonhole.settings import Settings
 from pigeonhole.storage.blobs import BlobStore
@@ -115,8 +115,9 @@ class PredictionService:
                              max_bytes=self.settings.max_image_bytes)
         arrays = await asyncio.gather(*(asyncio.to_thread(_pixels, contract, image, limits, policy, i)
                                         for i, image in enumerate(images, start=1)))
-        probs = await self.backend.probabilities(key, target.onnx_key, np.stack(arrays))
-        answers = top_k(contract, probs, k, threshold)
+        out = await self.backend.outputs(key, target.onnx_key, np.stack(arrays))
+        probs, familiar, _ = split_answers(contract, out)
+        answers = top_k(contract, probs, familiar, k, threshold)
         for answer, image in zip(answers, images, strict=True):
             answer["name"] = image.name
         return answers

@@ -58,7 +58,8 @@ class VersionPublic(BaseModel):
     size_bytes: int
     latency_ms: float | None
     throughput: float | None = Field(description="images per second when predicting in batches")
-    threshold: float = Field(description="below this confidence the answer is 'unknown'")
+    threshold: float = Field(description="the caution: below this familiarity the answer is 'unknown' (for versions "
+                             "made before familiarity existed, a confidence)")
     lineage: dict[str, Any]
     input: InputSpecPublic
     created_at: datetime
@@ -98,10 +99,22 @@ class PredictionTop(BaseModel):
     confidence: float
 
 
+class Neighbour(BaseModel):
+    image_id: str | None = Field(description="the training image in the model's dataset (null if since deleted)")
+    label: str
+    similarity: float = Field(description="cosine similarity of the two images' features, 1 = the same")
+    thumbnail_url: str | None = None
+
+
 class Prediction(BaseModel):
-    label: str | None = Field(description="null means 'unknown': no class is confident enough")
+    label: str | None = Field(description="null means 'unknown': the image looks unlike the images the model was "
+                              "taught (its familiarity is below the version's caution)")
     confidence: float
+    familiarity: float | None = Field(default=None, description="0-1: the share of the taught classes' ordinary "
+                                      "images that look less familiar than this one")
     top: list[PredictionTop]
+    neighbours: list[Neighbour] | None = Field(default=None, description="with neighbours=k: the k training "
+                                               "images of the predicted class that look most alike")
     name: str | None = None
 
 

@@ -1,7 +1,8 @@
 """Where a prediction's inference runs: in this process (``inline``) or on Ray Serve (``ray``).
 
-Both backends are given the same decoded uint8 pixels and return the model's probabilities; decoding,
-validation, thresholds and top-k stay in the API for both. The two modes therefore answer the same by
+Both backends are given the same decoded uint8 pixels and return the model's outputs (probabilities,
+familiarity and features: ``ServingModel.run``); decoding, validation, thresholds and top-k stay in the API
+for both. The two modes therefore answer the same by
 construction, and the API keeps authenticating, authorising and metering every call in either mode.
 This module must not import Ray: in ``ray`` mode the API talks to the Serve HTTP proxy with httpx.
 """
@@ -38,7 +39,7 @@ class PredictBackend(Protocol):
 
     async def contract(self, key: Hashable, onnx_key: str) -> ModelContract: ...
 
-    async def probabilities(self, key: Hashable, onnx_key: str, pixels: np.ndarray) -> np.ndarray: ...
+    async def outputs(self, key: Hashable, onnx_key: str, pixels: np.ndarray) -> np.ndarray: ...
 
     async def aclose(self) -> None: ...
 
@@ -59,7 +60,7 @@ class InlineBackend:
     async def contract(self, key: Hashable, onnx_key: str) -> ServingModel:
         return await asyncio.to_thread(self._load, key, onnx_key)
 
-    async def probabilities(self, key: Hashable, onnx_key: str, pixels: np.ndarray) -> np.ndarray:
+    async def outputs(self, key: Hashable, onnx_key: str, pixels: np.ndarray) -> np.ndarray:
         model = await asyncio.to_thread(self._load, key, onnx_key)
         return await self.batcher.run(key, model, pixels)
 
@@ -93,7 +94,7 @@ class ContractCache:
 
 
 class RayServeBackend:
-    """Forwards the decoded pixels to the Ray Serve deployment over HTTP and reads back probabilities.
+    """Forwards the decoded pixels to the Ray Serve deployment over HTTP and reads back the model's outputs.
 
     The model's blob key goes in Serve's multiplexing header, so the request lands on a replica that
     already holds that version. Anything going wrong on the Serve side (not started yet, restarting,
@@ -122,7 +123,7 @@ class RayServeBackend:
     async def contract(self, key: Hashable, onnx_key: str) -> ModelContract:
         return await asyncio.to_thread(self.contracts.get, onnx_key)
 
-    async def probabilities(self, key: Hashable, onnx_key: str, pixels: np.ndarray) -> np.ndarray:
+    async def outputs(self, key: Hashable, onnx_key: str, pixels: np.ndarray) -> np.ndarray:
         body, headers = wire.encode(pixels)
         headers[wire.MODEL_HEADER] = onnx_key
         self.calls += 1

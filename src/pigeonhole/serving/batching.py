@@ -31,7 +31,7 @@ class MicroBatcher:
         self.calls = 0  # inference calls made, for tests and metrics
 
     async def run(self, key: Hashable, model: ServingModel, pixels: np.ndarray) -> np.ndarray:
-        """Probabilities for ``pixels`` (N, C, H, W), computed together with other waiting requests."""
+        """``model.run`` of ``pixels`` (N, C, H, W), computed together with other waiting requests."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         pending = self._pending.get(key)

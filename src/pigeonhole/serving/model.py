@@ -29,7 +29,7 @@ class ModelContract:
     color: str
     crop: str
     classes: list[str]
-    threshold: float
+    threshold: float  # below this familiarity the answer is "unknown"
 
 
 @dataclass
@@ -40,8 +40,24 @@ class ServingModel(ModelContract):
     outputs: list[str]
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (N, C, H, W) -> probabilities (N, K)."""
-        return self.session.run(self.outputs, {self.input_name: pixels})[0]
+        """uint8 (N, C, H, W) -> (N, K + 1 + D): the probabilities, the familiarity and the features side by side.
+
+        One float32 array, so the micro-batcher and the wire to Ray Serve carry one thing. A file from before
+        familiarity existed has its largest probability there instead, which is what its threshold was set on.
+        """
+        found = dict(zip(self.outputs, self.session.run(self.outputs, {self.input_name: pixels}), strict=True))
+        probs = np.asarray(found[self.outputs[0]], dtype=np.float32)
+        familiar = found.get("familiarity", probs.max(axis=1) if probs.size else np.zeros(len(probs), np.float32))
+        parts = [probs, np.asarray(familiar, dtype=np.float32)[:, None]]
+        if "features" in found:
+            parts.append(np.asarray(found["features"], dtype=np.float32).reshape(len(probs), -1))
+        return np.concatenate(parts, axis=1)
+
+
+def split_answers(contract: ModelContract, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probabilities, familiarity, features) from :meth:`ServingModel.run`'s array."""
+    k = len(contract.classes)
+    return out[:, :k], out[:, k], out[:, k + 1:]
 
 
 def _contract_fields(meta: Mapping[str, str]) -> dict[str, object]:
@@ -65,7 +81,7 @@ def load_model(onnx_bytes: bytes, *, threads: int | None = None) -> ServingModel
     session = open_session(onnx_bytes, intra_op_threads=threads)
     fields = _contract_fields(session.get_modelmeta().custom_metadata_map)
     names = [o.name for o in session.get_outputs()]
-    # Version files also output the extractor's features (for growing the model later): not needed here.
     outputs = ["probabilities"] if "probabilities" in names else names[:1]
+    outputs += [name for name in ("familiarity", "features") if name in names]
     return ServingModel(session=session, input_name=session.get_inputs()[0].name, outputs=outputs,
                         memory_bytes=len(onnx_bytes) * MEMORY_PER_FILE_BYTE, **fields)  # type: ignore[arg-type]

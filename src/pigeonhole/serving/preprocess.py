@@ -17,17 +17,20 @@ def pixels_for(model: ModelContract, data: bytes, limits: ImageLimits) -> np.nda
     return array[None, :, :] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def top_k(model: ModelContract, probs: np.ndarray, k: int, threshold: float | None = None) -> list[dict[str, object]]:
-    """Per image: label (None when below the threshold: 'unknown'), confidence and the top k classes."""
+def top_k(model: ModelContract, probs: np.ndarray, familiar: np.ndarray, k: int,
+          threshold: float | None = None) -> list[dict[str, object]]:
+    """Per image: label (None when the familiarity is below the threshold: 'unknown'), confidence,
+    familiarity and the top k classes."""
     cut = model.threshold if threshold is None else threshold
     k = max(1, min(k, len(model.classes)))
     answers = []
-    for row in probs:
+    for row, fam in zip(probs, familiar, strict=True):
         order = np.argsort(-row)[:k]
         best = float(row[order[0]])
         answers.append({
-            "label": model.classes[int(order[0])] if best >= cut else None,
+            "label": model.classes[int(order[0])] if float(fam) >= cut else None,
             "confidence": round(best, 6),
+            "familiarity": round(float(fam), 6),
             "top": [{"label": model.classes[int(i)], "confidence": round(float(row[i]), 6)} for i in order],
         })
     return answers

@@ -10,7 +10,7 @@ The API process never imports this module: it reaches the deployment over HTTP (
 - **Autoscaling** between 1 and ``PIGEONHOLE_SERVE_MAX_REPLICAS`` replicas on the number of requests in
   flight; each replica reserves ``PIGEONHOLE_SERVE_REPLICA_CPUS`` CPUs, small by default so it fits
   beside training jobs.
-- A replica receives already decoded pixels and answers probabilities (``serving.wire``), running the
+- A replica receives already decoded pixels and answers the model's outputs (``serving.wire``), running the
   same ONNX Runtime session and micro-batcher as ``inline`` mode, so both modes answer the same.
 """
 

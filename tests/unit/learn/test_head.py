@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
+from pigeonhole.learn.artifacts import export_model
 from pigeonhole.learn.backbones import PixelExtractor, build_extractor, get_spec
 from pigeonhole.learn.evaluate import evaluate
-from pigeonhole.learn.export import INPUT_NAME, export_classifier, open_session
-from pigeonhole.learn.head import HeadConfig, RidgeHead, _nll, choose_threshold, left_out_scores
+from pigeonhole.learn.export import INPUT_NAME, open_session
+from pigeonhole.learn.head import HeadConfig, RidgeHead, _nll, left_out_scores
 from pigeonhole.learn.preprocess import images_to_batch
 
 
@@ -57,6 +57,12 @@ def test_incremental_equals_refit(flower_features, config: HeadConfig, dense_aft
         assert _rel(inc.bias, refit.bias) < 1e-6
     probe = flower_features["test"][0]
     np.testing.assert_allclose(inc.predict_proba(probe), refit.predict_proba(probe), rtol=1e-6, atol=1e-9)
+    # the unknown detector comes from the same statistics: grown and refit heads refuse the same images
+    inc.fit(*flower_features["val"])
+    refit.fit(*flower_features["val"])
+    assert inc.detector.kind == refit.detector.kind and inc.threshold == refit.threshold
+    np.testing.assert_allclose(inc.detector.knots, refit.detector.knots, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(inc.familiarity(probe), refit.familiarity(probe), atol=1e-6)
 
 
 def test_removing_held_images_keeps_the_class_factored(flower_features) -> None:
@@ -145,11 +151,11 @@ def test_flowers_end_to_end(flower_features) -> None:
     assert set(metrics["per_class"]["classes"]) == set(head.classes)
 
 
-def test_calibration_and_threshold_on_validation(flower_features) -> None:
+def test_calibration_and_caution_on_validation(flower_features) -> None:
     train, val = flower_features["train"], flower_features["val"]
     head = RidgeHead(train[0].shape[1])
     head.add(*train)
-    info = head.fit(*val, target_precision=0.9)
+    info = head.fit(*val, caution=0.1)
     y = np.array([head.classes.index(lab) for lab in val[1]])
     scores = head.scores(val[0])
     t = head.temperature
@@ -158,15 +164,18 @@ def test_calibration_and_threshold_on_validation(flower_features) -> None:
         assert best <= _nll(scores, y, 1 / other) + 1e-9
     assert info["val_nll"] == pytest.approx(best)
 
-    probs = head.predict_proba(val[0])
-    accepted = probs.max(1) >= head.threshold
-    precision = float((probs.argmax(1)[accepted] == y[accepted]).mean())
-    assert accepted.any()
-    assert precision >= head.threshold_precision - 1e-12  # what it promises, it delivers
-    assert head.threshold_precision >= 0.9  # and the target was reachable here
-    assert head.threshold_coverage == pytest.approx(accepted.mean())
+    # The caution is the share of the held-out images of the taught classes answered "unknown", and the
+    # figures the head records are what it does on them.
+    familiar = head.familiarity(val[0])
+    accepted = familiar >= head.threshold
+    assert head.threshold == 0.1 and abs((~accepted).mean() - 0.1) <= 0.02
+    precision = float((scores.argmax(1)[accepted] == y[accepted]).mean())
+    assert head.threshold_precision == pytest.approx(precision) and head.threshold_coverage == pytest.approx(
+        accepted.mean())
     labels = [lab for lab, _ in head.predict(val[0])]
     assert labels.count(None) == int((~accepted).sum())
+    with pytest.raises(ValueError, match="between 0 and 0.5"):
+        head.set_caution(0.9)
 
 
 @pytest.mark.parametrize(("n", "d"), [(30, 48), (90, 12)], ids=["dual", "primal"])
@@ -219,19 +228,6 @@ def test_fit_left_out_chooses_on_held_images(flower_features) -> None:
         head.fit_left_out(x[:-1], labels[:-1])
 
 
-def test_choose_threshold_rule() -> None:
-    conf = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
-    assert choose_threshold(conf, np.ones(5, bool), 0.95) == (0.0, 1.0, 1.0)  # everything meets it
-    t, p, cov = choose_threshold(conf, np.array([1, 1, 1, 0, 0], bool), 0.95)
-    assert (t, p, cov) == (0.7, 1.0, 0.6)
-    # target unreachable: best achievable precision, with the most coverage among equals
-    t, p, cov = choose_threshold(conf, np.array([0, 1, 0, 1, 0], bool), 0.95)
-    assert (t, p) == (0.6, 0.5) and cov == 0.8
-    # ties are never split: both 0.8s are in or out together
-    t, p, cov = choose_threshold(np.array([0.9, 0.8, 0.8, 0.1]), np.array([1, 1, 0, 1], bool), 0.9)
-    assert (t, p, cov) == (0.9, 1.0, 0.25)
-
-
 def test_serialise_rename_and_guards(flower_features) -> None:
     train, val = flower_features["train"], flower_features["val"]
     head = RidgeHead(train[0].shape[1], HeadConfig(random_features=64), dense_after=40)
@@ -266,13 +262,12 @@ def test_classifier_export_matches_head(catalog, flowers, flower_features) -> No
     head.add(*train)
     head.fit(*val)
     extractor = PixelExtractor(spec, build_extractor(spec, catalog))
-    session = open_session(export_classifier(extractor, spec.input_spec(), head))
+    session = open_session(export_model(extractor, spec.input_spec(), head))
     pixels = images_to_batch([b for b, _ in flowers.test[:6]], spec.input_size)
-    got = session.run(None, {INPUT_NAME: pixels})[0]
-    with torch.no_grad():
-        feats = extractor(torch.from_numpy(pixels)).numpy()
+    got, familiar, feats = session.run(None, {INPUT_NAME: pixels})
     np.testing.assert_allclose(got, head.predict_proba(feats), atol=2e-4)
     np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(familiar, head.familiarity(feats), atol=2e-3)  # float32 graph, float64 head
 
 
 def _rare_class_blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from pigeonhole.serving.batching import MicroBatcher
 from pigeonhole.serving.cache import ModelCache
-from pigeonhole.serving.model import load_model
+from pigeonhole.serving.model import load_model, split_answers
 from pigeonhole.serving.preprocess import pixels_for, top_k
 from pigeonhole.storage.images import ImageLimits, ImageRejected
 from tests.model_factories import dark_bright_onnx, grey_png
@@ -32,12 +32,13 @@ def test_loaded_model_classifies_real_images(onnx_bytes: bytes) -> None:
     assert set(model.classes) == {"dark", "bright"} and (model.height, model.width, model.color) == (28, 28, "L")
     images = [grey_png(40, 900), grey_png(210, 901)]
     pixels = np.stack([pixels_for(model, data, LIMITS) for data in images])
-    probs = model.run(pixels)
+    probs, familiar, features = split_answers(model, model.run(pixels))
     assert probs.shape == (2, 2) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
-    answers = top_k(model, probs, k=5)
+    assert familiar.shape == (2,) and ((familiar >= 0) & (familiar <= 1)).all() and features.shape[0] == 2
+    answers = top_k(model, probs, familiar, k=5)
     assert [a["label"] for a in answers] == ["dark", "bright"]
     assert len(answers[0]["top"]) == 2 and answers[0]["top"][0]["label"] == "dark"
-    unknown = top_k(model, probs, k=1, threshold=1.01)
+    unknown = top_k(model, probs, familiar, k=1, threshold=1.01)
     assert all(a["label"] is None for a in unknown)  # below the threshold: 'unknown'
 
 
