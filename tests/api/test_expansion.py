@@ -14,6 +14,7 @@ from pigeonhole.ids import new_id
 from pigeonhole.learn.features import ImageItem, compute_features
 from pigeonhole.learn.grow import extractor_of, rebuild_model
 from pigeonhole.learn.head import RidgeHead
+from pigeonhole.learn.neighbours import NeighbourIndex
 from pigeonhole.learn.search import LEFT_OUT
 from pigeonhole.models.service import record_version
 from pigeonhole.models.training import TrainHandler
@@ -240,7 +241,8 @@ def test_refresh_uses_new_images_of_existing_classes(app, alice: Account, grown_
     assert alice.client.post(f"/api/v1/models/{model_id}/refresh", json={"classes": ["zebra"]}).status_code == 404
 
 
-def _trained_like_version(app, alice: Account, model_id: str, dataset_id: str, *, left_out: bool = False) -> None:
+def _trained_like_version(app, alice: Account, model_id: str, dataset_id: str, *, left_out: bool = False,
+                          neighbours: bool = False) -> None:
     """A version built the way training builds one: statistics of train + val, hyperparameters chosen on
     val held out (``left_out``: on every held image left out in turn, as for a small set), and a manifest of
     the images the head holds."""
@@ -251,16 +253,25 @@ def _trained_like_version(app, alice: Account, model_id: str, dataset_id: str, *
             if i["label"] in ("dark", "bright")]
     head = (_left_out_head if left_out else _reference_head)(blobs, extractor, rows, ["dark", "bright"])
     version_id = new_id()
-    keys = {name: f"models/{model_id}/{version_id}/{name}" for name in ("model.onnx", "head.npz", "images.json")}
+    keys = {name: f"models/{model_id}/{version_id}/{name}"
+            for name in ("model.onnx", "head.npz", "images.json", "neighbours.npz")}
     blobs.put_bytes(keys["model.onnx"], rebuild_model(model_bytes, head))
     blobs.put_bytes(keys["head.npz"], head.to_bytes())
-    blobs.put_bytes(keys["images.json"], json.dumps([list(r) for r in rows if r[2] != "test"]).encode())
+    held = [r for r in rows if r[2] != "test"]
+    blobs.put_bytes(keys["images.json"], json.dumps([list(r) for r in held]).encode())
+    if neighbours:
+        features = compute_features([ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))
+                                     for sha, _, _, size in held], extractor)
+        blobs.put_bytes(keys["neighbours.npz"],
+                        NeighbourIndex([r[0] for r in held], [r[1] for r in held], features).to_bytes())
     with app.state.session_factory() as db, db.begin():
         record_version(db, db.get(Model, model_id), classes=head.classes,
                        metrics={"val_measured_on": LEFT_OUT} if left_out else {}, input_spec={"height": 28,
                        "width": 28, "color": "L"}, threshold=head.threshold, size_bytes=1,
                        onnx_key=keys["model.onnx"], head_key=keys["head.npz"], card_key=None,
-                       lineage={"manifest_key": keys["images.json"]}, latency_ms=None, throughput=None,
+                       lineage={"manifest_key": keys["images.json"],
+                                "neighbours_key": keys["neighbours.npz"] if neighbours else None},
+                       latency_ms=None, throughput=None,
                        job_id=None, activate=True, version_id=version_id)
 
 
@@ -318,6 +329,8 @@ def test_on_a_small_set_growing_chooses_as_training_does_and_gives_back_the_orig
     assert heads[3].classes == heads[1].classes and heads[3].alpha == heads[1].alpha
     assert heads[3].threshold == pytest.approx(heads[1].threshold, abs=1e-6)
     np.testing.assert_allclose(heads[3].predict_proba(probe), heads[1].predict_proba(probe), atol=1e-6)
+    np.testing.assert_allclose(heads[2].familiarity(probe), reference.familiarity(probe), atol=1e-6)
+    np.testing.assert_allclose(heads[3].familiarity(probe), heads[1].familiarity(probe), atol=1e-6)
     original, again = _probs(alice, model_id, 1), _probs(alice, model_id, 3)
     for a, b in zip(original, again, strict=True):
         assert [label for label, _ in a] == [label for label, _ in b]
@@ -343,6 +356,69 @@ def test_growing_a_trained_version_equals_a_refit_from_scratch(app, alice: Accou
     probe = compute_features([ImageItem(f"p{i}", (lambda i=i: grey_png(30 + 25 * i, 5000 + i)))
                               for i in range(8)], extractor)
     np.testing.assert_allclose(grown.predict_proba(probe), reference.predict_proba(probe), atol=1e-6)
+    assert grown.detector.kind == reference.detector.kind  # the unknown detector grows exactly too
+    np.testing.assert_allclose(grown.familiarity(probe), reference.familiarity(probe), atol=1e-6)
+
+
+def test_a_new_caution_is_a_new_version_without_retraining(app, alice: Account, grown_setup: tuple[str, str],
+                                                           tmp_path: Path) -> None:
+    model_id, dataset_id = grown_setup
+    _trained_like_version(app, alice, model_id, dataset_id)
+    refused = alice.client.post(f"/api/v1/models/{model_id}/caution", json={"caution": 0.2})
+    assert refused.status_code == 422 and refused.json()["code"] == "caution_unavailable"  # made before cautions
+    run_job(app, alice.client.post(f"/api/v1/models/{model_id}/classes", json={"names": ["mid"]}).json()["job_id"],
+            tmp_path)  # v2, measured with its caution curve
+    assert alice.client.post(f"/api/v1/models/{model_id}/caution", json={"caution": 0.9}).status_code == 422
+    job = alice.client.post(f"/api/v1/models/{model_id}/caution", json={"caution": 0.2})
+    assert job.status_code == 202
+    run_job(app, job.json()["id"], tmp_path)
+    versions = {v["v"]: v for v in alice.client.get(f"/api/v1/models/{model_id}/versions").json()["items"]}
+    before, after = versions[2], versions[3]
+    assert after["active"] and after["threshold"] == 0.2 and "caution set to 20 %" in after["lineage"]["change"]
+    blobs = app.state.blob_store
+    with app.state.session_factory() as db:
+        rows = {r.v: r for r in db.query(ModelVersion).filter_by(model_id=model_id)}
+        heads = {v: RidgeHead.from_bytes(blobs.read_bytes(rows[v].head_key)) for v in (2, 3)}
+    np.testing.assert_array_equal(heads[2].weights, heads[3].weights)  # the same model, another cut
+    # the figures the model page previews for 20 % (v2's curve) are what the new version measures
+    point = next(p for p in before["metrics"]["caution_curve"] if p["caution"] == 0.2)
+    assert after["metrics"]["coverage"] == pytest.approx(point["answered"])
+    assert after["metrics"]["selective_accuracy"] == pytest.approx(point["right_when_answered"])
+    assert after["metrics"]["accuracy_with_unknown"] == pytest.approx(point["right_overall"])
+    images = [grey_png(30 + 25 * i, 7000 + i) for i in range(8)]
+    answers = alice.client.post(f"/api/v1/models/{model_id}/predict", params={"top_k": 1},
+                                files=[("files", (f"{i}.png", d)) for i, d in enumerate(images)]).json()
+    assert answers["version"] == 3
+    assert all((p["label"] is None) == (p["familiarity"] < 0.2) for p in answers["predictions"])
+
+
+def test_a_prediction_shows_the_training_images_it_looks_like(app, alice: Account,
+                                                              grown_setup: tuple[str, str], tmp_path: Path) -> None:
+    model_id, dataset_id = grown_setup
+    _trained_like_version(app, alice, model_id, dataset_id)
+    url = f"/api/v1/models/{model_id}/predict"
+    probe = [("files", ("p.png", grey_png(128, 9001)))]
+    refused = alice.client.post(url, params={"neighbours": 3}, files=probe)
+    assert refused.status_code == 422 and refused.json()["code"] == "no_neighbours"  # v1 keeps no features
+    _trained_like_version(app, alice, model_id, dataset_id, neighbours=True)  # v2
+    run_job(app, alice.client.post(f"/api/v1/models/{model_id}/classes", json={"names": ["mid"]}).json()["job_id"],
+            tmp_path)  # v3: the index grows with the class
+    answer = alice.client.post(url, params={"neighbours": 3, "top_k": 1}, files=probe).json()
+    assert answer["version"] == 3
+    prediction = answer["predictions"][0]
+    assert prediction["top"][0]["label"] == "mid"
+    near = prediction["neighbours"]
+    mids = {i["id"]: i for i in all_images(alice, dataset_id) if i["label"] == "mid" and i["split"] != "test"}
+    assert len(near) == 3 and all(n["label"] == "mid" and n["image_id"] in mids for n in near)
+    assert [n["similarity"] for n in near] == sorted((n["similarity"] for n in near), reverse=True)
+    thumbnail = alice.client.get(near[0]["thumbnail_url"])
+    assert thumbnail.status_code == 200 and thumbnail.headers["content-type"].startswith("image/")
+    assert "neighbours" not in alice.client.post(url, files=probe).json()["predictions"][0] or \
+        alice.client.post(url, files=probe).json()["predictions"][0]["neighbours"] is None  # opt-in
+    # removing the class takes its images out of the index
+    run_job(app, alice.client.delete(f"/api/v1/models/{model_id}/classes/mid").json()["job_id"], tmp_path)
+    again = alice.client.post(url, params={"neighbours": 2}, files=probe).json()["predictions"][0]
+    assert again["neighbours"] and all(n["label"] in ("dark", "bright") for n in again["neighbours"])
 
 
 def _finish_training(app, model_id: str) -> None:  # type: ignore[no-untyped-def]

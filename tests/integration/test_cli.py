@@ -115,7 +115,18 @@ def test_model_commands_from_folder_to_export(server: LiveServer, cli, tmp_path:
     probe = tmp_path / "probe.png"
     probe.write_bytes(grey_png(40, 999))
     predicted = cli("model", "predict", model["id"], str(probe), extra_env=env)
-    assert predicted.returncode == 0 and str(probe) in predicted.stdout
+    assert predicted.returncode == 0 and str(probe) in predicted.stdout and "familiarity" in predicted.stdout
+    alike = cli("model", "predict", model["id"], str(probe), "--neighbours", "2", "--json", extra_env=env)
+    assert alike.returncode == 0, alike.stderr
+    near = json.loads(alike.stdout)["predictions"][0]["neighbours"]
+    assert len(near) == 2 and all(n["image_id"] and n["label"] == "dark" for n in near)
+    cautious = cli("model", "caution", model["id"], "20", "--json", extra_env=env)
+    assert cautious.returncode == 0, cautious.stderr
+    with_caution = json.loads(cli("model", "status", model["id"], "--json", extra_env=env).stdout)
+    from pigeonhole.client import Client as _Client
+
+    with _Client(server.base, env["PIGEONHOLE_TOKEN"]) as pgh:
+        assert pgh.get_version(model["id"], with_caution["active_version"])["threshold"] == 0.2
     removed = cli("model", "remove-class", model["id"], "mid", "--json", extra_env=env)
     assert removed.returncode == 0, removed.stderr
     status = json.loads(cli("model", "status", model["id"], "--json", extra_env=env).stdout)

@@ -286,22 +286,42 @@ def model_status(model_id: str, as_json: bool) -> None:
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", default=3, show_default=True)
 @click.option("--version", type=int, help="a specific version (default: the active one)")
+@click.option("--neighbours", type=click.IntRange(0, 20), default=0,
+              help="also list this many training images the answer looks like")
 @json_option
-def model_predict(model_id: str, images: tuple[Path, ...], top_k: int, version: int | None, as_json: bool) -> None:
+def model_predict(model_id: str, images: tuple[Path, ...], top_k: int, version: int | None, neighbours: int,
+                  as_json: bool) -> None:
     """Classify image files."""
     missing = [str(p) for p in images if not p.is_file()]
     if missing:
         raise CliError(f"No such file: {', '.join(missing)}", EXIT_NOT_FOUND)
     with _client() as client:
-        result = _call(lambda: client.predict(model_id, list(images), top_k=top_k, version=version))
+        result = _call(lambda: client.predict(model_id, list(images), top_k=top_k, version=version,
+                                              neighbours=neighbours or None))
 
     def human(data: dict[str, Any]) -> None:
         for path, answer in zip(images, data["predictions"], strict=True):
-            label = answer["label"] if answer["label"] is not None else "unknown (not confident enough)"
+            label = answer["label"] if answer["label"] is not None else "unknown (unlike the images it was taught)"
             others = ", ".join(f"{t['label']} {t['confidence']:.0%}" for t in answer["top"])
-            click.echo(f"{path}: {label}  [{others}]")
+            familiar = answer.get("familiarity")
+            click.echo(f"{path}: {label}  [{others}]" + (f"  familiarity {familiar:.0%}" if familiar is not None
+                                                         else ""))
+            for n in answer.get("neighbours") or []:
+                click.echo(f"    looks like image {n['image_id'] or '(deleted)'} ({n['label']}, similarity "
+                           f"{n['similarity']:.2f})")
 
     _emit(result, as_json, human)
+
+
+@model.command("caution")
+@click.argument("model_id")
+@click.argument("percent", type=click.IntRange(0, 50))
+@json_option
+def model_caution(model_id: str, percent: int, as_json: bool) -> None:
+    """Answer "unknown" for about PERCENT % of ordinary images (a new version in seconds, no retraining)."""
+    with _client() as client:
+        job = _call(lambda: client.set_caution(model_id, percent / 100))
+        _settle_change(client, model_id, {"job_id": job["id"]}, as_json)
 
 
 @model.command("add-class")

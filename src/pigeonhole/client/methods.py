@@ -126,6 +126,10 @@ class Methods:
     def remove_class(self, model_id: str, name: str) -> Any:
         return self._run(_one(Call("DELETE", f"/api/v1/models/{model_id}/classes/{name}")))
 
+    def set_caution(self, model_id: str, caution: float) -> Any:
+        """A new version answering "unknown" for about ``caution`` of ordinary images; returns its job."""
+        return self._run(_one(Call("POST", f"/api/v1/models/{model_id}/caution", json={"caution": caution})))
+
     def rename_class(self, model_id: str, name: str, new_name: str) -> Any:
         """A label change only: the new version predicts exactly as before, under the new name."""
         return self._run(_one(Call("PATCH", f"/api/v1/models/{model_id}/classes/{name}", json={"name": new_name})))
@@ -139,8 +143,10 @@ class Methods:
                                    idempotent=True, download_to=Path(destination))))
 
     def predict(self, model_id: str, images: Sequence[ImageInput], *, top_k: int = 3, version: int | None = None,
-                threshold: float | None = None) -> Any:
-        params = clean_params({"top_k": top_k, "version": version, "threshold": threshold})
+                threshold: float | None = None, neighbours: int | None = None) -> Any:
+        """Each answer: label (None = "unknown"), confidence, familiarity, top classes, and with ``neighbours=k`` the
+        k training images of the predicted class that look most alike."""
+        params = clean_params({"top_k": top_k, "version": version, "threshold": threshold, "neighbours": neighbours})
         files = [_image_part(image, i) for i, image in enumerate(images)]
         return self._run(_one(Call("POST", f"/api/v1/models/{model_id}/predict", params=params, files=files,
                                    idempotent=True)))

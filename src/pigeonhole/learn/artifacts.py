@@ -6,6 +6,7 @@
   second output lets the service add images or classes to the head later without any
   other file: features of new images + ``head.npz`` -> a new exact head.
 - ``head.npz``: the ridge head's per-class sufficient statistics (see ``head``).
+- ``neighbours.npz``: the features of the images the head holds, for "it looks like these" (``neighbours``).
 - ``card.json``: classes, input spec, test metrics, serving cost, training facts,
   leaderboard and lineage. Everything is plain JSON for the API and the UI.
 """
@@ -26,6 +27,7 @@ from torch import nn
 from pigeonhole.learn.evaluate import evaluate
 from pigeonhole.learn.export import INPUT_NAME, export_onnx, open_session, write_atomic
 from pigeonhole.learn.head import RidgeHead
+from pigeonhole.learn.neighbours import NEIGHBOURS_FILE
 from pigeonhole.learn.preprocess import InputSpec
 
 MODEL_FILE, HEAD_FILE, CARD_FILE = "model.onnx", "head.npz", "card.json"
@@ -66,16 +68,16 @@ def measure_speed(model: bytes, input_spec: InputSpec, *, threads: int | None = 
     shape = (input_spec.channels, input_spec.height, input_spec.width)
     one = rng.integers(0, 256, (1, *shape), dtype=np.uint8)
     batch = rng.integers(0, 256, (32, *shape), dtype=np.uint8)
-    session.run(["probabilities"], {INPUT_NAME: one})
+    session.run(None, {INPUT_NAME: one})
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        session.run(["probabilities"], {INPUT_NAME: one})
+        session.run(None, {INPUT_NAME: one})
         times.append(time.perf_counter() - t)
-    session.run(["probabilities"], {INPUT_NAME: batch})
+    session.run(None, {INPUT_NAME: batch})
     t, runs = time.perf_counter(), 0
     while runs < 3 or (time.perf_counter() - t < 0.5 and runs < 20):
-        session.run(["probabilities"], {INPUT_NAME: batch})
+        session.run(None, {INPUT_NAME: batch})
         runs += 1
     elapsed = time.perf_counter() - t
     return {
@@ -143,18 +145,26 @@ class ArtifactPaths:
     model: Path
     head: Path
     card: Path
+    neighbours: Path | None = None
 
     def as_dict(self) -> dict[str, str]:
-        return {"directory": str(self.directory), "model": str(self.model), "head": str(self.head),
-                "card": str(self.card)}
+        out = {"directory": str(self.directory), "model": str(self.model), "head": str(self.head),
+               "card": str(self.card)}
+        if self.neighbours is not None:
+            out["neighbours"] = str(self.neighbours)
+        return out
 
 
-def write_artifacts(directory: Path, model: bytes, head: RidgeHead, card: dict[str, Any]) -> ArtifactPaths:
-    """Write the three files atomically (the card last, so a card means a complete set)."""
+def write_artifacts(directory: Path, model: bytes, head: RidgeHead, card: dict[str, Any], *,
+                    neighbours: bytes | None = None) -> ArtifactPaths:
+    """Write the files atomically (the card last, so a card means a complete set)."""
     directory = Path(directory)
-    paths = ArtifactPaths(directory, directory / MODEL_FILE, directory / HEAD_FILE, directory / CARD_FILE)
+    paths = ArtifactPaths(directory, directory / MODEL_FILE, directory / HEAD_FILE, directory / CARD_FILE,
+                          directory / NEIGHBOURS_FILE if neighbours is not None else None)
     write_atomic(model, paths.model)
     write_atomic(head.to_bytes(), paths.head)
+    if neighbours is not None and paths.neighbours is not None:
+        write_atomic(neighbours, paths.neighbours)
     write_atomic(json.dumps(card, indent=1, sort_keys=True).encode(), paths.card)
     return paths
 

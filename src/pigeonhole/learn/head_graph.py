@@ -43,10 +43,12 @@ class HeadGraph(nn.Module):
         self.register_buffer("knot_lo", torch.from_numpy(lo).float())
         self.register_buffer("knot_width", torch.from_numpy(np.maximum(hi - lo, _EPS)).float())
         if moments is not None:
+            # Offsets from the overall mean before whitening: CNN features share a large common part, and
+            # expanding |a - b|^2 on the raw vectors would cancel most of float32's digits.
+            self.register_buffer("centre", torch.from_numpy(moments.centre).float())
             self.register_buffer("within", torch.from_numpy(moments.within).float())
-            self.register_buffer("means_w", torch.from_numpy(moments.means @ moments.within).float())
+            self.register_buffer("means_w", torch.from_numpy((moments.means - moments.centre) @ moments.within).float())
             self.register_buffer("total", torch.from_numpy(moments.total).float())
-            self.register_buffer("centre_t", torch.from_numpy(moments.centre @ moments.total).float())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         unit = x / torch.clamp(torch.linalg.vector_norm(x, dim=1, keepdim=True), min=_EPS)
@@ -61,9 +63,10 @@ class HeadGraph(nn.Module):
         elif self.kind == "energy":
             raw = self.temperature * torch.logsumexp(logits, dim=1)
         else:
-            xa = base @ self.within
+            offset = base - self.centre
+            xa = offset @ self.within
             d = (xa * xa).sum(1, keepdim=True) - 2.0 * xa @ self.means_w.T + (self.means_w * self.means_w).sum(1)
-            diff = base @ self.total - self.centre_t
+            diff = offset @ self.total
             raw = -(torch.clamp(d, min=0.0).min(dim=1).values - (diff * diff).sum(1))
         if self.kind == "confidence":  # a head from before detectors: the confidence is the familiarity
             return probs, raw

@@ -66,6 +66,7 @@ from pigeonhole.learn.head import HeadConfig, RidgeHead
 from pigeonhole.learn.memory import CandidateRecord, DatasetTraits, ModelMemory, SearchRecord, compute_traits
 from pigeonhole.learn.mirror import SIDE as MIRROR_SIDE
 from pigeonhole.learn.mirror import MirrorCheck, check_mirror
+from pigeonhole.learn.neighbours import NeighbourIndex
 from pigeonhole.learn.preprocess import CROP_FRACTION
 from pigeonhole.learn.train import choose_precision, measure_step_seconds, quantize_epochs, train_extractor
 from pigeonhole.learn.weights import WeightsCatalog
@@ -848,7 +849,11 @@ class _Search:
         paths: dict[str, str] = {}
         if self.output_dir is not None:
             folder = self.output_dir / f"{len(self.reported):02d}-{_slug(config.name)}"
-            paths = write_artifacts(folder, model, head, card).as_dict()
+            held = self.keys("train") + self.keys("val")  # the images the head holds; their features are cached
+            index = NeighbourIndex(held, self.labels("train") + self.labels("val"),
+                                   extract_features(scored.extractor, held, self.pixel_fn(config), self.cache,
+                                                    threads=self.config.threads))
+            paths = write_artifacts(folder, model, head, card, neighbours=index.to_bytes()).as_dict()
         return CandidateResult(
             name=config.name, config=config.to_dict(), val_accuracy=scored.val_accuracy, test_metrics=metrics,
             mflops=scored.mflops, model_size_bytes=len(model), latency_ms=speed["latency_ms"],

@@ -28,6 +28,7 @@ from pigeonhole.learn.evaluate import recall_gap, rename_classes
 from pigeonhole.learn.features import FeatureCache, ImageItem, compute_features
 from pigeonhole.learn.grow import extractor_of, input_spec_of, rebuild_model
 from pigeonhole.learn.head import RidgeHead
+from pigeonhole.learn.neighbours import NEIGHBOURS_FILE, NeighbourIndex
 from pigeonhole.learn.search import LEFT_OUT
 from pigeonhole.models import drift
 from pigeonhole.models import repository as repo
@@ -37,8 +38,10 @@ from pigeonhole.storage.blobs import BlobStore
 
 
 def describe_change(add: list[str], remove: list[str], refresh: list[str] | None = None,
-                    rename: dict[str, str] | None = None) -> str:
+                    rename: dict[str, str] | None = None, caution: float | None = None) -> str:
     parts = [f"renamed {old!r} to {new!r}" for old, new in (rename or {}).items()]
+    if caution is not None:
+        parts.append(f"caution set to {100 * caution:.0f} %")
     if refresh:
         parts.append("updated images of " + ", ".join(repr(c) for c in refresh))
     if add:
@@ -59,6 +62,13 @@ def _load_manifest(blobs: BlobStore, key: str | None, head: RidgeHead) -> list[l
     return manifest if counts == head.counts else None
 
 
+def _load_index(blobs: BlobStore, key: str | None, rename: dict[str, str]) -> NeighbourIndex | None:
+    """The base version's neighbour index under the new names (None: the base has none)."""
+    if key is None:
+        return None
+    return NeighbourIndex.from_bytes(blobs.read_bytes(key)).renamed(rename)
+
+
 def _rename(head: RidgeHead, manifest: list[list[Any]] | None, rename: dict[str, str]) -> list[list[Any]] | None:
     """Rename classes in the head (labels only) and in its manifest, which then still matches the head."""
     for old, new in rename.items():
@@ -70,6 +80,31 @@ def _rename(head: RidgeHead, manifest: list[list[Any]] | None, rename: dict[str,
 
 def _only_renames(payload: dict[str, Any]) -> bool:
     return bool(payload.get("rename")) and not payload["add"] and not payload["remove"] and not payload.get("refresh")
+
+
+def _measure(ctx: JobContext, payload: dict[str, Any], blobs: BlobStore, model_bytes: bytes,
+             head: RidgeHead) -> dict[str, Any]:
+    """The version's figures on the test images of its classes (the base's caution curve, read at the new
+    caution, when the dataset has none)."""
+    tests = [r for r in payload["images"] if r[2] == "test"]
+    if not tests:
+        base = dict(payload.get("base_metrics") or {})
+        point = next((p for p in base.get("caution_curve") or [] if abs(p["caution"] - head.threshold) < 1e-9), None)
+        if point is not None:
+            base.update(coverage=point["answered"], selective_accuracy=point["right_when_answered"],
+                        accuracy_with_unknown=point["right_overall"], threshold=head.threshold)
+        return base
+    ctx.report(progress=0.3, stage="Measuring the version at the new caution")
+    cache = FeatureCache(Path(ctx.cache_dir) / "learn" / "grow", max(1 << 26, int(ctx.cache_max_bytes) // 4))
+    features = compute_features([ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))
+                                 for sha, _, _, size in tests], extractor_of(model_bytes, threads=2), cache)
+    metrics = split_metrics(head.predict_proba(features), head.familiarity(features), [r[1] for r in tests],
+                            [r[0] for r in tests], head.classes, head.threshold)
+    metrics["split"] = "test"
+    for key in ("val_accuracy", "val_measured_on", "val_images", "drift"):
+        if key in (payload.get("base_metrics") or {}):
+            metrics[key] = payload["base_metrics"][key]
+    return metrics
 
 
 def extractor_classes_after(base: ModelVersion, rename: dict[str, str] | None) -> list[str] | None:
@@ -142,6 +177,7 @@ class ExpandHandler(JobHandler):
         images = [[sha, label, split, size] for sha, label, split, size in rows]
         return {**params, "onnx_key": base.onnx_key, "head_key": base.head_key, "classes": classes,
                 "images": images, "manifest_key": (base.lineage or {}).get("manifest_key"),
+                "neighbours_key": (base.lineage or {}).get("neighbours_key"),
                 "base_speed": {"latency_ms": base.latency_ms, "throughput_img_s": base.throughput},
                 "base_metrics": base.metrics, "extractor_classes": extractor_classes_after(base, rename)}
 
@@ -155,15 +191,23 @@ class ExpandHandler(JobHandler):
         manifest = _load_manifest(blobs, payload.get("manifest_key"), head)  # checked against the old names
         rename = payload.get("rename") or {}
         manifest = _rename(head, manifest, rename)
+        index = _load_index(blobs, payload.get("neighbours_key"), rename)
         clock.lap("load")
-        if _only_renames(payload):
+        if payload.get("caution") is not None:
+            # The same statistics, weights and detector: only where "unknown" starts moves, so the version is
+            # measured again on the test images at the new caution.
+            if head.weights is None:
+                head.solve()
+            head.set_caution(float(payload["caution"]))
+            metrics = _measure(ctx, payload, blobs, model_bytes, head)
+        elif _only_renames(payload):
             # A label change only: no image passes through the extractor, statistics and weights are the
             # base's, so predictions are the base's and so are its measurements (under the new name).
             if head.weights is None:
                 head.solve()
             metrics = rename_classes(payload.get("base_metrics") or {}, rename)
         else:
-            head, manifest, metrics = _grow(ctx, payload, blobs, model_bytes, head, manifest, clock)
+            head, manifest, metrics, index = _grow(ctx, payload, blobs, model_bytes, head, manifest, clock, index)
         grown = rebuild_model(model_bytes, head)
         clock.lap("rebuild")
         speed = _speed(grown, payload)
@@ -174,10 +218,13 @@ class ExpandHandler(JobHandler):
         if manifest is not None:
             keys["manifest"] = f"{prefix}/images.json"
             blobs.put_bytes(keys["manifest"], json.dumps(manifest).encode())
+        if index is not None:
+            keys["neighbours"] = f"{prefix}/{NEIGHBOURS_FILE}"
+            blobs.put_bytes(keys["neighbours"], index.to_bytes())
         card = {"classes": head.classes, "metrics": metrics, "unknown_threshold": float(head.threshold),
                 "unknown": unknown_facts(head),
                 "speed": speed, "change": describe_change(payload["add"], payload["remove"], payload.get("refresh"),
-                                                          rename),
+                                                          rename, payload.get("caution")),
                 "parent_version": payload["base_version"], "seconds": round(time.monotonic() - started, 2),
                 "stage_seconds": clock.laps}
         blobs.put_bytes(keys["model"], grown)
@@ -204,9 +251,10 @@ class ExpandHandler(JobHandler):
             size_bytes=result["size_bytes"], onnx_key=result["keys"]["model"], head_key=result["keys"]["head"],
             card_key=result["keys"]["card"],
             lineage={"change": describe_change(job.params["add"], job.params["remove"], job.params.get("refresh"),
-                                               rename),
+                                               rename, job.params.get("caution")),
                      "parent": job.params["base_version"], "job_id": job.id, "seconds": result["seconds"],
                      "manifest_key": result["keys"].get("manifest"), "source": source,
+                     "neighbours_key": result["keys"].get("neighbours"),
                      "extractor_classes": extractor_classes_after(base, rename) if base is not None else None,
                      # the extractor is the base's, unchanged: so is what the user was told about it
                      **({k: base.lineage.get(k) for k in ("extractor", "notes")} if base is not None else {})},
@@ -293,11 +341,12 @@ def _choose_on_validation(ctx: JobContext, head: RidgeHead, manifest: list[list[
 
 
 def _grow(ctx: JobContext, payload: dict[str, Any], blobs: BlobStore, model_bytes: bytes, head: RidgeHead,
-          manifest: list[list[Any]] | None, clock: _StageClock,
-          ) -> tuple[RidgeHead, list[list[Any]] | None, dict[str, Any]]:
+          manifest: list[list[Any]] | None, clock: _StageClock, index: NeighbourIndex | None,
+          ) -> tuple[RidgeHead, list[list[Any]] | None, dict[str, Any], NeighbourIndex | None]:
     """Remove, refresh and add classes; choose the settings on validation images; measure the result.
 
-    Returns the new head, the manifest of the images it holds (None if unknown) and its metrics.
+    Returns the new head, the manifest of the images it holds (None if unknown), its metrics and the base's
+    neighbour index edited the same way (None if the base has none).
     """
     extractor = extractor_of(model_bytes, threads=2)
     clock.lap("load")
@@ -345,6 +394,13 @@ def _grow(ctx: JobContext, payload: dict[str, Any], blobs: BlobStore, model_byte
         if (payload.get("base_metrics") or {}).get("val_measured_on") == LEFT_OUT and manifest is not None:
             metrics["val_measured_on"] = LEFT_OUT  # so a later change of this version chooses the same way
         clock.lap("measure")
+        if index is not None:
+            rows = [r for r in images if r[1] in new_classes and r[2] in ("train", "val")]
+            added = compute_features([ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))
+                                      for sha, _, _, size in rows], extractor, cache)  # computed above: cached
+            index = index.without(payload["remove"] + payload.get("refresh", [])).plus(
+                [r[0] for r in rows], [r[1] for r in rows], added)
+            clock.lap("neighbours")
     finally:
         cache.close()
-    return head, manifest, metrics
+    return head, manifest, metrics, index

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +15,7 @@ from fastapi import Request
 from pydantic import ValidationError
 
 from pigeonhole.errors import PayloadTooLarge, Unprocessable
+from pigeonhole.learn.neighbours import NeighbourIndex
 from pigeonhole.models.schemas import PredictRequest
 from pigeonhole.serving.backends import PredictBackend, make_backend
 from pigeonhole.serving.cache import ModelCache
@@ -23,6 +26,8 @@ from pigeonhole.storage.blobs import BlobStore
 from pigeonhole.storage.fetch import FetchPolicy, FetchRefused, fetch
 from pigeonhole.storage.images import ImageLimits, ImageRejected
 
+INDEXES_KEPT = 4  # neighbour indexes held in memory (a 10,000-image version's is about 25 MB)
+
 
 @dataclass(frozen=True)
 class Target:
@@ -31,6 +36,8 @@ class Target:
     model_id: str
     v: int
     onnx_key: str
+    dataset_id: str | None = None
+    neighbours_key: str | None = None  # the version's neighbour index ("it looks like these"), if it has one
 
 
 @dataclass
@@ -100,6 +107,8 @@ class PredictionService:
         self.settings = settings
         self.blobs = blobs
         self.backend = backend or make_backend(settings, blobs)
+        self._indexes: OrderedDict[str, NeighbourIndex] = OrderedDict()
+        self._index_lock = threading.Lock()
 
     @property
     def cache(self) -> ModelCache | None:
@@ -107,20 +116,44 @@ class PredictionService:
         return getattr(self.backend, "cache", None)
 
     async def predict(self, target: Target, images: list[InputImage], *, k: int,
-                      threshold: float | None) -> list[dict[str, object]]:
+                      threshold: float | None, neighbours: int = 0) -> list[dict[str, object]]:
         key = (target.model_id, target.v)
         contract = await self.backend.contract(key, target.onnx_key)
+        if neighbours and target.neighbours_key is None:
+            raise Unprocessable("This version keeps no features of its training images, so it cannot show the "
+                                "images an answer looks like. Versions trained or changed from now on can; "
+                                "retrain the model, or ask without 'neighbours'.", code="no_neighbours")
         limits = ImageLimits(max_pixels=self.settings.max_image_pixels, max_bytes=self.settings.max_image_bytes)
         policy = FetchPolicy(allow_private=self.settings.fetch_allow_private, timeout_s=self.settings.fetch_timeout_s,
                              max_bytes=self.settings.max_image_bytes)
         arrays = await asyncio.gather(*(asyncio.to_thread(_pixels, contract, image, limits, policy, i)
                                         for i, image in enumerate(images, start=1)))
         out = await self.backend.outputs(key, target.onnx_key, np.stack(arrays))
-        probs, familiar, _ = split_answers(contract, out)
+        probs, familiar, features = split_answers(contract, out)
         answers = top_k(contract, probs, familiar, k, threshold)
         for answer, image in zip(answers, images, strict=True):
             answer["name"] = image.name
+        if neighbours and target.neighbours_key is not None:
+            index = await asyncio.to_thread(self._index, target.neighbours_key)
+            classes = [contract.classes[int(i)] for i in probs.argmax(axis=1)]  # the answer, or the best guess
+            found = index.nearest(features, classes, neighbours)
+            for answer, near in zip(answers, found, strict=True):
+                answer["neighbours"] = [{"sha256": n.sha256, "label": n.label, "similarity": n.similarity}
+                                        for n in near]
         return answers
+
+    def _index(self, key: str) -> NeighbourIndex:
+        """A version's neighbour index, kept for the last few versions asked (they are read-only files)."""
+        with self._index_lock:
+            if key in self._indexes:
+                self._indexes.move_to_end(key)
+                return self._indexes[key]
+        index = NeighbourIndex.from_bytes(self.blobs.read_bytes(key))
+        with self._index_lock:
+            self._indexes[key] = index
+            while len(self._indexes) > INDEXES_KEPT:
+                self._indexes.popitem(last=False)
+        return index
 
     async def aclose(self) -> None:
         await self.backend.aclose()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
 from pydantic import BaseModel
+from sqlalchemy import select
 from starlette.background import BackgroundTask
 
 from pigeonhole.api.deps import DbSession, Predictor, Reader, Writer
@@ -13,14 +15,16 @@ from pigeonhole.api.schemas import ListPage
 from pigeonhole.auth.scopes import Principal
 from pigeonhole.db.base import utcnow
 from pigeonhole.db.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, paginate
-from pigeonhole.db.tables import Model, ModelVersion
+from pigeonhole.db.tables import DatasetImage, Model, ModelVersion
 from pigeonhole.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from pigeonhole.jobs.schemas import JobPublic, job_public
 from pigeonhole.jobs.service import create_job, get_job
+from pigeonhole.learn.neighbours import MAX_NEIGHBOURS
 from pigeonhole.models import repository as repo
 from pigeonhole.models.batch import results_keys
 from pigeonhole.models.predict import Target, read_inputs
 from pigeonhole.models.schemas import (
+    CautionRequest,
     ClassChange,
     ClassesAdd,
     InputSpecPublic,
@@ -257,6 +261,13 @@ def refresh(model: WritableModel, service: WriteService, body: RefreshRequest | 
     return job_public(service.refresh(model, body.classes if body else None))
 
 
+@router.post("/{model_id}/caution", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def set_caution(model: WritableModel, service: WriteService, body: CautionRequest) -> JobPublic:
+    """Answer "unknown" more or less often: a new version with the same model and another caution, measured again
+    on the test images (seconds; no retraining). The model page's figures preview each choice."""
+    return job_public(service.set_caution(model, body.caution))
+
+
 @router.get("/{model_id}/versions", response_model=ListPage[VersionPublic])
 def list_versions(model: ReadableModel, service: ReadService, cursor: str | None = None,
                   limit: int = Query(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)) -> ListPage[VersionPublic]:
@@ -312,8 +323,29 @@ def _target(request: Request, db: DbSession, principal: Predictor, model_id: str
     request.state.meter = True  # every prediction counts, from the web app too
     _within_limits(request, principal)
     service = ModelService(db, principal.user_id, request.app.state.settings)
-    row = service.serving_version(service.get(model_id), version)
-    return Target(model_id=model_id, v=row.v, onnx_key=row.onnx_key)
+    model = service.get(model_id)
+    row = service.serving_version(model, version)
+    return Target(model_id=model_id, v=row.v, onnx_key=row.onnx_key, dataset_id=model.dataset_id,
+                  neighbours_key=(row.lineage or {}).get("neighbours_key"))
+
+
+def _name_neighbours(session_factory: Any, dataset_id: str | None, answers: list[dict[str, Any]]) -> None:
+    """The dataset's image id and thumbnail for each neighbour (none where the image has since been deleted)."""
+    wanted = {n["sha256"] for a in answers for n in a.get("neighbours") or []}
+    ids: dict[tuple[str, str], str] = {}
+    if wanted and dataset_id is not None:
+        with session_factory() as db:
+            for image_id, sha, label in db.execute(
+                    select(DatasetImage.id, DatasetImage.sha256, DatasetImage.label)
+                    .where(DatasetImage.dataset_id == dataset_id, DatasetImage.sha256.in_(wanted))):
+                ids.setdefault((sha, label), image_id)
+    for answer in answers:
+        for n in answer.get("neighbours") or []:
+            image_id = ids.get((n["sha256"], n["label"]))
+            n["image_id"] = image_id
+            n["thumbnail_url"] = (f"/api/v1/datasets/{dataset_id}/images/{image_id}/thumbnail"
+                                  if image_id is not None else None)
+            del n["sha256"]
 
 
 @router.post("/{model_id}/predict", response_model=PredictionResult,
@@ -323,11 +355,18 @@ def _target(request: Request, db: DbSession, principal: Predictor, model_id: str
                  "application/json": {"schema": inline_schema(PredictRequest)}}}})
 async def predict(request: Request, target: Annotated[Target, Depends(_target)],
                   top_k: int = Query(3, ge=1, le=100),
-                  threshold: float | None = Query(None, ge=0, le=1, description="override the version's threshold"),
+                  threshold: float | None = Query(None, ge=0, le=1, description="override the version's caution: "
+                                                  "answer 'unknown' below this familiarity"),
+                  neighbours: int = Query(0, ge=0, le=MAX_NEIGHBOURS, description="also return this many training "
+                                          "images of the predicted class that look most alike"),
                   ) -> PredictionResult:
-    """Classify images (multipart ``files``, or JSON with base64 or URLs). ``label`` is null when unsure."""
+    """Classify images (multipart ``files``, or JSON with base64 or URLs). ``label`` is null ("unknown") when the
+    image looks unlike the images the model was taught."""
     settings = request.app.state.settings
     images = await read_inputs(request, settings)
     request.state.usage_images = len(images)
-    answers = await request.app.state.predictions.predict(target, images, k=top_k, threshold=threshold)
+    answers = await request.app.state.predictions.predict(target, images, k=top_k, threshold=threshold,
+                                                          neighbours=neighbours)
+    if neighbours:
+        await asyncio.to_thread(_name_neighbours, request.app.state.session_factory, target.dataset_id, answers)
     return PredictionResult(model_id=target.model_id, version=target.v, predictions=answers)  # type: ignore[arg-type]

@@ -148,5 +148,10 @@ class ClassChange(BaseModel):
                                            "nothing changes")
 
 
+class CautionRequest(BaseModel):
+    caution: float = Field(ge=0, le=0.5, description="the share of ordinary images of the taught classes to answer "
+                           "'unknown' (0.05 = 5 %); rounded to whole percents, as the model page's figures are")
+
+
 class RefreshRequest(BaseModel):
     classes: list[Text] | None = Field(default=None, description="classes whose images changed (default: all)")

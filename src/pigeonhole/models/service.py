@@ -224,6 +224,24 @@ class ModelService:
                           {"model_id": model.id, "base_version": base.v, "add": [], "remove": [],
                            "refresh": wanted}, model_id=model.id, dataset_id=model.dataset_id, settings=self.settings)
 
+    def set_caution(self, model: Model, caution: float) -> Job:
+        """A new version that answers "unknown" for a different share of ordinary images (no retraining: the same
+        file with another cut, measured again on the test images), made by an ``expand`` job."""
+        if model.active_version is None:
+            raise Conflict("This model has no trained version yet. Wait for its first version (usually "
+                           "seconds after training starts).", code="no_version")
+        base = self.version(model, model.active_version)
+        if base.head_key is None or "caution_curve" not in (base.metrics or {}):
+            raise Unprocessable("This version was made before the caution could be chosen. Retrain the model "
+                                "to choose one.", code="caution_unavailable")
+        if not 0.0 <= caution <= 0.5:
+            raise Unprocessable("The caution is the share of ordinary images answered 'unknown': between 0 and "
+                                "0.5.", code="invalid_caution")
+        return create_job(self.db, self.owner_id, "expand",
+                          {"model_id": model.id, "base_version": base.v, "add": [], "remove": [],
+                           "caution": round(float(caution), 2)},
+                          model_id=model.id, dataset_id=model.dataset_id, settings=self.settings)
+
     def expand_from(self, model: Model, base_version: int, *, rename: dict[str, str] | None = None,
                     guarded: bool = False) -> Job | None:
         """Queue the job that brings ``base_version`` to the model's wanted classes (None: nothing to do).

@@ -84,7 +84,9 @@ class _Reporter:
         version_id = new_id()
         prefix = artifact_prefix(self.model_id, version_id)
         keys = {}
-        for name in ("model", "head", "card"):
+        for name in ("model", "head", "card", "neighbours"):
+            if name not in candidate.artifacts:
+                continue
             path = Path(candidate.artifacts[name])
             key = f"{prefix}/{path.name}"
             with path.open("rb") as f:
@@ -192,7 +194,7 @@ class TrainHandler(JobHandler):
                        input_spec=spec, threshold=float(event["threshold"]), size_bytes=int(event["size_bytes"]),
                        onnx_key=keys["model"], head_key=keys.get("head"), card_key=keys.get("card"),
                        lineage={**event.get("lineage", {}), "job_id": job.id, "change": "trained",
-                                "manifest_key": keys.get("manifest"),
+                                "manifest_key": keys.get("manifest"), "neighbours_key": keys.get("neighbours"),
                                 "extractor_classes": event_extractor_classes(event)},
                        latency_ms=event.get("latency_ms"), throughput=event.get("throughput"), job_id=job.id,
                        version_id=event["version_id"])

@@ -33,10 +33,12 @@ def test_onnx_matches_torch_on_real_images(catalog, flowers, tmp_path) -> None:
     head.solve(1.0)
 
     model = export_model(built.module, built.input_spec, head)
-    probs, onnx_feats = open_session(model).run(None, {INPUT_NAME: pixels})
+    probs, familiar, onnx_feats = open_session(model).run(None, {INPUT_NAME: pixels})
     with torch.no_grad():
-        torch_probs, torch_feats = ClassifierModule(built.module, head).eval()(torch.from_numpy(pixels))
+        torch_probs, torch_familiar, torch_feats = ClassifierModule(built.module, head).eval()(
+            torch.from_numpy(pixels))
     np.testing.assert_allclose(probs, torch_probs.numpy(), atol=1e-4)
+    np.testing.assert_allclose(familiar, torch_familiar.numpy(), atol=1e-4)
     scale = float(np.abs(torch_feats.numpy()).max())
     np.testing.assert_allclose(onnx_feats, torch_feats.numpy(), atol=1e-4 * max(scale, 1.0))
     np.testing.assert_allclose(onnx_feats, feats, atol=1e-4 * max(scale, 1.0))

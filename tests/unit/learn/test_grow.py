@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from tests.model_factories import dark_bright_onnx, grey, grey_png
@@ -12,7 +13,7 @@ from pigeonhole.learn.backbones import PixelExtractor, build_architecture, get_s
 from pigeonhole.learn.features import ImageItem, compute_features
 from pigeonhole.learn.grow import extractor_of, probabilities, rebuild_model
 from pigeonhole.learn.head import RidgeHead
-from pigeonhole.serving.model import load_model
+from pigeonhole.serving.model import load_model, split_answers
 
 LEVELS = {"dark": 30, "mid": 128, "bright": 220}
 
@@ -58,7 +59,10 @@ def test_adding_a_class_from_the_file_alone(version: tuple[bytes, RidgeHead]) ->
     assert [head.classes[i] for i in from_file.argmax(axis=1)] == ["dark", "mid", "bright"]
 
     served = load_model(grown)
-    assert served.classes == ["dark", "bright", "mid"] and served.outputs == ["probabilities"]
+    assert served.classes == ["dark", "bright", "mid"]
+    assert served.outputs == ["probabilities", "familiarity", "features"]
+    _, familiar, _ = split_answers(served, served.run(pixels))
+    np.testing.assert_allclose(familiar, head.familiarity(extractor(pixels)), atol=1e-3)  # the grown detector
 
 
 def test_removing_a_class_and_growing_again(version: tuple[bytes, RidgeHead]) -> None:
@@ -74,5 +78,9 @@ def test_removing_a_class_and_growing_again(version: tuple[bytes, RidgeHead]) ->
 
 
 def test_a_file_without_features_cannot_grow() -> None:
+    model = onnx.load_from_string(dark_bright_onnx())
+    kept = [o for o in model.graph.output if o.name != "features"]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
     with pytest.raises(ValueError, match="features"):
-        extractor_of(dark_bright_onnx())
+        extractor_of(model.SerializeToString())

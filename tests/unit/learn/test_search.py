@@ -17,6 +17,8 @@ from pigeonhole.learn.data import MappingSource, TrainingImage, TrainingSet, sha
 from pigeonhole.learn.export import INPUT_NAME, open_session
 from pigeonhole.learn.head import RidgeHead
 from pigeonhole.learn.memory import InMemoryStore, ModelMemory
+from pigeonhole.learn.neighbours import NeighbourIndex
+from pigeonhole.learn.novelty import KINDS
 from pigeonhole.learn.search import CandidateResult, NullReporter, SearchConfig, _Search, run_search, select
 
 
@@ -94,15 +96,26 @@ def test_first_candidate_is_fast_valid_and_complete(small_flowers, shared_weight
     for mistake in metrics["confident_mistakes"]:
         assert mistake["image"] in {i.key for i in ts.split("test")}
 
-    # the ONNX file alone serves: probabilities in card class order, and features for the head
+    # "unknown": the detector and the caution on the card; what each caution delivers, measured on test
+    assert card["unknown"]["detector"] in KINDS and card["unknown"]["caution"] == card["unknown_threshold"] == 0.05
+    point = next(p for p in metrics["caution_curve"] if p["caution"] == 0.05)
+    assert point["answered"] == pytest.approx(metrics["coverage"])
+    assert point["right_when_answered"] == pytest.approx(metrics["selective_accuracy"])
+
+    # the ONNX file alone serves: probabilities in card class order, familiarity, and features for the head
     session = open_session(files["model"])
-    assert [o.name for o in session.get_outputs()] == ["probabilities", "features"]
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "familiarity", "features"]
     h, w = card["input"]["height"], card["input"]["width"]
-    probs, feats = session.run(None, {INPUT_NAME: np.zeros((2, 3, h, w), dtype=np.uint8)})
+    probs, familiar, feats = session.run(None, {INPUT_NAME: np.zeros((2, 3, h, w), dtype=np.uint8)})
     assert probs.shape == (2, len(ts.classes)) and np.allclose(probs.sum(1), 1, atol=1e-5)
     head = RidgeHead.from_bytes(files["head"].read_bytes())
     assert head.classes == list(ts.classes) and feats.shape[1] == head.input_dim
     np.testing.assert_allclose(head.predict_proba(feats), probs, atol=1e-4)
+    np.testing.assert_allclose(head.familiarity(feats), familiar, atol=2e-3)
+
+    # the features of the images the head holds, for "it looks like these"
+    index = NeighbourIndex.from_bytes(files["neighbours"].read_bytes())
+    assert len(index) == held and set(index.shas) == {i.key for i in ts.split("train") + ts.split("val")}
 
 
 def test_target_met_stops_early_and_is_reproducible(small_flowers, shared_weights, tmp_path) -> None:

@@ -78,7 +78,7 @@ def test_an_operator_onnx_extractor_is_searched_exported_and_grown(small_flowers
     model = Path(first.artifacts["model"]).read_bytes()
     head = RidgeHead.from_bytes(Path(first.artifacts["head"]).read_bytes())
     pixels = np.random.default_rng(0).integers(0, 256, (3, 3, 160, 160), dtype=np.uint8)
-    probs, feats = open_session(model).run(None, {INPUT_NAME: pixels})
+    probs, _, feats = open_session(model).run(None, {INPUT_NAME: pixels})
     # the file computes the operator's graph on (pixel / 255 - mean) / std, then the head
     normalised = (pixels / 255.0 - np.array(lite.mean)[:, None, None]) / np.array(lite.std)[:, None, None]
     with torch.no_grad():
@@ -117,7 +117,7 @@ def test_two_extractors_stack_into_one_head_from_their_cached_features(small_flo
     model = Path(result.artifacts["model"]).read_bytes()
     head = RidgeHead.from_bytes(Path(result.artifacts["head"]).read_bytes())
     pixels = np.random.default_rng(1).integers(0, 256, (2, 3, 160, 160), dtype=np.uint8)
-    probs, feats = open_session(model).run(None, {INPUT_NAME: pixels})
+    probs, _, feats = open_session(model).run(None, {INPUT_NAME: pixels})
     assert feats.shape == (2, 2560)
     np.testing.assert_allclose(open_session(rebuild_model(model, head)).run(["probabilities"],
                                                                             {INPUT_NAME: pixels})[0], probs,

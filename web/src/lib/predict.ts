@@ -4,11 +4,12 @@ import { cookieSource, csrfHeaders, toApiError, type Schemas } from './api/http'
 export type PredictionResult = Schemas['PredictionResult']
 export type Prediction = Schemas['Prediction']
 
-export async function predictFile(modelId: string, file: Blob, name: string, topK = 5, version?: number | null): Promise<PredictionResult> {
+export async function predictFile(modelId: string, file: Blob, name: string, topK = 5, version?: number | null, neighbours = 0): Promise<PredictionResult> {
   const form = new FormData()
   form.append('files', file, name)
   const query = new URLSearchParams({ top_k: String(topK) })
   if (version) query.set('version', String(version))
+  if (neighbours > 0) query.set('neighbours', String(neighbours))
   let response: Response
   try {
     response = await fetch(`/api/v1/models/${encodeURIComponent(modelId)}/predict?${query}`, {
@@ -50,4 +51,9 @@ export function parseUrlLines(text: string, defaultLabel: string): { items: { ur
     else items.push({ url, label })
   }
   return { items, problems }
+}
+
+/** Whether a version keeps its training images' features, so a prediction can show the images it looks like. */
+export function keepsNeighbours(lineage: Record<string, unknown> | null | undefined): boolean {
+  return typeof lineage?.neighbours_key === 'string' && lineage.neighbours_key.length > 0
 }

@@ -540,6 +540,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/models/{model_id}/caution": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Set Caution
+         * @description Answer "unknown" more or less often: a new version with the same model and another caution, measured again
+         *     on the test images (seconds; no retraining). The model page's figures preview each choice.
+         */
+        post: operations["models-set_caution"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/models/{model_id}/versions": {
         parameters: {
             query?: never;
@@ -631,7 +652,8 @@ export interface paths {
         put?: never;
         /**
          * Predict
-         * @description Classify images (multipart ``files``, or JSON with base64 or URLs). ``label`` is null when unsure.
+         * @description Classify images (multipart ``files``, or JSON with base64 or URLs). ``label`` is null ("unknown") when the
+         *     image looks unlike the images the model was taught.
          */
         post: operations["models-predict"];
         delete?: never;
@@ -952,6 +974,14 @@ export interface components {
              * @description image addresses, one per line
              */
             urls?: string | null;
+        };
+        /** CautionRequest */
+        CautionRequest: {
+            /**
+             * Caution
+             * @description the share of ordinary images of the taught classes to answer 'unknown' (0.05 = 5 %); rounded to whole percents, as the model page's figures are
+             */
+            caution: number;
         };
         /** ClassChange */
         ClassChange: {
@@ -1587,6 +1617,23 @@ export interface components {
             /** Auto Retrain */
             auto_retrain?: boolean | null;
         };
+        /** Neighbour */
+        Neighbour: {
+            /**
+             * Image Id
+             * @description the training image in the model's dataset (null if since deleted)
+             */
+            image_id: string | null;
+            /** Label */
+            label: string;
+            /**
+             * Similarity
+             * @description cosine similarity of the two images' features, 1 = the same
+             */
+            similarity: number;
+            /** Thumbnail Url */
+            thumbnail_url?: string | null;
+        };
         /** NodePublic */
         NodePublic: {
             /** Id */
@@ -1649,13 +1696,23 @@ export interface components {
         Prediction: {
             /**
              * Label
-             * @description null means 'unknown': no class is confident enough
+             * @description null means 'unknown': the image looks unlike the images the model was taught (its familiarity is below the version's caution)
              */
             label: string | null;
             /** Confidence */
             confidence: number;
+            /**
+             * Familiarity
+             * @description 0-1: the share of the taught classes' ordinary images that look less familiar than this one
+             */
+            familiarity?: number | null;
             /** Top */
             top: components["schemas"]["PredictionTop"][];
+            /**
+             * Neighbours
+             * @description with neighbours=k: the k training images of the predicted class that look most alike
+             */
+            neighbours?: components["schemas"]["Neighbour"][] | null;
             /** Name */
             name?: string | null;
         };
@@ -1924,7 +1981,7 @@ export interface components {
             throughput: number | null;
             /**
              * Threshold
-             * @description below this confidence the answer is 'unknown'
+             * @description the caution: below this familiarity the answer is 'unknown' (for versions made before familiarity existed, a confidence)
              */
             threshold: number;
             /** Lineage */
@@ -5221,6 +5278,104 @@ export interface operations {
             };
         };
     };
+    "models-set_caution": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                model_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CautionRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobPublic"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     "models-list_versions": {
         parameters: {
             query?: {
@@ -5610,8 +5765,10 @@ export interface operations {
         parameters: {
             query?: {
                 top_k?: number;
-                /** @description override the version's threshold */
+                /** @description override the version's caution: answer 'unknown' below this familiarity */
                 threshold?: number | null;
+                /** @description also return this many training images of the predicted class that look most alike */
+                neighbours?: number;
                 /** @description default: the active version */
                 version?: number | null;
             };
