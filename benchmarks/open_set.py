@@ -30,6 +30,7 @@ from pigeonhole.learn import novelty  # noqa: E402
 from pigeonhole.learn.backbones import available_specs  # noqa: E402
 from pigeonhole.learn.features import ImageItem, compute_features, pretrained_onnx_extractor  # noqa: E402
 from pigeonhole.learn.head import RidgeHead  # noqa: E402
+from pigeonhole.learn.unknown import choose_unknown  # noqa: E402
 from pigeonhole.learn.weights import WeightsCatalog  # noqa: E402
 
 
@@ -54,8 +55,10 @@ def train_head(x: np.ndarray, y: np.ndarray, first: list[str] | None = None) -> 
         early = np.isin(y[tr], first)
         head.add(x[tr][early], y[tr][early])
         head.fit(x[va][np.isin(y[va], first)], y[va][np.isin(y[va], first)])
+        choose_unknown(head, x[va][np.isin(y[va], first)], y[va][np.isin(y[va], first)], left_out=False)
         head.add(x[tr][~early], y[tr][~early])
     head.fit(x[va], y[va])
+    choose_unknown(head, x[va], y[va], left_out=False)
     return head
 
 

@@ -16,6 +16,7 @@ from pigeonhole.learn.grow import extractor_of, rebuild_model
 from pigeonhole.learn.head import RidgeHead
 from pigeonhole.learn.neighbours import NeighbourIndex
 from pigeonhole.learn.search import LEFT_OUT
+from pigeonhole.learn.unknown import choose_unknown
 from pigeonhole.models.service import record_version
 from pigeonhole.models.training import TrainHandler
 from tests.api.conftest import Account
@@ -286,6 +287,7 @@ def _reference_head(blobs, extractor, rows, classes: list[str]) -> RidgeHead:  #
     head = RidgeHead(train_f.shape[1])
     head.add(train_f, train_l)
     head.fit(val_f, val_l)
+    choose_unknown(head, val_f, val_l, left_out=False)
     head.add(val_f, val_l)
     head.solve()
     return head
@@ -299,6 +301,7 @@ def _left_out_head(blobs, extractor, rows, classes: list[str]) -> RidgeHead:  # 
     head = RidgeHead(feats.shape[1])
     head.add(feats, [r[1] for r in chosen])
     head.fit_left_out(feats, [r[1] for r in chosen])
+    choose_unknown(head, feats, [r[1] for r in chosen], left_out=True)
     return head
 
 

@@ -126,6 +126,13 @@ def test_from_sign_up_to_a_grown_model(server: str, browser, shots: Path, photos
     expect(page.get_by_role("heading", name="Class by class")).to_be_visible()
     expect(page.get_by_role("table", name=re.compile("Confusion matrix"))).to_be_visible()
     expect(page.get_by_role("heading", name="Its most confident mistakes")).to_be_visible()
+    # what "unknown" costs, in words, and a preview of another caution before saving it
+    expect(page.get_by_test_id("answers")).to_contain_text("says “unknown” for the rest")
+    caution = page.get_by_test_id("caution")
+    expect(caution.get_by_test_id("caution-now")).to_contain_text("Out of 100 ordinary images")
+    caution.get_by_role("slider", name="Caution in percent").fill("20")
+    expect(caution.get_by_test_id("caution-value")).to_have_text("20 %")
+    expect(caution.get_by_test_id("caution-preview")).to_contain_text("At 20 %: answers")
     summary.click()
     past = page.locator("details").get_by_test_id("training")
     expect(past.get_by_role("img", name=re.compile(r"Accuracy so far: best \d+ %"))).to_be_visible()
@@ -140,6 +147,7 @@ def test_from_sign_up_to_a_grown_model(server: str, browser, shots: Path, photos
     page.locator("input[type=file][accept='image/*']").first.set_input_files(photos["probe"])
     expect(page.get_by_test_id("verdict")).to_have_text(re.compile(r"It is (daisy|dandelion|unknown)"), timeout=30_000)
     expect(page.get_by_role("list", name="Top classes").get_by_role("listitem")).to_have_count(2)
+    expect(page.get_by_test_id("neighbours").get_by_role("img")).to_have_count(4)  # "it looks like these"
     shot("07-try-it")
 
     # 7. Grow: upload a new class's photos from the Grow tab, add it with one click, see the new version.

@@ -34,7 +34,8 @@ minimisation of the negative log-likelihood (convex in 1/T, so golden-section se
 on log T finds it).
 
 "Unknown" rule: each image gets a familiarity in [0, 1] from a detector chosen on held-out images (see
-``novelty``), and images below the caution (``threshold``, default 5 %) are answered "unknown". The caution
+``novelty``; chosen by ``unknown.choose_unknown`` once a head is final, not for every candidate, as it
+costs a second or two), and images below the caution (``threshold``, default 5 %) are answered "unknown". The caution
 is the share of ordinary images of the taught classes refused, so a weak model answers as often as a good
 one; ``threshold_precision`` and ``threshold_coverage`` record how often it was right when it answered and
 how often it answered on those held-out images. A head saved before detectors existed has none: its
@@ -456,9 +457,8 @@ class RidgeHead:
         val_labels: Sequence[str],
         *,
         alphas: Sequence[float] = DEFAULT_ALPHAS,
-        caution: float = novelty.DEFAULT_CAUTION,
     ) -> dict[str, float]:
-        """Choose alpha on validation, then fit temperature and the unknown detector.
+        """Choose alpha on validation, then fit the temperature (the unknown detector: ``unknown.choose_unknown``).
 
         Alpha: highest validation accuracy, ties broken by lower calibrated NLL. Validation
         images of classes the head does not know are ignored.
@@ -476,8 +476,7 @@ class RidgeHead:
                 solutions[alpha] = (w, b)
                 yield alpha, phi @ w + b
 
-        self.weights, self.bias = None, None
-        info = self._calibrate(scored(), y, phi, caution, left_out=False)
+        info = self._calibrate(scored(), y)
         self.weights, self.bias = solutions[self.alpha]
         return info
 
@@ -487,9 +486,8 @@ class RidgeHead:
         labels: Sequence[str],
         *,
         alphas: Sequence[float] = DEFAULT_ALPHAS,
-        caution: float = novelty.DEFAULT_CAUTION,
     ) -> dict[str, float]:
-        """Choose alpha, temperature and the unknown detector on leave-one-out scores of the images the head holds.
+        """Choose alpha and temperature on leave-one-out scores of the images the head holds.
 
         For small sets: a validation split of a few dozen images makes alpha a coin toss and ties
         every candidate at 100 %, while each held image scored by the head refit without it is an
@@ -497,22 +495,24 @@ class RidgeHead:
         is a linear smoother, so all N left-out fits cost one eigendecomposition (see
         :func:`left_out_scores`). ``features``/``labels`` must be exactly the images the head holds.
         """
+        y = self.held_labels(labels)
+        scores = left_out_scores(self.map(features), y, len(self.classes), alphas)
+        info = self._calibrate(zip(alphas, scores, strict=True), y)
+        self.solve(self.alpha)
+        return {**info, "left_out": len(y)}
+
+    def held_labels(self, labels: Sequence[str]) -> np.ndarray:
+        """Class indices of ``labels``, which must be exactly the images the head holds (for left-out scores)."""
         labels = np.asarray(labels)
         held = {c: int(n) for c, n in zip(*np.unique(labels, return_counts=True), strict=True)}
         if held != self.counts:
             raise ValueError("leave-one-out needs exactly the images the head holds")
         index = {c: i for i, c in enumerate(self.classes)}
-        y = np.array([index[lab] for lab in labels], dtype=np.int64)
-        phi = self.map(features)
-        scores = left_out_scores(phi, y, len(self.classes), alphas)
-        info = self._calibrate(zip(alphas, scores, strict=True), y, phi, caution, left_out=True)
-        self.solve(self.alpha)
-        return {**info, "left_out": len(y)}
+        return np.array([index[lab] for lab in labels], dtype=np.int64)
 
-    def _calibrate(self, candidates: Iterable[tuple[float, np.ndarray]], y: np.ndarray, phi: np.ndarray,
-                   caution: float, *, left_out: bool) -> dict[str, float]:
+    def _calibrate(self, candidates: Iterable[tuple[float, np.ndarray]], y: np.ndarray) -> dict[str, float]:
         """Take the alpha whose held-out scores are most accurate (ties: lower calibrated NLL), then the
-        temperature and the unknown detector on those scores (``phi``: the held-out images' mapped features)."""
+        temperature on those scores."""
         best: tuple[float, float, float, float, np.ndarray] | None = None
         for alpha, scores in candidates:
             temp = fit_temperature(scores, y)
@@ -524,43 +524,21 @@ class RidgeHead:
                     abs(acc - best[1]) <= 1e-12 and nll < best[2] - NLL_MARGIN * max(1.0, abs(best[2]))):
                 best = (alpha, acc, nll, temp, scores)
         assert best is not None
-        self.alpha, acc, nll, self.temperature, scores = best
-        logits = scores / self.temperature
-        counts = np.array([self._stats[c].count for c in self.classes])
-        self.detector = novelty.choose(logits, self.temperature, phi[:, : self.input_dim], y, self.scatter(),
-                                       counts, lambda c: self._without(c, phi, y, left_out), left_out=left_out)
-        familiar = novelty.familiarity(novelty.raw_scores(
-            self.detector.kind, logits, self.temperature, phi[:, : self.input_dim],
-            self.scatter().moments(self.detector.shrinkage) if self.detector.kind == "relative_mahalanobis"
-            else None, y if left_out else None, counts if left_out else None), self.detector.knots)
-        self.set_caution(caution)
-        point = novelty.answers_curve(familiar, logits.argmax(axis=1) == y, [self.threshold])[0]
-        self.threshold_precision, self.threshold_coverage = point["right_when_answered"], point["answered"]
+        self.alpha, acc, nll, self.temperature, _ = best
         return {
             "alpha": self.alpha,
             "val_accuracy": acc,
             "val_nll": nll,
             "temperature": self.temperature,
-            "threshold": self.threshold,
-            "threshold_precision": self.threshold_precision,
-            "threshold_coverage": self.threshold_coverage,
-            "detector": novelty.name_of(self.detector.kind, self.detector.shrinkage),
         }
 
-    def _without(self, c: int, phi: np.ndarray, y: np.ndarray, left_out: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Held-out logits from the head solved without class c: of the other classes' images (left out in
-        turn when ``left_out``: the head holds exactly ``phi``) and of class c's images."""
-        keep = [name for i, name in enumerate(self.classes) if i != c]
+    def without_class(self, name: str) -> RidgeHead:
+        """A head sharing this one's statistics but for class ``name``, solved at the same ridge strength."""
         sub = RidgeHead(self.input_dim, self.config, dense_after=self.dense_after, feature_map=self.map)
-        sub.classes, sub._stats = keep, {name: self._stats[name] for name in keep}
+        sub.classes = [c for c in self.classes if c != name]
+        sub._stats = {c: self._stats[c] for c in sub.classes}
         sub.solve(self.alpha)
-        known = y != c
-        if left_out:
-            remap = np.cumsum(np.arange(len(self.classes)) != c) - 1
-            seen = next(left_out_scores(phi[known], remap[y[known]], len(keep), [self.alpha]))
-        else:
-            seen = phi[known] @ sub.weights + sub.bias
-        return seen / self.temperature, (phi[~known] @ sub.weights + sub.bias) / self.temperature
+        return sub
 
     def set_caution(self, caution: float) -> None:
         """The share of ordinary images of the taught classes to answer "unknown" (0 to 0.5)."""

@@ -29,7 +29,9 @@ from pigeonhole.learn.features import FeatureCache, ImageItem, compute_features
 from pigeonhole.learn.grow import extractor_of, input_spec_of, rebuild_model
 from pigeonhole.learn.head import RidgeHead
 from pigeonhole.learn.neighbours import NEIGHBOURS_FILE, NeighbourIndex
+from pigeonhole.learn.novelty import DEFAULT_CAUTION
 from pigeonhole.learn.search import LEFT_OUT
+from pigeonhole.learn.unknown import choose_unknown
 from pigeonhole.models import drift
 from pigeonhole.models import repository as repo
 from pigeonhole.models.service import artifact_prefix, settle_version, source_of
@@ -266,6 +268,7 @@ class ExpandHandler(JobHandler):
 def _choose_left_out(ctx: JobContext, head: RidgeHead, manifest: list[list[Any]], images: list[list[Any]],
                      new_classes: set[str], extractor: Any, cache: FeatureCache, blobs: BlobStore,
                      ) -> tuple[RidgeHead, list[list[Any]]]:
+    caution = head.threshold if head.detector is not None else DEFAULT_CAUTION  # the user's caution carries over
     """As training chooses for a small set (under ``LEFT_OUT_BELOW_VAL`` validation images, frozen features):
     the head holds the train and validation images of every class, and ridge strength, temperature and threshold
     are chosen on each held image scored by the head refit without it. The same procedure on the same images as
@@ -283,6 +286,7 @@ def _choose_left_out(ctx: JobContext, head: RidgeHead, manifest: list[list[Any]]
         head.add(features[fresh:], [r[1] for r in new_rows])
     ctx.report(progress=0.6, stage="Choosing the settings on every image left out in turn")
     head.fit_left_out(features, [r[1] for r in held])
+    choose_unknown(head, features, [r[1] for r in held], left_out=True, caution=caution)
     return head, held
 
 
@@ -318,6 +322,8 @@ def _choose_on_validation(ctx: JobContext, head: RidgeHead, manifest: list[list[
     clock.lap("val_features")
     if val_features is not None and len(set(val_labels)) >= 2:
         chooser.fit(val_features, val_labels)
+        choose_unknown(chooser, val_features, val_labels, left_out=False,
+                       caution=chooser.threshold if chooser.detector is not None else DEFAULT_CAUTION)
     else:
         chooser.solve()
     # The chooser's answers on the validation images it never held: the drift estimate, and the

@@ -11,6 +11,7 @@ from pigeonhole.learn.evaluate import evaluate
 from pigeonhole.learn.export import INPUT_NAME, open_session
 from pigeonhole.learn.head import HeadConfig, RidgeHead, _nll, left_out_scores
 from pigeonhole.learn.preprocess import images_to_batch
+from pigeonhole.learn.unknown import choose_unknown
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,8 +59,9 @@ def test_incremental_equals_refit(flower_features, config: HeadConfig, dense_aft
     probe = flower_features["test"][0]
     np.testing.assert_allclose(inc.predict_proba(probe), refit.predict_proba(probe), rtol=1e-6, atol=1e-9)
     # the unknown detector comes from the same statistics: grown and refit heads refuse the same images
-    inc.fit(*flower_features["val"])
-    refit.fit(*flower_features["val"])
+    for head in (inc, refit):
+        head.fit(*flower_features["val"])
+        choose_unknown(head, *flower_features["val"], left_out=False)
     assert inc.detector.kind == refit.detector.kind and inc.threshold == refit.threshold
     np.testing.assert_allclose(inc.detector.knots, refit.detector.knots, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(inc.familiarity(probe), refit.familiarity(probe), atol=1e-6)
@@ -105,7 +107,7 @@ def test_dual_form_equals_primal(flower_features, config: HeadConfig) -> None:
     assert not _RidgeProblem([dense._stats[c] for c in dense.classes], dense.map.dim).dual
     chosen_rows, chosen_dense = rows.fit(xv, labels_v), dense.fit(xv, labels_v)
     assert chosen_rows["alpha"] == chosen_dense["alpha"]
-    for key in ("val_accuracy", "val_nll", "temperature", "threshold"):
+    for key in ("val_accuracy", "val_nll", "temperature"):
         assert chosen_rows[key] == pytest.approx(chosen_dense[key], rel=1e-6, abs=1e-9)
     assert _rel(rows.weights, dense.weights) < 1e-6 and _rel(rows.bias, dense.bias) < 1e-6
     for alpha in (1e-3, 10.0):
@@ -155,7 +157,8 @@ def test_calibration_and_caution_on_validation(flower_features) -> None:
     train, val = flower_features["train"], flower_features["val"]
     head = RidgeHead(train[0].shape[1])
     head.add(*train)
-    info = head.fit(*val, caution=0.1)
+    info = head.fit(*val)
+    choose_unknown(head, *val, left_out=False, caution=0.1)
     y = np.array([head.classes.index(lab) for lab in val[1]])
     scores = head.scores(val[0])
     t = head.temperature
@@ -261,6 +264,7 @@ def test_classifier_export_matches_head(catalog, flowers, flower_features) -> No
     head = RidgeHead(train[0].shape[1], HeadConfig(random_features=128))
     head.add(*train)
     head.fit(*val)
+    choose_unknown(head, *val, left_out=False)
     extractor = PixelExtractor(spec, build_extractor(spec, catalog))
     session = open_session(export_model(extractor, spec.input_spec(), head))
     pixels = images_to_batch([b for b, _ in flowers.test[:6]], spec.input_size)

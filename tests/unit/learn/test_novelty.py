@@ -7,6 +7,7 @@ import pytest
 
 from pigeonhole.learn import novelty
 from pigeonhole.learn.head import RidgeHead
+from pigeonhole.learn.unknown import choose_unknown
 
 
 def test_familiarity_is_the_share_of_known_scores_below() -> None:
@@ -42,6 +43,7 @@ def test_a_never_seen_kind_of_image_is_unfamiliar_and_ordinary_ones_are_answered
     head = RidgeHead(d)
     head.add(x, [str(c) for c in y])
     head.fit(xv, [str(c) for c in yv])
+    choose_unknown(head, xv, [str(c) for c in yv], left_out=False)
     assert set(head.detector.simulated_auroc) == {"softmax", "energy", *(f"relative_mahalanobis@{s:g}"
                                                                           for s in novelty.SHRINKAGES)}
     new = centres[5] + rng.normal(size=(200, d))
@@ -64,7 +66,8 @@ def test_left_out_familiarity_matches_new_images_of_a_small_set() -> None:
     head = RidgeHead(d)
     labels = [str(c) for c in y]
     head.add(x, labels)
-    head.fit_left_out(x, labels, caution=0.1)
+    head.fit_left_out(x, labels)
+    choose_unknown(head, x, labels, left_out=True, caution=0.1)
     xt, _ = _clusters(rng, centres, 500)
     refused = (head.familiarity(xt) < head.threshold).mean()
     assert 0.03 <= refused <= 0.2
@@ -76,6 +79,7 @@ def test_detector_survives_saving() -> None:
     head = RidgeHead(8)
     head.add(x, [str(c) for c in y])
     head.fit(x[::2], [str(c) for c in y[::2]])
+    choose_unknown(head, x[::2], [str(c) for c in y[::2]], left_out=False)
     again = RidgeHead.from_bytes(head.to_bytes())
     assert again.detector.kind == head.detector.kind and again.threshold == head.threshold
     np.testing.assert_array_equal(again.familiarity(x), head.familiarity(x))
