@@ -91,7 +91,9 @@ def test_a_job_committed_out_of_id_order_is_claimed_in_its_turn(compute, monkeyp
     early_id = new_id()
     time.sleep(0.01)
     dispatcher = compute.start_dispatcher()
-    blockers = [compute.job(user, "selftest", {"steps": 1, "step_s": 2.0}) for _ in range(6)]  # 4 CPUs: 2 wait
+    # 4 CPUs: 2 wait. Each blocker runs 5 s, so no CPU frees up before the dispatcher has seen the late job (a 2 s
+    # blocker once finished first on a busy machine and its waiting neighbour started before the late job).
+    blockers = [compute.job(user, "selftest", {"steps": 1, "step_s": 5.0}) for _ in range(6)]
     # The dispatcher has read every blocker (the last one waits) and only blockers wait. How many wait depends
     # on the CPUs free on the session's shared cluster (a task an earlier test cancelled can hold one a moment
     # longer): two full CI runs timed out waiting for exactly the last two. The older job goes before them all.
@@ -107,6 +109,6 @@ def test_a_job_committed_out_of_id_order_is_claimed_in_its_turn(compute, monkeyp
         db.commit()
     assert early_id < min(blockers)
     for job_id in [early_id, *blockers]:
-        compute.wait_status(job_id, "succeeded", timeout_s=30)
+        compute.wait_status(job_id, "succeeded", timeout_s=60)
     started = {job_id: compute.get(job_id).started_at for job_id in [early_id, *waiting_blockers]}
     assert started[early_id] < min(started[b] for b in waiting_blockers), "the older job goes first"
