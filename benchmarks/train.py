@@ -38,15 +38,18 @@ def load(name: str, mnist_train: int, side: int = 0) -> tuple[dict, dict]:
     return train, test
 
 
-def accuracy(pgh: Client, model_id: str, test: dict[str, list[tuple[str, bytes]]]) -> float:
+def accuracy(pgh: Client, model_id: str, test: dict[str, list[tuple[str, bytes]]]) -> tuple[float, float, float]:
+    """(top-1 accuracy, share answered rather than "unknown", accuracy of the answers) through the prediction API."""
     items = [(label, data) for label, files in test.items() for _, data in files]
-    right = 0
+    right = answered = right_answered = 0
     for start in range(0, len(items), 64):
         chunk = items[start:start + 64]
         answer = pgh.predict(model_id, [data for _, data in chunk], top_k=1)
-        right += sum(p["top"][0]["label"] == label for (label, _), p in zip(chunk, answer["predictions"],
-                                                                            strict=True))
-    return right / len(items)
+        for (label, _), p in zip(chunk, answer["predictions"], strict=True):
+            right += p["top"][0]["label"] == label
+            answered += p["label"] is not None
+            right_answered += p["label"] == label
+    return right / len(items), answered / len(items), right_answered / max(answered, 1)
 
 
 def run(
@@ -76,12 +79,15 @@ def run(
     if dump is not None:  # the whole job and version, for the details (rounds, sizes timed, leaderboard)
         dump.mkdir(parents=True, exist_ok=True)
         (dump / f"{name}-{model['id']}.json").write_text(json.dumps({"job": job, "version": version}, indent=1))
-    acc = accuracy(pgh, model["id"], test)
+    acc, answered, right_answered = accuracy(pgh, model["id"], test)
+    page = version["metrics"]
     candidate = (version["lineage"].get("candidate") or {})
     chosen = candidate.get("name") if isinstance(candidate, dict) else candidate
     return (f"train: {name}: {uploaded.accepted} images uploaded in {upload_s:.0f} s; first version after "
             f"{first_s or float('nan'):.1f} s; finished in {wall:.0f} s ({job['status']}, "
-            f"{(job.get('result') or {}).get('stop_reason')}); test accuracy {acc:.2%}; chosen {chosen}; "
+            f"{(job.get('result') or {}).get('stop_reason')}); test accuracy {acc:.2%}; answers {answered:.1%} "
+            f"(page: {page.get('coverage', float('nan')):.1%}), right on {right_answered:.2%} of answers (page: "
+            f"{page.get('selective_accuracy', float('nan')):.2%}); chosen {chosen}; "
             f"size {version['size_bytes'] / 2**20:.1f} MiB; latency {version['latency_ms'] or float('nan'):.1f} ms")
 
 

@@ -3,6 +3,7 @@ import {
   accuracyWords,
   addableClasses,
   candidateName,
+  deliveredOf,
   confidentMistakes,
   leaderboard,
   perClassRows,
@@ -136,5 +137,12 @@ describe('predictions and imports', () => {
     ])
     expect(problems).toEqual(['Line 6 has no web address (it must start with http:// or https://).'])
     expect(parseUrlLines('https://x.org/a.jpg', '').problems[0]).toMatch(/no class/)
+  })
+})
+
+describe('deliveredOf', () => {
+  it('reads what a version with a caution delivers, and nothing for older versions', () => {
+    expect(deliveredOf({ caution_curve: [], selective_accuracy: 0.9, coverage: 0.95 })).toEqual({ right: 0.9, answered: 0.95 })
+    expect(deliveredOf({ selective_accuracy: 0.9, coverage: 0.95 })).toBeNull()
   })
 })

@@ -60,6 +60,15 @@ export function accuracyOf(metrics: Metrics | null | undefined): number | null {
   return num(metrics?.accuracy)
 }
 
+/** What the served version delivers on its test images: right when it answers, and how often it answers
+ * (versions with a caution; null for versions made before, whose accuracy answered every image). */
+export function deliveredOf(metrics: Metrics | null | undefined): { right: number; answered: number } | null {
+  if (!Array.isArray(metrics?.caution_curve)) return null
+  const right = num(metrics?.selective_accuracy)
+  const answered = num(metrics?.coverage)
+  return right === null || answered === null ? null : { right, answered }
+}
+
 /** How many test images the accuracy was measured on. */
 export function testImagesOf(metrics: Metrics | null | undefined): number | null {
   return num(metrics?.n)
