@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import threading
 from pathlib import Path
@@ -22,6 +24,7 @@ from pigeonhole.models.training import TrainHandler
 from tests.api.conftest import Account
 from tests.api.datasets_helpers import all_images, upload
 from tests.api.models_helpers import add_version, run_job, trainable_dataset
+from tests.factories import make_zip
 from tests.model_factories import dark_bright_version, grey_png
 
 
@@ -418,6 +421,16 @@ def test_a_prediction_shows_the_training_images_it_looks_like(app, alice: Accoun
     assert thumbnail.status_code == 200 and thumbnail.headers["content-type"].startswith("image/")
     assert "neighbours" not in alice.client.post(url, files=probe).json()["predictions"][0] or \
         alice.client.post(url, files=probe).json()["predictions"][0]["neighbours"] is None  # opt-in
+    # batch predictions list them too, named by image id when the results are downloaded
+    batch = f"/api/v1/models/{model_id}/batch-predictions"
+    archive = make_zip({"a/p.png": grey_png(128, 9001), "a/q.png": grey_png(40, 9002)})
+    job = alice.client.post(batch, params={"neighbours": 2}, files={"file": ("p.zip", archive, "application/zip")})
+    run_job(app, job.json()["id"], tmp_path)
+    rows = alice.client.get(f"{batch}/{job.json()['id']}", params={"format": "json"}).json()["predictions"]
+    assert all(len(r["neighbours"]) == 2 and all(n["image_id"] for n in r["neighbours"]) for r in rows)
+    table = list(csv.DictReader(io.StringIO(alice.client.get(f"{batch}/{job.json()['id']}").text)))
+    assert all(r["looks_like"].count("=") == 2 and r["looks_like"].split("=")[0] in
+               {n["image_id"] for row in rows for n in row["neighbours"]} for r in table)
     # removing the class takes its images out of the index
     run_job(app, alice.client.delete(f"/api/v1/models/{model_id}/classes/mid").json()["job_id"], tmp_path)
     again = alice.client.post(url, params={"neighbours": 2}, files=probe).json()["predictions"][0]

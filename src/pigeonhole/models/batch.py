@@ -2,7 +2,9 @@
 
 The API stores the upload in the blob store and queues the job; the worker reads the model file and
 the images, predicts in batches with ONNX Runtime, and writes the results to the blob store as JSON
-and CSV (one row per image: name, label or empty for unknown, confidence, top classes).
+and CSV (one row per image: name, label or empty for unknown, confidence, familiarity, top classes, and
+with ``neighbours`` the training images each looks like, by sha256: the API names them by image id when
+the results are downloaded, since workers do not read the database).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from pigeonhole.compute.handlers import JobContext, JobFailed, JobHandler, Placement, Resources, register
+from pigeonhole.learn.neighbours import NeighbourIndex
 from pigeonhole.serving.model import load_model, split_answers
 from pigeonhole.serving.preprocess import pixels_for, top_k
 from pigeonhole.storage.archives import ArchiveLimits, ArchiveRejected, RejectedEntry, iter_zip
@@ -27,6 +30,25 @@ BATCH = 32
 
 def results_keys(job_id: str) -> dict[str, str]:
     return {"json": f"batch/{job_id}/results.json", "csv": f"batch/{job_id}/results.csv"}
+
+
+def results_csv(rows: list[dict[str, Any]]) -> str:
+    """The rows as CSV; a ``looks_like`` column when they carry neighbours (image ids, or sha256 where unnamed)."""
+    with_neighbours = any("neighbours" in row for row in rows)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["name", "label", "confidence", "familiarity", "top", "error"]
+                    + (["looks_like"] if with_neighbours else []))
+    for row in rows:
+        top = "; ".join(f"{t['label']}={t['confidence']:.4f}" for t in row["top"])
+        familiar = row.get("familiarity")
+        line = [row["name"], row["label"] or "", "" if row["confidence"] is None else f"{row['confidence']:.6f}",
+                "" if familiar is None else f"{familiar:.6f}", top, row.get("error", "")]
+        if with_neighbours:
+            line.append("; ".join(f"{n.get('image_id') or n.get('sha256')}={n['similarity']:.4f}"
+                                  for n in row.get("neighbours") or []))
+        writer.writerow(line)
+    return out.getvalue()
 
 
 def _inputs(payload: dict[str, Any], blobs: BlobStore, limits: ImageLimits):  # type: ignore[no-untyped-def]
@@ -64,13 +86,21 @@ class BatchPredictHandler(JobHandler):
         blobs = BlobStore(ctx.blob_url)
         model = load_model(blobs.read_bytes(payload["onnx_key"]), threads=1)
         limits = ImageLimits(**payload["limits"])
+        wanted = int(payload.get("neighbours") or 0)
+        index = NeighbourIndex.from_bytes(blobs.read_bytes(payload["neighbours_key"])) if wanted else None
         rows: list[dict[str, Any]] = []
         pending: list[tuple[str, np.ndarray]] = []
 
         def flush() -> None:
             if pending:
-                probs, familiar, _ = split_answers(model, model.run(np.stack([p for _, p in pending])))
-                for (name, _), answer in zip(pending, top_k(model, probs, familiar, payload["top_k"]), strict=True):
+                probs, familiar, features = split_answers(model, model.run(np.stack([p for _, p in pending])))
+                answers = top_k(model, probs, familiar, payload["top_k"])
+                if index is not None:
+                    near = index.nearest(features, [model.classes[int(i)] for i in probs.argmax(axis=1)], wanted)
+                    for answer, found in zip(answers, near, strict=True):
+                        answer["neighbours"] = [{"sha256": n.sha256, "label": n.label, "similarity": n.similarity}
+                                                for n in found]
+                for (name, _), answer in zip(pending, answers, strict=True):
                     rows.append({"name": name, **answer})
                 pending.clear()
                 ctx.report(progress=None, stage=f"Classified {len(rows)} images")
@@ -91,12 +121,5 @@ class BatchPredictHandler(JobHandler):
         keys = results_keys(ctx.job_id)
         blobs.put_bytes(keys["json"], json.dumps({"model_id": payload["model_id"], "version": payload["version"],
                                                   "predictions": rows}, indent=1).encode())
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(["name", "label", "confidence", "top", "error"])
-        for row in rows:
-            top = "; ".join(f"{t['label']}={t['confidence']:.4f}" for t in row["top"])
-            writer.writerow([row["name"], row["label"] or "", "" if row["confidence"] is None else
-                             f"{row['confidence']:.6f}", top, row.get("error", "")])
-        blobs.put_bytes(keys["csv"], out.getvalue().encode())
+        blobs.put_bytes(keys["csv"], results_csv(rows).encode())
         return {"images": len(rows), "errors": sum(1 for r in rows if r.get("error")), "results": keys}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
@@ -21,7 +22,7 @@ from pigeonhole.jobs.schemas import JobPublic, job_public
 from pigeonhole.jobs.service import create_job, get_job
 from pigeonhole.learn.neighbours import MAX_NEIGHBOURS
 from pigeonhole.models import repository as repo
-from pigeonhole.models.batch import results_keys
+from pigeonhole.models.batch import results_csv, results_keys
 from pigeonhole.models.predict import Target, read_inputs
 from pigeonhole.models.schemas import (
     CautionRequest,
@@ -208,18 +209,27 @@ def rename_class(model: WritableModel, name: str, body: ModelClassRename, servic
 def batch_predict(model: WritableModel, request: Request, service: WriteService,
                   file: UploadFile | None = File(None, description="a zip of images (any folders)"),
                   urls: str | None = Form(None, description="image addresses, one per line"),
-                  top_k: int = Query(3, ge=1, le=100), version: int | None = Query(None, ge=1)) -> JobPublic:
+                  top_k: int = Query(3, ge=1, le=100), version: int | None = Query(None, ge=1),
+                  neighbours: int = Query(0, ge=0, le=MAX_NEIGHBOURS, description="also list this many training "
+                                          "images each image looks like")) -> JobPublic:
     """Classify a whole zip of images or a list of URLs in the background.
 
     Follow the job; then download the results with ``GET …/batch-predictions/{job_id}?format=csv|json``.
     """
     settings = request.app.state.settings
     row = service.serving_version(model, version)
+    neighbours_key = (row.lineage or {}).get("neighbours_key")
+    if neighbours and neighbours_key is None:
+        raise Unprocessable("This version keeps no features of its training images, so it cannot show the images "
+                            "an answer looks like. Retrain the model, or ask without 'neighbours'.",
+                            code="no_neighbours")
     limits = {"max_pixels": settings.max_image_pixels, "max_bytes": settings.max_image_bytes}
     policy = {"allow_private": settings.fetch_allow_private, "timeout_s": settings.fetch_timeout_s,
               "max_bytes": settings.max_image_bytes}
     params: dict[str, Any] = {"model_id": model.id, "version": row.v, "onnx_key": row.onnx_key, "top_k": top_k,
                               "limits": limits, "policy": policy}
+    if neighbours:
+        params.update(neighbours=neighbours, neighbours_key=neighbours_key)
     if file is not None and file.filename:
         ref = request.app.state.blob_store.put_stream(file.file)
         params.update(zip_sha256=ref.sha256, zip_size=ref.size)
@@ -246,6 +256,10 @@ def batch_results(model: ReadableModel, job_id: str, request: Request, service: 
         raise Conflict(f"This batch prediction is {job.status}; results come when it has succeeded.",
                        code="not_finished")
     data = request.app.state.blob_store.read_bytes(results_keys(job.id)[format])
+    if (job.params or {}).get("neighbours"):  # name the training images it looks like by their ids now
+        results = json.loads(request.app.state.blob_store.read_bytes(results_keys(job.id)["json"]))
+        _name_neighbours(request.app.state.session_factory, model.dataset_id, results["predictions"])
+        data = (results_csv(results["predictions"]) if format == "csv" else json.dumps(results, indent=1)).encode()
     media = "text/csv; charset=utf-8" if format == "csv" else "application/json"
     return Response(data, media_type=media,
                     headers={"Content-Disposition": f'attachment; filename="predictions-{job.id}.{format}"'})
@@ -345,7 +359,6 @@ def _name_neighbours(session_factory: Any, dataset_id: str | None, answers: list
             n["image_id"] = image_id
             n["thumbnail_url"] = (f"/api/v1/datasets/{dataset_id}/images/{image_id}/thumbnail"
                                   if image_id is not None else None)
-            del n["sha256"]
 
 
 @router.post("/{model_id}/predict", response_model=PredictionResult,

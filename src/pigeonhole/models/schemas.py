@@ -101,6 +101,7 @@ class PredictionTop(BaseModel):
 
 class Neighbour(BaseModel):
     image_id: str | None = Field(description="the training image in the model's dataset (null if since deleted)")
+    sha256: str = Field(description="the image's content hash")
     label: str
     similarity: float = Field(description="cosine similarity of the two images' features, 1 = the same")
     thumbnail_url: str | None = None

@@ -1624,6 +1624,11 @@ export interface components {
              * @description the training image in the model's dataset (null if since deleted)
              */
             image_id: string | null;
+            /**
+             * Sha256
+             * @description the image's content hash
+             */
+            sha256: string;
             /** Label */
             label: string;
             /**
@@ -4986,6 +4991,8 @@ export interface operations {
             query?: {
                 top_k?: number;
                 version?: number | null;
+                /** @description also list this many training images each image looks like */
+                neighbours?: number;
             };
             header?: never;
             path: {
