@@ -128,6 +128,13 @@ def test_from_sign_up_to_a_grown_model(server: str, browser, shots: Path, photos
     expect(page.get_by_role("heading", name="Its most confident mistakes")).to_be_visible()
     # what "unknown" costs, in words, and a preview of another caution before saving it
     expect(page.get_by_test_id("answers")).to_contain_text("says “unknown” for the rest")
+    # the page's figures are the API's: what the served version delivers on its test images
+    shown = context.request.get(f"/api/v1/models/{model_id}").json()
+    metrics = context.request.get(f"/api/v1/models/{model_id}/versions/{shown['active_version']}").json()["metrics"]
+    right_shown = float(re.search(r"\d+", page.get_by_test_id("accuracy").inner_text()).group())
+    answers_shown = float(re.search(r"It answers (\d+) %", page.get_by_test_id("answers").inner_text()).group(1))
+    assert abs(right_shown - 100 * metrics["selective_accuracy"]) <= 0.5 + 1e-9  # rounded to whole percents
+    assert abs(answers_shown - 100 * metrics["coverage"]) <= 0.5 + 1e-9
     caution = page.get_by_test_id("caution")
     expect(caution.get_by_test_id("caution-now")).to_contain_text("Out of 100 ordinary images")
     caution.get_by_role("slider", name="Caution in percent").fill("20")

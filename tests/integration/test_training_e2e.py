@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pigeonhole.client import Client
-from pigeonhole.serving.model import load_model
+from pigeonhole.serving.model import load_model, split_answers
 from pigeonhole.serving.preprocess import pixels_for
 from pigeonhole.storage.images import ImageLimits
 from tests.conftest import SHARED_DIR
@@ -78,10 +78,13 @@ def test_train_predict_export_and_grow(server: LiveServer, tmp_path: Path) -> No
         pgh.export_model(model["id"], current["active_version"], exported)
         local = load_model(exported.read_bytes())
         assert local.crop == version["input"]["crop"]
-        probs = local.run(np.stack([pixels_for(local, p.read_bytes(), ImageLimits()) for p in probe]))
-        for row, prediction in zip(probs, answer["predictions"], strict=True):
+        probs, familiar, _ = split_answers(
+            local, local.run(np.stack([pixels_for(local, p.read_bytes(), ImageLimits()) for p in probe])))
+        for row, fam, prediction in zip(probs, familiar, answer["predictions"], strict=True):
             by_label = {t["label"]: t["confidence"] for t in prediction["top"]}
             assert all(abs(by_label[c] - float(p)) < 1e-4 for c, p in zip(local.classes, row, strict=True))
+            # the downloaded file says "unknown" for exactly the images the service does
+            assert (prediction["label"] is None) == (float(fam) < local.threshold)
 
         started = time.monotonic()
         change = pgh.add_classes(model["id"], ["daisy"])
