@@ -43,12 +43,16 @@ class HeadGraph(nn.Module):
         self.register_buffer("knot_lo", torch.from_numpy(lo).float())
         self.register_buffer("knot_width", torch.from_numpy(np.maximum(hi - lo, _EPS)).float())
         if moments is not None:
-            # Offsets from the overall mean before whitening: CNN features share a large common part, and
+            # Offsets from the overall mean before any product: CNN features share a large common part, and
             # expanding |a - b|^2 on the raw vectors would cancel most of float32's digits.
+            within, total = moments.within, moments.total
+            means = moments.means - moments.centre
             self.register_buffer("centre", torch.from_numpy(moments.centre).float())
-            self.register_buffer("within", torch.from_numpy(moments.within).float())
-            self.register_buffer("means_w", torch.from_numpy((moments.means - moments.centre) @ moments.within).float())
-            self.register_buffer("total", torch.from_numpy(moments.total).float())
+            self.register_buffer("means", torch.from_numpy(means).float())
+            self.register_buffer("means_sq", torch.from_numpy(within.norms(means)).float())
+            self.within_floor, self.total_floor = float(within.floor), float(total.floor)
+            self.register_buffer("within_basis", torch.from_numpy(within.basis * np.sqrt(within.weight)).float())
+            self.register_buffer("total_basis", torch.from_numpy(total.basis * np.sqrt(total.weight)).float())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         unit = x / torch.clamp(torch.linalg.vector_norm(x, dim=1, keepdim=True), min=_EPS)
@@ -64,10 +68,13 @@ class HeadGraph(nn.Module):
             raw = self.temperature * torch.logsumexp(logits, dim=1)
         else:
             offset = base - self.centre
-            xa = offset @ self.within
-            d = (xa * xa).sum(1, keepdim=True) - 2.0 * xa @ self.means_w.T + (self.means_w * self.means_w).sum(1)
-            diff = offset @ self.total
-            raw = -(torch.clamp(d, min=0.0).min(dim=1).values - (diff * diff).sum(1))
+            px, pm = offset @ self.within_basis, self.means @ self.within_basis
+            xx = (offset * offset).sum(1) / self.within_floor - (px * px).sum(1)
+            xm = offset @ self.means.T / self.within_floor - px @ pm.T
+            d = torch.clamp(xx[:, None] - 2.0 * xm + self.means_sq, min=0.0)
+            pt = offset @ self.total_basis
+            background = (offset * offset).sum(1) / self.total_floor - (pt * pt).sum(1)
+            raw = -(d.min(dim=1).values - background)
         if self.kind == "confidence":  # a head from before detectors: the confidence is the familiarity
             return probs, raw
         ramps = torch.clamp((raw[:, None] - self.knot_lo[None, :]) / self.knot_width[None, :], 0.0, 1.0)
