@@ -41,6 +41,7 @@ class NeighbourIndex:
         self.shas = np.asarray(list(shas), dtype=str)
         self.labels = np.asarray(list(labels), dtype=str)
         self.features = _unit(features).astype(np.float16) if len(features) else np.zeros((0, 0), np.float16)
+        self._by_label: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.shas)
@@ -84,22 +85,34 @@ class NeighbourIndex:
         return out
 
     def nearest(self, features: np.ndarray, classes: Sequence[str], k: int) -> list[list[Neighbour]]:
-        """For each query row, the ``k`` most similar images labelled with that row's class (one per sha256)."""
+        """For each query row, the ``k`` most similar images labelled with that row's class (one per sha256).
+
+        Only the rows of the wanted class are compared (and widened from float16), so a query costs a class's
+        images, not the whole index."""
         if not len(self) or k <= 0:
             return [[] for _ in range(len(features))]
-        sims = _unit(features) @ self.features.astype(np.float32).T
+        queries = _unit(features)
         out = []
-        for row, wanted in zip(sims, classes, strict=True):
-            rows = np.flatnonzero(self.labels == wanted)
+        for query, wanted in zip(queries, classes, strict=True):
+            rows = self._rows_of(str(wanted))
+            sims = self.features[rows].astype(np.float32) @ query
             found: list[Neighbour] = []
             seen: set[str] = set()
-            for j in rows[np.argsort(-row[rows], kind="stable")]:
-                sha = str(self.shas[j])
+            for j in np.argsort(-sims, kind="stable"):
+                sha = str(self.shas[rows[j]])
                 if sha in seen:
                     continue
                 seen.add(sha)
-                found.append(Neighbour(sha, str(wanted), round(float(row[j]), 4)))
+                found.append(Neighbour(sha, str(wanted), round(float(sims[j]), 4)))
                 if len(found) == k:
                     break
             out.append(found)
         return out
+
+    def _rows_of(self, label: str) -> np.ndarray:
+        if self._by_label is None:
+            order = np.argsort(self.labels, kind="stable")
+            names, starts = np.unique(self.labels[order], return_index=True)
+            bounds = [*starts[1:], len(order)]
+            self._by_label = {str(n): order[s:e] for n, s, e in zip(names, starts, bounds, strict=True)}
+        return self._by_label.get(label, np.zeros(0, dtype=np.int64))
