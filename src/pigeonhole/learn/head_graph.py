@@ -23,7 +23,6 @@ class HeadGraph(nn.Module):
                  b: np.ndarray, temperature: float, detector: Detector | None, moments: Moments | None) -> None:
         super().__init__()
         self.l2 = l2_normalize
-        self.input_dim = w.shape[0] - (projection[0].shape[1] if projection is not None else 0)
         self.linear = nn.Linear(w.shape[0], w.shape[1])
         with torch.no_grad():
             self.linear.weight.copy_(torch.from_numpy(w.T / temperature))
