@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -45,7 +46,7 @@ def main() -> None:
 @click.option("--keyfile", type=click.Path(dir_okay=False), default=None,
               help="the certificate's PEM private key (not encrypted); needs --certfile")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="API processes (default 1, or PIGEONHOLE_API_WORKERS): more answer more predictions on spare cores")
+              help="API processes (default: from the cores and memory, or PIGEONHOLE_API_WORKERS)")
 def serve(host: str | None, port: int | None, data_dir: str | None, log_level: str, certfile: str | None,
           keyfile: str | None, workers: int | None) -> None:
     """Start the whole service (API, web app) with one command.
@@ -77,7 +78,7 @@ def serve(host: str | None, port: int | None, data_dir: str | None, log_level: s
     if first_start:
         click.echo(f"First start: open {url} and sign up; the first account becomes the administrator.\n"
                    "Or create one from a terminal: pigeonhole create-admin --email you@example.com")
-    app = create_app(settings, migrate=False) if settings.api_workers == 1 else None
+    app = create_app(settings, migrate=False) if settings.resolved_api_workers == 1 else None
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal into the handlers it
     # found: no-op handlers make a requested stop exit with status 0 instead of dying by the signal.
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
@@ -95,15 +96,26 @@ def serve(host: str | None, port: int | None, data_dir: str | None, log_level: s
             # and settle the generated development secret first, so that every worker reads the same one.
             _ = settings.secret
             _export_settings(settings)
-            uvicorn.run("pigeonhole.api.app:worker_app", factory=True, workers=settings.api_workers,
+            _share_metrics(settings)
+            uvicorn.run("pigeonhole.api.app:worker_app", factory=True, workers=settings.resolved_api_workers,
                         **options)  # type: ignore[arg-type]
     finally:
         _stop_process(dispatcher_process)
 
 
+def _share_metrics(settings: Settings) -> None:
+    """Several API processes write their Prometheus figures to files in one folder, and /metrics, whichever
+    process answers it, adds them all up (prometheus_client's multiprocess mode)."""
+    folder = settings.data_dir / "run" / "metrics"
+    shutil.rmtree(folder, ignore_errors=True)  # figures of an earlier run would be counted again
+    folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
 def _export_settings(settings: Settings) -> None:
     """Settings given as flags, as the environment variables worker processes read."""
     values = {"DATA_DIR": settings.data_dir, "HOST": settings.host, "PORT": settings.port,
+              "API_WORKERS": settings.resolved_api_workers,
               "TLS_CERTFILE": settings.tls_certfile, "TLS_KEYFILE": settings.tls_keyfile}
     for name, value in values.items():
         if value is not None:

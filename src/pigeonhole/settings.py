@@ -24,6 +24,26 @@ PLACEHOLDER_SECRETS = frozenset(
 )
 MIN_SECRET_LENGTH = 32
 SECRET_FILE_NAME = "secret_key"
+# The automatic number of API processes (``resolved_api_workers``).
+API_CORES_PER_WORKER = 2
+API_WORKER_MEMORY_BYTES = 2 * 1024**3  # one process with a few loaded models, and room for the rest
+MAX_AUTO_API_WORKERS = 8
+
+
+def available_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def memory_bytes() -> int:
+    """Physical memory of the machine (generous when it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 64 * 1024**3
 
 
 class Settings(BaseSettings):
@@ -44,9 +64,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    api_workers: int = Field(default=1, ge=1, le=64, description="API processes `serve` runs on its port: "
-                             "predictions are limited by Python's one-core-per-process lock, so a machine with "
-                             "spare cores answers more of them with 2 or more (each holds its own loaded models)")
+    api_workers: int | None = Field(default=None, ge=1, le=64, description="API processes `serve` runs on its "
+                                    "port (default: chosen from the cores and memory, see resolved_api_workers; "
+                                    "each holds its own loaded models)")
     public_url: str | None = None
     # HTTPS served by `pigeonhole serve` itself (both or neither); behind a reverse proxy, leave them unset.
     tls_certfile: Path | None = Field(default=None, description="PEM certificate (chain) for HTTPS")
@@ -92,14 +112,19 @@ class Settings(BaseSettings):
 
     # Predictions.
     predict_max_images: int = 64
-    predict_max_batch: int = 32
-    predict_batch_wait_s: float = 0.005
+    predict_max_batch: int = Field(default=32, ge=1, description="most images in one inference call; requests "
+                                   "that wait together are batched up to this")
+    predict_lanes: int | None = Field(default=None, ge=1, le=256, description="inference calls one API process "
+                                      "runs at once (default: its share of the cores)")
+    predict_max_queued: int = Field(default=256, ge=1, description="images an API process lets wait for a lane; "
+                                    "past this a prediction is answered 503 with Retry-After")
     serving_cache_bytes: int = 2 * 1024**3
-    serving_threads: int | None = None
-    # Generous defaults: a client with 32 requests in flight at a time stays well below them.
-    predict_rate_per_s: float = Field(default=200.0, description="prediction calls per second per API token "
+    serving_threads: int | None = Field(default=None, ge=1, le=256, description="ONNX Runtime threads per "
+                                        "inference call (default 1: the lanes share out the cores)")
+    # Generous defaults: above what this service answers on a small machine, so they only stop a runaway client.
+    predict_rate_per_s: float = Field(default=1000.0, description="prediction calls per second per API token "
                                       "(or per user for the web app); 0 turns the limit off")
-    predict_burst: int = 400
+    predict_burst: int = 2000
     predict_monthly_images_per_user: int = Field(default=0, description="images a user may classify per month "
                                                  "(0: no limit)")
     # Where predictions run: "inline" in each API process, or "ray": a Ray Serve application that the
@@ -180,13 +205,30 @@ class Settings(BaseSettings):
         return self.weights_fetch if self.weights_fetch is not None else self.env == "development"
 
     @property
-    def resolved_serving_threads(self) -> int | None:
-        """ONNX Runtime threads per inference in an API process: with several API processes, the cores
-        are shared out between them (measured: 2 processes with 1 thread each answer 25 % more than with
-        2 threads each, which oversubscribe 2 cores). None: ONNX Runtime's own choice (all cores)."""
-        if self.serving_threads is not None or self.api_workers == 1:
-            return self.serving_threads
-        return max(1, (os.cpu_count() or 1) // self.api_workers)
+    def resolved_api_workers(self) -> int:
+        """API processes: as set, or one per API_CORES_PER_WORKER cores that the memory can hold.
+
+        Predictions are bound by Python's one-core-per-process lock around the parsing and bookkeeping of each
+        request, while ONNX Runtime (which releases it) runs on the lanes; see ``benchmarks/RESULTS.md``
+        ("Predictions") for the measurements behind the rule.
+        """
+        if self.api_workers is not None:
+            return self.api_workers
+        by_cores = available_cores() // API_CORES_PER_WORKER
+        by_memory = int(memory_bytes() // API_WORKER_MEMORY_BYTES)
+        return max(1, min(by_cores, by_memory, MAX_AUTO_API_WORKERS))
+
+    @property
+    def resolved_predict_lanes(self) -> int:
+        """Inference calls at once per API process: the process's share of the cores, one ONNX Runtime thread
+        each (measured here: one thread runs a single image in 2.0 ms, two threads in 3.5 ms)."""
+        if self.predict_lanes is not None:
+            return self.predict_lanes
+        return max(1, available_cores() // (self.resolved_api_workers * self.resolved_serving_threads))
+
+    @property
+    def resolved_serving_threads(self) -> int:
+        return self.serving_threads or 1
 
     @property
     def resolved_cache_dir(self) -> Path:

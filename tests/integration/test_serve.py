@@ -51,9 +51,21 @@ def test_serve_with_several_api_processes(tmp_path: Path) -> None:
         children = Path(f"/proc/{live.process.pid}/task/{live.process.pid}/children").read_text().split()
         workers = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
         assert len(workers) == 2
-        answers = [httpx.get(f"{live.base}/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+        bearer = {"Authorization": f"Bearer {token}"}
+        answers = [httpx.get(f"{live.base}/api/v1/me", headers=bearer)
                    for _ in range(20)]  # new connections: the kernel spreads them over both processes
         assert {a.status_code for a in answers} == {200}
+        # /metrics adds up both processes' figures, whichever of them answers.
+        for _ in range(4):
+            text = httpx.get(f"{live.base}/metrics").text
+            counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                          if line.startswith("pigeonhole_http_requests_total{") and '"/api/v1/me"' in line)
+            assert counted == 20
+        # A revoked token stops working at once in both processes (each had it in its few-second memory).
+        token_id = httpx.get(f"{live.base}/api/v1/tokens", headers=bearer).json()["items"][0]["id"]
+        assert httpx.delete(f"{live.base}/api/v1/tokens/{token_id}", headers=bearer).status_code == 204
+        after = [httpx.get(f"{live.base}/api/v1/me", headers=bearer).status_code for _ in range(20)]
+        assert set(after) == {401}
         assert live.stop() == 0
     finally:
         if live.process.poll() is None:

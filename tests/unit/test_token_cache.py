@@ -39,3 +39,15 @@ def test_clear_and_disabled() -> None:
     off = TokenCache(ttl_s=0)
     off.put("d", PRINCIPAL, None)
     assert off.get("d") is None
+
+
+def test_a_revocation_in_one_process_is_seen_at_once_by_the_others(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    epoch = tmp_path / "run" / "tokens-revoked"
+    here, there = TokenCache(ttl_s=60, epoch_file=epoch), TokenCache(ttl_s=60, epoch_file=epoch)
+    for cache in (here, there):
+        cache.put("d", PRINCIPAL, None)
+        assert cache.get("d") == PRINCIPAL
+    here.clear()
+    assert here.get("d") is None and there.get("d") is None
+    there.put("d", PRINCIPAL, None)  # remembered again after a fresh lookup
+    assert there.get("d") == PRINCIPAL

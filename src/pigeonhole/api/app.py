@@ -79,13 +79,14 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.engine = engine
     app.state.session_factory = session_factory
     app.state.passwords = passwords_from(settings)
-    app.state.token_cache = TokenCache(settings.token_cache_ttl_s)
+    app.state.token_cache = TokenCache(settings.token_cache_ttl_s,
+                                       epoch_file=settings.data_dir / "run" / "tokens-revoked")
     app.state.metrics = metrics
     app.state.usage_recorder = recorder
     app.state.blob_store = blobs = BlobStore(settings.resolved_blob_url)
     app.state.derived_cache = derived = DiskCache(settings.resolved_cache_dir, settings.cache_max_bytes)
     app.state.thumbnails = Thumbnails(derived, blobs)
-    app.state.predictions = PredictionService(settings, blobs)
+    app.state.predictions = PredictionService(settings, blobs, observe=metrics.observe_batch)
     app.state.predict_limiter = RateLimiter(settings.predict_rate_per_s, settings.predict_burst)
     app.state.monthly_quota = MonthlyQuota(session_factory)
     app.state.blob_sweeper = BlobSweeper(session_factory, blobs, settings.blob_sweep_grace_s)

@@ -6,10 +6,11 @@ the route table, so a route cannot silently skip the check.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from pigeonhole.auth.scopes import Principal, Scope
@@ -55,13 +56,15 @@ def get_auth_service(request: Request, db: DbSession) -> AuthService:
 AuthServiceDep = Annotated[AuthService, Depends(get_auth_service)]
 
 
-def authenticate(request: Request, auth: AuthService) -> Principal | None:
+def authenticate(request: Request, auth: AuthService, *, fresh: bool = False) -> Principal | None:
+    """Who sent the request (token or session cookie); ``fresh`` reads the token from the database even when
+    this process remembers it (administrator powers must end the moment they are taken away)."""
     header = request.headers.get("authorization")
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise Unauthorized("Send the API token as 'Authorization: Bearer <token>'.", code="bad_auth_header")
-        principal = auth.token_principal(value.strip())
+        principal = auth.token_principal(value.strip(), fresh=fresh)
         if principal is None:
             raise Unauthorized("This API token is not valid: it may be mistyped, revoked or expired.",
                                code="invalid_token")
@@ -79,9 +82,31 @@ def authenticate(request: Request, auth: AuthService) -> Principal | None:
     return principal
 
 
-def require(scope: Scope | None) -> Callable[..., Principal]:
-    def dependency(request: Request, auth: AuthServiceDep) -> Principal:
-        principal = authenticate(request, auth)
+def _remembered_token(request: Request) -> Principal | None:
+    """The principal of a bearer token this process has seen in the last few seconds, with no database and
+    no thread: what makes a prediction call cheap. Anything else (cookies, new or malformed tokens) is None."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    state = request.app.state
+    return AuthService.remembered(state.settings, state.token_cache, value.strip())
+
+
+def _authenticate_in_session(request: Request, fresh: bool) -> Principal | None:
+    state = request.app.state
+    with state.session_factory() as db:
+        principal = authenticate(request, AuthService(db, state.settings, state.passwords, state.token_cache),
+                                 fresh=fresh)
+        db.commit()  # the token's or session's last use
+        return principal
+
+
+def require(scope: Scope | None) -> Callable[..., Awaitable[Principal]]:
+    async def dependency(request: Request) -> Principal:
+        fresh = scope is Scope.ADMIN
+        principal = None if fresh else _remembered_token(request)
+        if principal is None:
+            principal = await run_in_threadpool(_authenticate_in_session, request, fresh)
         if principal is None:
             raise Unauthorized("Sign in, or send an API token, to use this.", code="not_authenticated")
         request.state.principal = principal  # read by the usage recorder

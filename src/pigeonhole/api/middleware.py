@@ -113,8 +113,13 @@ class RequestLimits:
                                          "code": "bad_request"})
             return
         headers = dict(scope.get("headers") or [])
-        is_upload = headers.get(b"content-type", b"").startswith(b"multipart/")
-        limit = self.settings.max_upload_bytes if is_upload else self.settings.max_body_bytes
+        content_type = headers.get(b"content-type", b"")
+        if content_type.startswith(b"multipart/"):
+            limit = self.settings.max_upload_bytes
+        elif content_type.startswith((b"image/", b"application/octet-stream")):  # one image to classify
+            limit = max(self.settings.max_body_bytes, self.settings.max_image_bytes)
+        else:
+            limit = self.settings.max_body_bytes
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._refuse(send, limit)

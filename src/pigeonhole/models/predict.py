@@ -8,6 +8,7 @@ import base64
 import binascii
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,9 +49,15 @@ class InputImage:
 
 
 async def read_inputs(request: Request, settings: Settings) -> list[InputImage]:
+    """The images of a prediction call: multipart ``files``, JSON, or one image as the raw body (``image/*``,
+    the lightest for a program that classifies one image per call: no form to parse)."""
     content_type = request.headers.get("content-type", "")
     limit = settings.predict_max_images
-    if content_type.startswith("multipart/"):
+    if content_type.startswith(("image/", "application/octet-stream")):
+        images = [InputImage(name=None, data=await request.body())]
+        if not images[0].data:
+            raise Unprocessable("Send at least one image.", code="no_images")
+    elif content_type.startswith("multipart/"):
         form = await request.form(max_files=limit + 1)
         files = [f for f in form.getlist("files") if hasattr(f, "read")]
         images = [InputImage(name=getattr(f, "filename", None), data=await f.read()) for f in files]  # type: ignore[union-attr]
@@ -73,8 +80,8 @@ async def read_inputs(request: Request, settings: Settings) -> list[InputImage]:
             else:
                 images.append(InputImage(name=item.url, url=item.url))
     else:
-        raise Unprocessable("Send images as multipart 'files', or JSON {\"images\": [...]}.",
-                            code="unsupported_media_type")
+        raise Unprocessable("Send images as multipart 'files', JSON {\"images\": [...]}, or one image as the body "
+                            "with its type (Content-Type: image/jpeg).", code="unsupported_media_type")
     if not images:
         raise Unprocessable("Send at least one image.", code="no_images")
     if len(images) > limit:
@@ -103,10 +110,11 @@ class PredictionService:
     """One per app. Decoding, validation, thresholds and top-k happen here in both modes; only the
     inference itself goes to the backend, so ``inline`` and ``ray`` answer the same."""
 
-    def __init__(self, settings: Settings, blobs: BlobStore, backend: PredictBackend | None = None):
+    def __init__(self, settings: Settings, blobs: BlobStore, backend: PredictBackend | None = None,
+                 observe: Callable[[int], None] | None = None):
         self.settings = settings
         self.blobs = blobs
-        self.backend = backend or make_backend(settings, blobs)
+        self.backend = backend or make_backend(settings, blobs, observe)
         self._indexes: OrderedDict[str, NeighbourIndex] = OrderedDict()
         self._index_lock = threading.Lock()
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Select, func, select
+from typing import Any
+
+from sqlalchemy import Connection, Integer, Row, Select, and_, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from pigeonhole.db.tables import Job, Model, ModelVersion
@@ -14,6 +16,24 @@ def models_readable_by(owner_id: str) -> Select[tuple[Model]]:
 
 def model_readable_by(db: Session, owner_id: str, model_id: str) -> Model | None:
     return db.scalar(models_readable_by(owner_id).where(Model.id == model_id))
+
+
+# Built once: executing the same statement object skips SQLAlchemy's per-statement compilation work, which
+# matters on the prediction path (one of these per call).
+_SERVING_ROW = (
+    select(Model.dataset_id, Model.active_version, ModelVersion.v, ModelVersion.onnx_key,
+           ModelVersion.lineage["neighbours_key"].as_string())
+    .outerjoin(ModelVersion, and_(ModelVersion.model_id == Model.id,
+                                  ModelVersion.v == func.coalesce(bindparam("v", type_=Integer),
+                                                                  Model.active_version)))
+    .where(Model.owner_id == bindparam("owner_id"), Model.id == bindparam("model_id")))
+
+
+def serving_row(connection: Connection, owner_id: str, model_id: str, v: int | None) -> Row[Any] | None:
+    """What a prediction needs of a model and the version it asks for (``v``, or the active one), in one Core
+    query: (dataset_id, active_version, version number or None, onnx_key, neighbours_key). None when the
+    owner has no such model."""
+    return connection.execute(_SERVING_ROW, {"owner_id": owner_id, "model_id": model_id, "v": v}).first()
 
 
 def versions_of(model_id: str) -> Select[tuple[ModelVersion]]:

@@ -7,6 +7,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 from sqlalchemy import select
 from starlette.background import BackgroundTask
@@ -17,7 +18,7 @@ from pigeonhole.auth.scopes import Principal
 from pigeonhole.db.base import utcnow
 from pigeonhole.db.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, paginate
 from pigeonhole.db.tables import DatasetImage, Model, ModelVersion
-from pigeonhole.errors import Conflict, NotFound, TooManyRequests, Unprocessable
+from pigeonhole.errors import Conflict, NotFound, ServiceUnavailable, TooManyRequests, Unprocessable
 from pigeonhole.jobs.schemas import JobPublic, job_public
 from pigeonhole.jobs.service import create_job, get_job
 from pigeonhole.learn.neighbours import MAX_NEIGHBOURS
@@ -40,6 +41,7 @@ from pigeonhole.models.schemas import (
     VersionPublic,
 )
 from pigeonhole.models.service import ModelService, TrainingRequest
+from pigeonhole.serving.backends import OVERLOADED
 from pigeonhole.serving.limits import retry_after
 from pigeonhole.usage.quota import next_month_seconds
 
@@ -318,29 +320,46 @@ def export_version(model: ReadableModel, v: int, request: Request, service: Read
 PREDICT_ROUTE = "/api/v1/models/{model_id}/predict"
 
 
-def _within_limits(request: Request, principal: Principal) -> None:
-    """Rate limit per token (or user), then the user's monthly quota: 429 with Retry-After."""
-    settings = request.app.state.settings
+def _within_rate(request: Request, principal: Principal) -> None:
+    """Rate limit per token (or user): 429 with Retry-After. In memory, so it runs before anything else."""
     wait = request.app.state.predict_limiter.acquire(principal.token_id or f"user:{principal.user_id}")
     if wait > 0:
         raise TooManyRequests("Too many prediction calls at once. Slow down a little and try again.",
                               retry_after_s=retry_after(wait), code="rate_limited")
-    monthly = settings.predict_monthly_images_per_user
+
+
+def _within_quota(request: Request, principal: Principal) -> None:
+    """The user's monthly quota (a query at most every few seconds): 429 with Retry-After."""
+    monthly = request.app.state.settings.predict_monthly_images_per_user
     if monthly and request.app.state.monthly_quota.images_this_month(principal.user_id, PREDICT_ROUTE) >= monthly:
         raise TooManyRequests(f"You have used this month's {monthly} predictions. Ask the administrator for a "
                               "larger quota, or wait for next month.", retry_after_s=next_month_seconds(utcnow()),
                               code="monthly_quota")
 
 
-def _target(request: Request, db: DbSession, principal: Predictor, model_id: str,
-            version: int | None = Query(None, ge=1, description="default: the active version")) -> Target:
+def _resolve_target(request: Request, principal: Principal, model_id: str, version: int | None) -> Target:
+    """The version to serve, in one query with its own session (the prediction route holds no other)."""
+    _within_quota(request, principal)
+    with request.app.state.engine.connect() as connection:
+        row = repo.serving_row(connection, principal.user_id, model_id, version)
+    if row is None:
+        raise NotFound("There is no such model.", code="model_not_found")
+    dataset_id, active, v, onnx_key, neighbours_key = row
+    if v is None and version is None:
+        raise Conflict("This model has no trained version yet. Wait for its first version (usually seconds after "
+                       "training starts).", code="no_version")
+    if v is None:
+        raise NotFound(f"This model has no version {version}.", code="version_not_found")
+    return Target(model_id=model_id, v=v, onnx_key=onnx_key, dataset_id=dataset_id, neighbours_key=neighbours_key)
+
+
+async def _target(request: Request, principal: Predictor, model_id: str,
+                  version: int | None = Query(None, ge=1, description="default: the active version")) -> Target:
     request.state.meter = True  # every prediction counts, from the web app too
-    _within_limits(request, principal)
-    service = ModelService(db, principal.user_id, request.app.state.settings)
-    model = service.get(model_id)
-    row = service.serving_version(model, version)
-    return Target(model_id=model_id, v=row.v, onnx_key=row.onnx_key, dataset_id=model.dataset_id,
-                  neighbours_key=(row.lineage or {}).get("neighbours_key"))
+    if request.app.state.predictions.backend.overloaded():
+        raise ServiceUnavailable(OVERLOADED, retry_after_s=1, code="overloaded")  # before reading the body
+    _within_rate(request, principal)
+    return await run_in_threadpool(_resolve_target, request, principal, model_id, version)
 
 
 def _name_neighbours(session_factory: Any, dataset_id: str | None, answers: list[dict[str, Any]]) -> None:

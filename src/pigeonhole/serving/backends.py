@@ -14,7 +14,7 @@ import contextlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Protocol
 
 import httpx
@@ -22,7 +22,7 @@ import numpy as np
 
 from pigeonhole.errors import ServiceUnavailable
 from pigeonhole.serving import wire
-from pigeonhole.serving.batching import MicroBatcher
+from pigeonhole.serving.batching import Batcher, Overloaded
 from pigeonhole.serving.cache import ModelCache
 from pigeonhole.serving.model import ModelContract, ServingModel, load_model, read_contract
 from pigeonhole.settings import Settings
@@ -31,6 +31,7 @@ from pigeonhole.storage.blobs import BlobStore
 log = logging.getLogger(__name__)
 
 BUSY = "The prediction service is starting or busy; try again in a few seconds."
+OVERLOADED = "The prediction service has more images waiting than it can answer quickly; try again shortly."
 
 
 class PredictBackend(Protocol):
@@ -41,31 +42,44 @@ class PredictBackend(Protocol):
 
     async def outputs(self, key: Hashable, onnx_key: str, pixels: np.ndarray) -> np.ndarray: ...
 
+    def overloaded(self) -> bool:
+        """True when a new request would only queue behind too many waiting images: refuse it before reading
+        its body."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
 class InlineBackend:
-    """Sessions in this process: a byte-bounded LRU, and micro-batches of concurrent requests."""
+    """Sessions in this process: a byte-bounded LRU, and batches across concurrent requests on the lanes."""
 
-    def __init__(self, settings: Settings, blobs: BlobStore):
+    def __init__(self, settings: Settings, blobs: BlobStore, observe: Callable[[int], None] | None = None):
         self.settings = settings
         self.blobs = blobs
         self.cache = ModelCache(settings.serving_cache_bytes)
-        self.batcher = MicroBatcher(max_batch=settings.predict_max_batch, max_wait_s=settings.predict_batch_wait_s)
+        self.batcher = Batcher(max_batch=settings.predict_max_batch, lanes=settings.resolved_predict_lanes,
+                               max_queued=settings.predict_max_queued, observe=observe)
 
     def _load(self, key: Hashable, onnx_key: str) -> ServingModel:
         return self.cache.get(key, lambda: load_model(self.blobs.read_bytes(onnx_key),
                                                       threads=self.settings.resolved_serving_threads))
 
     async def contract(self, key: Hashable, onnx_key: str) -> ServingModel:
-        return await asyncio.to_thread(self._load, key, onnx_key)
+        model = self.cache.loaded(key)  # nearly always: no thread hop
+        return model if model is not None else await asyncio.to_thread(self._load, key, onnx_key)
+
+    def overloaded(self) -> bool:
+        return self.batcher.waiting >= self.batcher.max_queued
 
     async def outputs(self, key: Hashable, onnx_key: str, pixels: np.ndarray) -> np.ndarray:
-        model = await asyncio.to_thread(self._load, key, onnx_key)
-        return await self.batcher.run(key, model, pixels)
+        model = await self.contract(key, onnx_key)
+        try:
+            return await self.batcher.run(model, pixels)
+        except Overloaded as exc:
+            raise ServiceUnavailable(OVERLOADED, retry_after_s=exc.retry_after_s, code="overloaded") from exc
 
     async def aclose(self) -> None:
-        return None
+        self.batcher.close()
 
 
 class ContractCache:
@@ -77,6 +91,11 @@ class ContractCache:
         self._entries: OrderedDict[str, ModelContract] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0
+
+    def peek(self, onnx_key: str) -> ModelContract | None:
+        """The contract if it is known already (no file read: fine on an event loop)."""
+        with self._lock:
+            return self._entries.get(onnx_key)
 
     def get(self, onnx_key: str) -> ModelContract:
         with self._lock:
@@ -121,7 +140,11 @@ class RayServeBackend:
         return self._client
 
     async def contract(self, key: Hashable, onnx_key: str) -> ModelContract:
-        return await asyncio.to_thread(self.contracts.get, onnx_key)
+        known = self.contracts.peek(onnx_key)
+        return known if known is not None else await asyncio.to_thread(self.contracts.get, onnx_key)
+
+    def overloaded(self) -> bool:
+        return False  # Ray Serve bounds its own queues (max_ongoing_requests) and answers 503 past them
 
     async def outputs(self, key: Hashable, onnx_key: str, pixels: np.ndarray) -> np.ndarray:
         body, headers = wire.encode(pixels)
@@ -135,6 +158,9 @@ class RayServeBackend:
         except httpx.HTTPError as exc:
             log.warning("Ray Serve at %s cannot be reached: %s", self.base_url, exc)
             raise ServiceUnavailable(BUSY, code="predictions_unavailable") from exc
+        if response.status_code == 503 and response.headers.get("retry-after", "").isdigit():
+            raise ServiceUnavailable(OVERLOADED, retry_after_s=int(response.headers["retry-after"]),
+                                     code="overloaded")
         if response.status_code != 200:
             log.warning("Ray Serve answered %s: %s", response.status_code, response.text[:500])
             raise ServiceUnavailable(BUSY, code="predictions_unavailable")
@@ -155,5 +181,9 @@ class RayServeBackend:
                 await client.aclose()
 
 
-def make_backend(settings: Settings, blobs: BlobStore) -> PredictBackend:
-    return RayServeBackend(settings, blobs) if settings.predict_mode == "ray" else InlineBackend(settings, blobs)
+def make_backend(settings: Settings, blobs: BlobStore, observe: Callable[[int], None] | None = None
+                 ) -> PredictBackend:
+    """``observe`` hears the number of images of each inference call made in this process."""
+    if settings.predict_mode == "ray":
+        return RayServeBackend(settings, blobs)
+    return InlineBackend(settings, blobs, observe)

@@ -59,6 +59,18 @@ class ModelCache:
                 self._unloaded = False
                 release_freed_memory()
 
+    def loaded(self, key: Hashable) -> ServingModel | None:
+        """The model if it is loaded (marked as used), else None. Never loads, and leaves handing freed memory
+        back to the next :meth:`get`: cheap enough for an event loop, which then calls ``get`` in a thread."""
+        with self._lock:
+            if self._unloaded:
+                return None
+            self._touch(key)
+            model = self._models.get(key)
+            if model is not None:
+                self._models.move_to_end(key)
+            return model
+
     def _get(self, key: Hashable, loader: Callable[[], ServingModel]) -> ServingModel:
         with self._lock:
             self._touch(key)

@@ -11,7 +11,7 @@ The API process never imports this module: it reaches the deployment over HTTP (
   flight; each replica reserves ``PIGEONHOLE_SERVE_REPLICA_CPUS`` CPUs, small by default so it fits
   beside training jobs.
 - A replica receives already decoded pixels and answers the model's outputs (``serving.wire``), running the
-  same ONNX Runtime session and micro-batcher as ``inline`` mode, so both modes answer the same.
+  same ONNX Runtime session and batcher (``serving.batching``) as ``inline`` mode, so both modes answer the same.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pigeonhole.serving import wire
-from pigeonhole.serving.batching import MicroBatcher
+from pigeonhole.serving.batching import Batcher, Overloaded
 from pigeonhole.serving.model import ServingModel, load_model
 from pigeonhole.settings import Settings
 from pigeonhole.storage.blobs import BlobStore
@@ -48,7 +48,8 @@ class Predictor:
     def __init__(self, config: dict[str, Any]) -> None:
         self.blobs = BlobStore(config["blob_url"])
         self.threads: int | None = config.get("threads")
-        self.batcher = MicroBatcher(max_batch=int(config["max_batch"]), max_wait_s=float(config["batch_wait_s"]))
+        # One lane: a replica is one share of the cluster's cores; Serve adds replicas for more.
+        self.batcher = Batcher(max_batch=int(config["max_batch"]), lanes=1, max_queued=MAX_ONGOING_REQUESTS * 64)
 
         async def load_version(model_id: str) -> ServingModel:
             return await asyncio.to_thread(self._load, model_id)
@@ -73,14 +74,17 @@ class Predictor:
         if pixels.ndim != 4 or pixels.dtype != np.uint8 or len(pixels) == 0:
             return Response("pixels must be a non-empty uint8 (N, C, H, W) array", status_code=400)
         model = await self.model_for(model_id)
-        probs = await self.batcher.run(model_id, model, pixels)
+        try:
+            probs = await self.batcher.run(model, pixels)
+        except Overloaded as exc:
+            return Response("overloaded", status_code=503, headers={"Retry-After": str(exc.retry_after_s)})
         body, headers = wire.encode(probs)
         return Response(body, headers=headers)
 
 
 def build_app(settings: Settings) -> Application:
     config = {"blob_url": settings.resolved_blob_url, "threads": settings.serving_threads,
-              "max_batch": settings.predict_max_batch, "batch_wait_s": settings.predict_batch_wait_s,
+              "max_batch": settings.predict_max_batch,
               "models_per_replica": settings.serve_models_per_replica}
     return Predictor.options(
         ray_actor_options={"num_cpus": settings.serve_replica_cpus},

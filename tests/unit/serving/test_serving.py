@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pigeonhole.serving.batching import MicroBatcher
+from pigeonhole.serving.batching import Batcher
 from pigeonhole.serving.cache import ModelCache
 from pigeonhole.serving.model import load_model, split_answers
 from pigeonhole.serving.preprocess import pixels_for, top_k
@@ -119,24 +119,25 @@ def test_concurrent_requests_share_one_load(onnx_bytes: bytes) -> None:
     assert cache.loads == 1
 
 
-def test_micro_batching_merges_concurrent_requests(onnx_bytes: bytes) -> None:
+def test_requests_waiting_together_share_one_inference(onnx_bytes: bytes) -> None:
     model = load_model(onnx_bytes, threads=1)
     batches = [np.stack([pixels_for(model, grey_png(40 + 20 * i, i), LIMITS)]) for i in range(8)]
     alone = [model.run(b) for b in batches]
-    batcher = MicroBatcher(max_batch=64, max_wait_s=0.02)
+    batcher = Batcher(max_batch=64, lanes=1)
 
     async def all_at_once() -> list[np.ndarray]:
-        return await asyncio.gather(*(batcher.run("m", model, b) for b in batches))
+        return await asyncio.gather(*(batcher.run(model, b) for b in batches))
 
     together = asyncio.run(all_at_once())
-    assert batcher.calls == 1
+    # The first went at once (a lane was free: no waiting for company); the other 7 queued behind it.
+    assert batcher.sizes == {1: 1, 7: 1}
     for a, b in zip(alone, together, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
-    small = MicroBatcher(max_batch=3, max_wait_s=0.5)
+    small = Batcher(max_batch=3, lanes=1)
 
     async def overflow() -> list[np.ndarray]:
-        return await asyncio.gather(*(small.run("m", model, b) for b in batches))
+        return await asyncio.gather(*(small.run(model, b) for b in batches))
 
     asyncio.run(overflow())
-    assert small.calls == 3  # full batches go at once instead of waiting
+    assert small.sizes == {1: 2, 3: 2}  # 1 at once, then the 7 waiting as 3, 3 and 1
