@@ -92,11 +92,32 @@ def test_predictions_multipart_and_json(app, alice: Account, model_id: str, new_
     unsure = program.post(f"/api/v1/models/{model_id}/predict", params={"threshold": 1.0},
                           files=[("files", ("x.png", grey_png(120, 3)))])
     assert unsure.json()["predictions"][0]["label"] is None  # "unknown"
+    raw = program.post(f"/api/v1/models/{model_id}/predict", content=grey_png(40, 6),
+                       headers={"content-type": "image/png"})  # one image as the body: no form to parse
+    assert raw.status_code == 200 and raw.json()["predictions"][0]["label"] == "dark"
+    empty = program.post(f"/api/v1/models/{model_id}/predict", content=b"", headers={"content-type": "image/jpeg"})
+    assert empty.status_code == 422 and empty.json()["code"] == "no_images"
 
     app.state.usage_recorder.flush()
     with app.state.session_factory() as db:
         rows = db.query(UsageRecord).filter(UsageRecord.route == "/api/v1/models/{model_id}/predict").all()
-    assert sorted(r.images for r in rows) == [1, 1, 2] and all(r.model_id == model_id for r in rows)
+    assert sorted(r.images for r in rows if r.status == 200) == [1, 1, 1, 2]
+    assert all(r.model_id == model_id for r in rows)
+
+
+def test_an_overloaded_service_answers_503_with_a_wait(app, alice: Account, model_id: str) -> None:
+    add_version(app, model_id)
+    url = f"/api/v1/models/{model_id}/predict"
+    image = [("files", ("a.png", grey_png(40, 1)))]
+    batcher = app.state.predictions.backend.batcher
+    bound, batcher.max_queued = batcher.max_queued, 0  # as if the queue were full (tests/unit/serving fill it)
+    try:
+        refused = alice.client.post(url, files=image)
+    finally:
+        batcher.max_queued = bound
+    assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
+    assert refused.json()["code"] == "overloaded" and "try again" in refused.json()["detail"]
+    assert alice.client.post(url, files=image).status_code == 200
 
 
 def test_bad_prediction_requests_are_4xx(app, alice: Account, model_id: str) -> None:
@@ -118,7 +139,7 @@ def test_bad_prediction_requests_are_4xx(app, alice: Account, model_id: str) -> 
                              ).status_code == 404
 
 
-def test_models_load_once_and_micro_batch(app, alice: Account, model_id: str) -> None:
+def test_models_load_once(app, alice: Account, model_id: str) -> None:
     add_version(app, model_id)
     for i in range(3):
         alice.client.post(f"/api/v1/models/{model_id}/predict", files=[("files", ("a.png", grey_png(40, i)))])

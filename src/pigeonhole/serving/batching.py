@@ -111,8 +111,8 @@ class Batcher:
         model = batch[0].model
         try:
             started = time.perf_counter()
-            pixels = np.concatenate([p.pixels for p in batch]) if len(batch) > 1 else batch[0].pixels
             try:
+                pixels = np.concatenate([p.pixels for p in batch]) if len(batch) > 1 else batch[0].pixels
                 out = await loop.run_in_executor(self._lane(), model.run, pixels)
             except Exception as exc:
                 if len(batch) == 1:
