@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -36,6 +37,21 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         return self.process.wait()
+
+    def crash(self) -> None:
+        """SIGKILL the server and every process it started (its API processes, the dispatcher), as a power cut
+        would: killing only the first would leave its API worker processes running."""
+        def tree(pid: int) -> list[int]:
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                return [pid]
+            return [pid] + [p for child in children for p in tree(int(child))]
+
+        for pid in tree(self.process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
 
     def signup_token(self, email: str = "owner@example.com", scopes: list[str] | None = None) -> str:
         with httpx.Client(base_url=self.base) as browser:

@@ -1,4 +1,4 @@
-"""Fault injection: the API process is killed (SIGKILL) in the middle of a large upload.
+"""Fault injection: the server (its API processes too) is killed (SIGKILL) in the middle of a large upload.
 
 After a restart, every image the database knows is readable and intact, no half-written file is
 visible, and the server accepts the same upload again without duplicates.
@@ -7,7 +7,6 @@ visible, and the server accepts the same upload again without duplicates.
 from __future__ import annotations
 
 import io
-import signal
 import threading
 import time
 import zipfile
@@ -60,8 +59,7 @@ def test_kill_during_upload_leaves_consistent_data(tmp_path: Path) -> None:
             if connection.exec_driver_sql("SELECT count(*) FROM images").scalar() >= 100:
                 break
         time.sleep(0.05)
-    server.process.send_signal(signal.SIGKILL)
-    server.process.wait(timeout=30)
+    server.crash()
     uploader.join(timeout=60)
 
     with engine.connect() as connection:

@@ -44,3 +44,25 @@ def test_production_accepts_a_real_secret(tmp_path: Path) -> None:
     settings = Settings(env="production", data_dir=tmp_path, secret_key="k" * 8 + "9a8s7d6f5g4h3j2k1l0qwertyuiop")
     assert settings.secret.startswith(b"kkkk")
     assert not (tmp_path / "secret_key").exists()
+
+
+def test_api_processes_and_inference_lanes_follow_the_cores_and_memory(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pigeonhole.settings as module
+
+    def machine(cores: int, gib: int) -> None:
+        monkeypatch.setattr(module, "available_cores", lambda: cores)
+        monkeypatch.setattr(module, "memory_bytes", lambda: gib * 1024**3)
+
+    machine(2, 24)  # this project's machine: one process per core, one ONNX Runtime lane each
+    settings = Settings(data_dir=tmp_path)
+    chosen_here = (settings.resolved_api_workers, settings.resolved_predict_lanes, settings.resolved_serving_threads)
+    assert chosen_here == (2, 1, 1)
+    machine(1, 8)
+    assert (settings.resolved_api_workers, settings.resolved_predict_lanes) == (1, 1)
+    machine(16, 3)  # little memory: fewer processes, the cores go to more lanes in each
+    assert (settings.resolved_api_workers, settings.resolved_predict_lanes) == (1, 16)
+    machine(64, 256)
+    assert settings.resolved_api_workers == module.MAX_AUTO_API_WORKERS and settings.resolved_predict_lanes == 8
+    chosen = Settings(data_dir=tmp_path, api_workers=1, serving_threads=2)  # what the operator sets wins
+    machine(2, 24)
+    assert (chosen.resolved_api_workers, chosen.resolved_predict_lanes, chosen.resolved_serving_threads) == (1, 1, 2)

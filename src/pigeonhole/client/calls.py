@@ -23,6 +23,7 @@ class Call:
     json: Any = None
     files: list[tuple[str, tuple[str, BinaryIO | bytes, str]]] | None = None
     data: dict[str, str] | None = None
+    content: bytes | None = None  # a raw body (one image to classify), sent as application/octet-stream
     idempotent: bool = False  # safe to retry after a connection error
     download_to: Path | None = None  # stream the answer into this file instead of parsing JSON
 

@@ -19,6 +19,10 @@ def _headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def _content_headers(call: Call) -> dict[str, str] | None:
+    return {"Content-Type": "application/octet-stream"} if call.content is not None else None
+
+
 def _rewind(call: Call) -> None:
     """Files of a retried request are read again from the start."""
     for _, (_, body, _) in call.files or []:
@@ -82,7 +86,8 @@ class Client(Methods):
                             response.read()
                         return _result(response, call)
                 response = self._http.request(call.method, call.path, params=call.params, json=call.json,
-                                              files=call.files, data=call.data)
+                                              files=call.files, data=call.data, content=call.content,
+                                              headers=_content_headers(call))
                 return _result(response, call)
             except httpx.TransportError as exc:
                 if attempt + 1 >= attempts:
@@ -137,7 +142,8 @@ class AsyncClient(Methods):
                             await response.aread()
                         return _result(response, call)
                 response = await self._http.request(call.method, call.path, params=call.params, json=call.json,
-                                                    files=call.files, data=call.data)
+                                                    files=call.files, data=call.data, content=call.content,
+                                                    headers=_content_headers(call))
                 return _result(response, call)
             except httpx.TransportError as exc:
                 if attempt + 1 >= attempts:

@@ -148,6 +148,10 @@ class Methods:
         k training images of the predicted class that look most alike."""
         params = clean_params({"top_k": top_k, "version": version, "threshold": threshold, "neighbours": neighbours})
         files = [_image_part(image, i) for i, image in enumerate(images)]
+        if len(files) == 1:  # the image as the body: the lightest call for the server
+            _, (name, data, _) = files[0]
+            return self._run(_named(Call("POST", f"/api/v1/models/{model_id}/predict", params=params,
+                                         content=data, idempotent=True), name))  # type: ignore[arg-type]
         return self._run(_one(Call("POST", f"/api/v1/models/{model_id}/predict", params=params, files=files,
                                    idempotent=True)))
 
@@ -169,6 +173,14 @@ class Methods:
 
 def _one(call: Call) -> Plan:
     return (yield call)
+
+
+def _named(call: Call, name: str) -> Plan:
+    """A one-image prediction sent as the body carries no file name: the answer gets it here."""
+    answer = yield call
+    for prediction in answer["predictions"]:
+        prediction["name"] = name
+    return answer
 
 
 def _upload(dataset_id: str, files: list[tuple[str, Path]], progress: Callable[[UploadProgress], None] | None,
