@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 
@@ -137,6 +138,29 @@ def test_bad_prediction_requests_are_4xx(app, alice: Account, model_id: str) -> 
     assert too_many.status_code == 413
     assert alice.client.post(url, params={"version": 7}, files=[("files", ("a.png", grey_png(40, 1)))]
                              ).status_code == 404
+
+
+def test_a_caller_hanging_up_mid_body_is_no_error(app, alice: Account, model_id: str, caplog) -> None:  # type: ignore[no-untyped-def]
+    add_version(app, model_id)
+    token = alice.token(["predict"])
+    start = b"--b\r\nContent-Disposition: form-data; name=\"files\""  # and then the caller is gone
+    body = [{"type": "http.request", "body": start, "more_body": True}, {"type": "http.disconnect"}]
+    scope = {"type": "http", "method": "POST", "path": f"/api/v1/models/{model_id}/predict", "raw_path": b"",
+             "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
+             "server": ("testserver", 80), "client": ("127.0.0.1", 5000),
+             "headers": [(b"authorization", f"Bearer {token}".encode()),
+                         (b"content-type", b"multipart/form-data; boundary=b")]}
+    sent: list[dict] = []  # type: ignore[type-arg]
+
+    async def receive() -> dict:  # type: ignore[type-arg]
+        return body.pop(0) if body else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:  # type: ignore[type-arg]
+        sent.append(message)
+
+    with caplog.at_level("ERROR"):
+        asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 499 and not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
 def test_models_load_once(app, alice: Account, model_id: str) -> None:

@@ -7,12 +7,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from pigeonhole.api.middleware import security_headers
 from pigeonhole.errors import STORAGE_FULL_SENTENCE, PigeonholeError, StorageFull, is_storage_full
+
+CLIENT_CLOSED_REQUEST = 499
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,12 @@ def install_error_handlers(app: FastAPI) -> None:
         elif isinstance(exc.detail, str) and exc.detail and exc.detail not in ("Not Found", "Method Not Allowed"):
             sentence = exc.detail
         return JSONResponse(error_body(sentence, code), status_code=exc.status_code, headers=headers or None)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(_: Request, __: ClientDisconnect) -> Response:
+        # The caller hung up while sending its body (a closed tab, a load test ending): nothing to answer and
+        # nothing wrong here. 499 is what proxies log for it; nobody receives it.
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
