@@ -9,7 +9,7 @@ its defaults (the first version that serves), downloads the version's ONNX file,
   at 8 with the image as the raw body; batches of 32 images at concurrency 2;
 - for each level: requests/s, p50/p99, errors, and the CPU used by the API processes and by the load
   generator; the images per inference call at c=8 (the server's Prometheus histogram);
-- overload: 400 connections at once; every answer is 200 or a 503 with Retry-After, none times out;
+- overload: 1,200 connections at once; every answer is 200 or a 503 with Retry-After, none times out;
 - ``--profile``: where the API's Python time goes per request at c=8 (py-spy, samples holding the GIL);
 - ``--soak S``: c=8 for S seconds, API memory sampled every 30 s.
 
@@ -47,6 +47,7 @@ from pigeonhole.storage.images import ImageLimits  # noqa: E402
 
 LUA = Path(__file__).with_name("predict.lua")
 TICK = os.sysconf("SC_CLK_TCK")
+OVERLOAD_CONNECTIONS = 1200  # well past the 256 images each API process lets wait
 # py-spy frames that say what a sample of the API's Python time was doing, first match wins.
 CATEGORIES = (
     ("inference (ONNX Runtime call)", ("ServingModel.run", "Batcher._infer")),
@@ -267,8 +268,8 @@ def main() -> None:
             print(f"predict: HTTP batch-32 c=2: {b['ips']:6.1f} img/s, p50 {b['p50']:6.1f} ms, p99 {b['p99']:6.1f} ms,"
                   f" errors {b['errors']}/{b['requests']}")
             if use_wrk:
-                o = wrk_level(server, url, folder, len(test_images), 400, args.seconds)
-                print(f"predict: overload, 400 connections: {o['ok_rps']:.1f} answered/s, statuses {o['statuses']}, "
+                o = wrk_level(server, url, folder, len(test_images), OVERLOAD_CONNECTIONS, args.seconds)
+                print(f"predict: overload, {OVERLOAD_CONNECTIONS} connections: {o['ok_rps']:.1f} answered/s, statuses {o['statuses']}, "
                       f"socket errors/timeouts {o['socket_errors']}, p99 {o['p99']:.0f} ms")
             c8 = results[(8, "multipart")]
             print(f"predict: HTTP c=8 / raw single = {c8['ok_rps'] / raw_single:.2f} (goal ≥ 1.0; "  # type: ignore[operator]

@@ -53,16 +53,16 @@ def test_api_processes_and_inference_lanes_follow_the_cores_and_memory(monkeypat
         monkeypatch.setattr(module, "available_cores", lambda: cores)
         monkeypatch.setattr(module, "memory_bytes", lambda: gib * 1024**3)
 
-    machine(2, 24)  # this project's machine: one process per core, one ONNX Runtime lane each
+    machine(2, 24)  # this project's machine: one process per core, two one-thread ONNX Runtime lanes each
     settings = Settings(data_dir=tmp_path)
     chosen_here = (settings.resolved_api_workers, settings.resolved_predict_lanes, settings.resolved_serving_threads)
-    assert chosen_here == (2, 1, 1)
+    assert chosen_here == (2, 2, 1)
     machine(1, 8)
-    assert (settings.resolved_api_workers, settings.resolved_predict_lanes) == (1, 1)
+    assert (settings.resolved_api_workers, settings.resolved_predict_lanes) == (1, 2)
     machine(16, 3)  # little memory: fewer processes, the cores go to more lanes in each
-    assert (settings.resolved_api_workers, settings.resolved_predict_lanes) == (1, 16)
+    assert (settings.resolved_api_workers, settings.resolved_predict_lanes) == (1, 32)
     machine(64, 256)
-    assert settings.resolved_api_workers == module.MAX_AUTO_API_WORKERS and settings.resolved_predict_lanes == 8
+    assert settings.resolved_api_workers == module.MAX_AUTO_API_WORKERS and settings.resolved_predict_lanes == 16
     chosen = Settings(data_dir=tmp_path, api_workers=1, serving_threads=2)  # what the operator sets wins
     machine(2, 24)
-    assert (chosen.resolved_api_workers, chosen.resolved_predict_lanes, chosen.resolved_serving_threads) == (1, 1, 2)
+    assert (chosen.resolved_api_workers, chosen.resolved_predict_lanes, chosen.resolved_serving_threads) == (1, 2, 2)
