@@ -117,8 +117,9 @@ class Settings(BaseSettings):
                                    "that wait together are batched up to this")
     predict_lanes: int | None = Field(default=None, ge=1, le=256, description="inference calls one API process "
                                       "runs at once (default: its share of the cores)")
-    predict_max_queued: int = Field(default=256, ge=1, description="images an API process lets wait for a lane; "
-                                    "past this a prediction is answered 503 with Retry-After")
+    predict_max_in_flight: int = Field(default=128, ge=1, description="prediction calls an API process takes on "
+                                       "at once (being read, decoded, waiting or inferred); past this a call is "
+                                       "answered 503 with Retry-After at once instead of queueing")
     serving_cache_bytes: int = 2 * 1024**3
     serving_threads: int | None = Field(default=None, ge=1, le=256, description="ONNX Runtime threads per "
                                         "inference call (default 1: the lanes share out the cores)")

@@ -110,15 +110,16 @@ def test_an_overloaded_service_answers_503_with_a_wait(app, alice: Account, mode
     add_version(app, model_id)
     url = f"/api/v1/models/{model_id}/predict"
     image = [("files", ("a.png", grey_png(40, 1)))]
-    batcher = app.state.predictions.backend.batcher
-    bound, batcher.max_queued = batcher.max_queued, 0  # as if the queue were full (tests/unit/serving fill it)
+    predictions = app.state.predictions
+    predictions.in_flight = predictions.max_in_flight  # as if that many calls were under way
     try:
         refused = alice.client.post(url, files=image)
     finally:
-        batcher.max_queued = bound
+        predictions.in_flight = 0
     assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
     assert refused.json()["code"] == "overloaded" and "try again" in refused.json()["detail"]
     assert alice.client.post(url, files=image).status_code == 200
+    assert predictions.in_flight == 0  # every call admitted is let go, answered or not
 
 
 def test_bad_prediction_requests_are_4xx(app, alice: Account, model_id: str) -> None:

@@ -6,19 +6,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+import math
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from fastapi import Request
 from pydantic import ValidationError
 
-from pigeonhole.errors import PayloadTooLarge, Unprocessable
+from pigeonhole.errors import PayloadTooLarge, ServiceUnavailable, Unprocessable
 from pigeonhole.learn.neighbours import NeighbourIndex
 from pigeonhole.models.schemas import PredictRequest
-from pigeonhole.serving.backends import PredictBackend, make_backend
+from pigeonhole.serving.backends import OVERLOADED, PredictBackend, make_backend
 from pigeonhole.serving.cache import ModelCache
 from pigeonhole.serving.model import ModelContract, split_answers
 from pigeonhole.serving.preprocess import pixels_for, top_k
@@ -117,6 +120,27 @@ class PredictionService:
         self.backend = backend or make_backend(settings, blobs, observe)
         self._indexes: OrderedDict[str, NeighbourIndex] = OrderedDict()
         self._index_lock = threading.Lock()
+        self.max_in_flight = settings.predict_max_in_flight
+        self.in_flight = 0  # calls admitted and not yet answered (read and changed on the event loop only)
+        self._call_s = 0.05  # how long recent calls took, queueing included: the Retry-After of a refusal
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """One prediction call, if fewer than ``max_in_flight`` are under way; else 503 with Retry-After.
+
+        Bounding the calls (not only the images waiting for a lane) bounds every queue a call passes through:
+        the body being read, the decoding threads, the lanes. Under a flood, what gets through is answered
+        within about a second and the rest is told at once when to come back, instead of all timing out.
+        """
+        if self.in_flight >= self.max_in_flight:
+            raise ServiceUnavailable(OVERLOADED, retry_after_s=max(1, math.ceil(self._call_s)), code="overloaded")
+        self.in_flight += 1
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self._call_s += 0.1 * (time.monotonic() - started - self._call_s)
 
     @property
     def cache(self) -> ModelCache | None:

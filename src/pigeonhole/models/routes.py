@@ -18,7 +18,7 @@ from pigeonhole.auth.scopes import Principal
 from pigeonhole.db.base import utcnow
 from pigeonhole.db.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, paginate
 from pigeonhole.db.tables import DatasetImage, Model, ModelVersion
-from pigeonhole.errors import Conflict, NotFound, ServiceUnavailable, TooManyRequests, Unprocessable
+from pigeonhole.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from pigeonhole.jobs.schemas import JobPublic, job_public
 from pigeonhole.jobs.service import create_job, get_job
 from pigeonhole.learn.neighbours import MAX_NEIGHBOURS
@@ -41,7 +41,6 @@ from pigeonhole.models.schemas import (
     VersionPublic,
 )
 from pigeonhole.models.service import ModelService, TrainingRequest
-from pigeonhole.serving.backends import OVERLOADED
 from pigeonhole.serving.limits import retry_after
 from pigeonhole.usage.quota import next_month_seconds
 
@@ -356,8 +355,6 @@ def _resolve_target(request: Request, principal: Principal, model_id: str, versi
 async def _target(request: Request, principal: Predictor, model_id: str,
                   version: int | None = Query(None, ge=1, description="default: the active version")) -> Target:
     request.state.meter = True  # every prediction counts, from the web app too
-    if request.app.state.predictions.backend.overloaded():
-        raise ServiceUnavailable(OVERLOADED, retry_after_s=1, code="overloaded")  # before reading the body
     _within_rate(request, principal)
     return await run_in_threadpool(_resolve_target, request, principal, model_id, version)
 
@@ -394,11 +391,11 @@ async def predict(request: Request, target: Annotated[Target, Depends(_target)],
                   ) -> PredictionResult:
     """Classify images (multipart ``files``, or JSON with base64 or URLs). ``label`` is null ("unknown") when the
     image looks unlike the images the model was taught."""
-    settings = request.app.state.settings
-    images = await read_inputs(request, settings)
-    request.state.usage_images = len(images)
-    answers = await request.app.state.predictions.predict(target, images, k=top_k, threshold=threshold,
-                                                          neighbours=neighbours)
+    predictions = request.app.state.predictions
+    with predictions.admitted():  # or 503 at once, before the body is read
+        images = await read_inputs(request, request.app.state.settings)
+        request.state.usage_images = len(images)
+        answers = await predictions.predict(target, images, k=top_k, threshold=threshold, neighbours=neighbours)
     if neighbours:
         await asyncio.to_thread(_name_neighbours, request.app.state.session_factory, target.dataset_id, answers)
     return PredictionResult(model_id=target.model_id, version=target.v, predictions=answers)  # type: ignore[arg-type]

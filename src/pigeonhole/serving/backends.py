@@ -31,7 +31,7 @@ from pigeonhole.storage.blobs import BlobStore
 log = logging.getLogger(__name__)
 
 BUSY = "The prediction service is starting or busy; try again in a few seconds."
-OVERLOADED = "The prediction service has more images waiting than it can answer quickly; try again shortly."
+OVERLOADED = "The prediction service has more images to answer than it can answer quickly; try again shortly."
 
 
 class PredictBackend(Protocol):
@@ -41,11 +41,6 @@ class PredictBackend(Protocol):
     async def contract(self, key: Hashable, onnx_key: str) -> ModelContract: ...
 
     async def outputs(self, key: Hashable, onnx_key: str, pixels: np.ndarray) -> np.ndarray: ...
-
-    def overloaded(self) -> bool:
-        """True when a new request would only queue behind too many waiting images: refuse it before reading
-        its body."""
-        ...
 
     async def aclose(self) -> None: ...
 
@@ -58,7 +53,8 @@ class InlineBackend:
         self.blobs = blobs
         self.cache = ModelCache(settings.serving_cache_bytes)
         self.batcher = Batcher(max_batch=settings.predict_max_batch, lanes=settings.resolved_predict_lanes,
-                               max_queued=settings.predict_max_queued, observe=observe)
+                               max_queued=settings.predict_max_in_flight * settings.predict_max_batch,
+                               observe=observe)  # the calls admitted (PredictionService) bound it first
 
     def _load(self, key: Hashable, onnx_key: str) -> ServingModel:
         return self.cache.get(key, lambda: load_model(self.blobs.read_bytes(onnx_key),
@@ -67,9 +63,6 @@ class InlineBackend:
     async def contract(self, key: Hashable, onnx_key: str) -> ServingModel:
         model = self.cache.loaded(key)  # nearly always: no thread hop
         return model if model is not None else await asyncio.to_thread(self._load, key, onnx_key)
-
-    def overloaded(self) -> bool:
-        return self.batcher.waiting >= self.batcher.max_queued
 
     async def outputs(self, key: Hashable, onnx_key: str, pixels: np.ndarray) -> np.ndarray:
         model = await self.contract(key, onnx_key)
@@ -142,9 +135,6 @@ class RayServeBackend:
     async def contract(self, key: Hashable, onnx_key: str) -> ModelContract:
         known = self.contracts.peek(onnx_key)
         return known if known is not None else await asyncio.to_thread(self.contracts.get, onnx_key)
-
-    def overloaded(self) -> bool:
-        return False  # Ray Serve bounds its own queues (max_ongoing_requests) and answers 503 past them
 
     async def outputs(self, key: Hashable, onnx_key: str, pixels: np.ndarray) -> np.ndarray:
         body, headers = wire.encode(pixels)

@@ -9,7 +9,8 @@ delay that has to be tuned.
 Lanes are threads that call ONNX Runtime, which releases the GIL: with one ONNX Runtime thread per lane
 and one lane per core, inference uses every core while Python keeps parsing the next requests.
 Past ``max_queued`` waiting images the service is overloaded: :class:`Overloaded` says when to come back,
-instead of a queue that only grows until clients time out.
+instead of a queue that only grows until clients time out. (In the API, the bound on calls admitted,
+``PredictionService.admitted``, comes first; this one guards Ray Serve replicas.)
 """
 
 from __future__ import annotations
