@@ -58,6 +58,8 @@ CATEGORIES = (
     ("answer (top-k, JSON)", ("PredictionService.predict", "top_k", "serialize_response", "PredictionResult")),
     ("usage metering", ("UsageRecorder",)),
     ("HTTP + framework (uvicorn, Starlette, FastAPI, middleware)", ("run_asgi", "httptools_impl", "h11_impl")),
+    ("event loop and hand-offs between threads", ("_chain_future", "ThreadPoolExecutor.submit", "Queue.put",
+                                                   "WorkerThread", "_worker", "Runner.run")),
 )
 
 

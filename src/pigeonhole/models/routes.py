@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
@@ -353,10 +354,14 @@ def _resolve_target(request: Request, principal: Principal, model_id: str, versi
 
 
 async def _target(request: Request, principal: Predictor, model_id: str,
-                  version: int | None = Query(None, ge=1, description="default: the active version")) -> Target:
+                  version: int | None = Query(None, ge=1, description="default: the active version")
+                  ) -> AsyncIterator[Target]:
+    """The version to serve, authorised before the body is read (another user's model is a 404 whatever the body),
+    and the call counted as under way until it is answered (or refused at once when too many are)."""
     request.state.meter = True  # every prediction counts, from the web app too
     _within_rate(request, principal)
-    return await run_in_threadpool(_resolve_target, request, principal, model_id, version)
+    with request.app.state.predictions.admitted():
+        yield await run_in_threadpool(_resolve_target, request, principal, model_id, version)
 
 
 def _name_neighbours(session_factory: Any, dataset_id: str | None, answers: list[dict[str, Any]]) -> None:
@@ -391,11 +396,10 @@ async def predict(request: Request, target: Annotated[Target, Depends(_target)],
                   ) -> PredictionResult:
     """Classify images (multipart ``files``, or JSON with base64 or URLs). ``label`` is null ("unknown") when the
     image looks unlike the images the model was taught."""
-    predictions = request.app.state.predictions
-    with predictions.admitted():  # or 503 at once, before the body is read
-        images = await read_inputs(request, request.app.state.settings)
-        request.state.usage_images = len(images)
-        answers = await predictions.predict(target, images, k=top_k, threshold=threshold, neighbours=neighbours)
+    images = await read_inputs(request, request.app.state.settings)
+    request.state.usage_images = len(images)
+    answers = await request.app.state.predictions.predict(target, images, k=top_k, threshold=threshold,
+                                                          neighbours=neighbours)
     if neighbours:
         await asyncio.to_thread(_name_neighbours, request.app.state.session_factory, target.dataset_id, answers)
     return PredictionResult(model_id=target.model_id, version=target.v, predictions=answers)  # type: ignore[arg-type]
