@@ -8,7 +8,7 @@ its defaults (the first version that serves), downloads the version's ONNX file,
 - HTTP single-image calls at concurrency 1, 8 and 32 (multipart, as browsers and most clients send), and
   at 8 with the image as the raw body; batches of 32 images at concurrency 2;
 - for each level: requests/s, p50/p99, errors, and the CPU used by the API processes and by the load
-  generator; the images per inference call at c=8 (the server's Prometheus histogram);
+  generator; the images per inference call at c=8 and 32 (the server's Prometheus histogram);
 - overload: 1,200 connections at once; every answer is 200 or a 503 with Retry-After, none times out;
 - ``--profile``: where the API's Python time goes per request at c=8 (py-spy, samples holding the GIL);
 - ``--soak S``: c=8 for S seconds, API memory sampled every 30 s.
@@ -208,6 +208,8 @@ def main() -> None:
     parser.add_argument("--python-client", action="store_true", help="load from Python threads even if wrk exists")
     parser.add_argument("--profile", action="store_true", help="py-spy breakdown of the API's time at c=8")
     parser.add_argument("--soak", type=float, default=0.0, help="then c=8 for this many seconds, memory sampled")
+    parser.add_argument("--mode", choices=("inline", "ray"), default=None,
+                        help="where inference runs (PIGEONHOLE_PREDICT_MODE; default: the service's own)")
     args = parser.parse_args()
     use_wrk = shutil.which("wrk") is not None and not args.python_client
     train = zip_images(DATASETS / "flowers5" / "train.zip", per_class=40)
@@ -216,6 +218,8 @@ def main() -> None:
     env = {"PIGEONHOLE_WEIGHTS_DIR": str(WEIGHTS)}
     if args.workers:
         env["PIGEONHOLE_API_WORKERS"] = str(args.workers)
+    if args.mode:
+        env["PIGEONHOLE_PREDICT_MODE"] = args.mode
     server = start_server(env)
     try:
         with server.client() as http, tempfile.TemporaryDirectory() as tmp:
@@ -259,7 +263,7 @@ def main() -> None:
             rss_start = server.peak_rss_mib()
             results = {}
             for concurrency, mode in ((1, "multipart"), (8, "multipart"), (8, "raw"), (32, "multipart")):
-                before = metric_buckets(server) if concurrency == 8 else {}
+                before = metric_buckets(server) if concurrency > 1 else {}
                 r = level(concurrency, args.seconds, mode)
                 results[(concurrency, mode)] = r
                 batches = f"; inference calls: {batch_histogram(before, metric_buckets(server))}" if before else ""

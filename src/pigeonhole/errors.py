@@ -55,6 +55,9 @@ class TooManyRequests(PigeonholeError):
         self.retry_after_s = retry_after_s
 
 
+OVERLOADED_SENTENCE = "The prediction service has more images to answer than it can answer quickly; try again shortly."
+
+
 class ServiceUnavailable(PigeonholeError):
     """A part of the service this request needs is starting, restarting or overloaded: worth retrying soon."""
 

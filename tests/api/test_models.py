@@ -118,6 +118,7 @@ def test_an_overloaded_service_answers_503_with_a_wait(app, alice: Account, mode
         predictions.in_flight = 0
     assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
     assert refused.json()["code"] == "overloaded" and "try again" in refused.json()["detail"]
+    assert refused.headers["x-content-type-options"] == "nosniff"  # refused at the door, still a proper answer
     assert alice.client.post(url, files=image).status_code == 200
     assert predictions.in_flight == 0  # every call admitted is let go, answered or not
 

@@ -14,7 +14,7 @@ from pigeonhole import __version__
 from pigeonhole.admin.routes import router as admin_router
 from pigeonhole.api.errors import install_error_handlers
 from pigeonhole.api.metrics import Metrics
-from pigeonhole.api.middleware import Observability, RequestLimits, SecurityHeaders
+from pigeonhole.api.middleware import Observability, PredictAdmission, RequestLimits, SecurityHeaders
 from pigeonhole.api.ops import router as ops_router
 from pigeonhole.api.schemas import ERROR_RESPONSES
 from pigeonhole.api.web import install_web
@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.add_middleware(Observability, metrics=metrics, recorder=recorder)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies.split(","))
+    app.add_middleware(PredictAdmission, predictions=app.state.predictions, metrics=metrics)  # cheapest refusal first
     return app
 
 

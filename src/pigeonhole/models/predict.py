@@ -18,10 +18,10 @@ import numpy as np
 from fastapi import Request
 from pydantic import ValidationError
 
-from pigeonhole.errors import PayloadTooLarge, ServiceUnavailable, Unprocessable
+from pigeonhole.errors import OVERLOADED_SENTENCE, PayloadTooLarge, ServiceUnavailable, Unprocessable
 from pigeonhole.learn.neighbours import NeighbourIndex
 from pigeonhole.models.schemas import PredictRequest
-from pigeonhole.serving.backends import OVERLOADED, PredictBackend, make_backend
+from pigeonhole.serving.backends import PredictBackend, make_backend
 from pigeonhole.serving.cache import ModelCache
 from pigeonhole.serving.model import ModelContract, split_answers
 from pigeonhole.serving.preprocess import pixels_for, top_k
@@ -124,6 +124,10 @@ class PredictionService:
         self.in_flight = 0  # calls admitted and not yet answered (read and changed on the event loop only)
         self._call_s = 0.05  # how long recent calls took, queueing included: the Retry-After of a refusal
 
+    def refusal(self) -> int | None:
+        """None while a new call can be taken on; else the seconds to tell it to wait (Retry-After)."""
+        return max(1, math.ceil(self._call_s)) if self.in_flight >= self.max_in_flight else None
+
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
         """One prediction call, if fewer than ``max_in_flight`` are under way; else 503 with Retry-After.
@@ -132,8 +136,9 @@ class PredictionService:
         the body being read, the decoding threads, the lanes. Under a flood, what gets through is answered
         within about a second and the rest is told at once when to come back, instead of all timing out.
         """
-        if self.in_flight >= self.max_in_flight:
-            raise ServiceUnavailable(OVERLOADED, retry_after_s=max(1, math.ceil(self._call_s)), code="overloaded")
+        wait = self.refusal()
+        if wait is not None:
+            raise ServiceUnavailable(OVERLOADED_SENTENCE, retry_after_s=wait, code="overloaded")
         self.in_flight += 1
         started = time.monotonic()
         try:

@@ -20,7 +20,7 @@ from typing import Protocol
 import httpx
 import numpy as np
 
-from pigeonhole.errors import ServiceUnavailable
+from pigeonhole.errors import OVERLOADED_SENTENCE, ServiceUnavailable
 from pigeonhole.serving import wire
 from pigeonhole.serving.batching import Batcher, Overloaded
 from pigeonhole.serving.cache import ModelCache
@@ -31,7 +31,6 @@ from pigeonhole.storage.blobs import BlobStore
 log = logging.getLogger(__name__)
 
 BUSY = "The prediction service is starting or busy; try again in a few seconds."
-OVERLOADED = "The prediction service has more images to answer than it can answer quickly; try again shortly."
 
 
 class PredictBackend(Protocol):
@@ -69,7 +68,7 @@ class InlineBackend:
         try:
             return await self.batcher.run(model, pixels)
         except Overloaded as exc:
-            raise ServiceUnavailable(OVERLOADED, retry_after_s=exc.retry_after_s, code="overloaded") from exc
+            raise ServiceUnavailable(OVERLOADED_SENTENCE, retry_after_s=exc.retry_after_s, code="overloaded") from exc
 
     async def aclose(self) -> None:
         self.batcher.close()
@@ -149,7 +148,7 @@ class RayServeBackend:
             log.warning("Ray Serve at %s cannot be reached: %s", self.base_url, exc)
             raise ServiceUnavailable(BUSY, code="predictions_unavailable") from exc
         if response.status_code == 503 and response.headers.get("retry-after", "").isdigit():
-            raise ServiceUnavailable(OVERLOADED, retry_after_s=int(response.headers["retry-after"]),
+            raise ServiceUnavailable(OVERLOADED_SENTENCE, retry_after_s=int(response.headers["retry-after"]),
                                      code="overloaded")
         if response.status_code != 200:
             log.warning("Ray Serve answered %s: %s", response.status_code, response.text[:500])
