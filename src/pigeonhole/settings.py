@@ -117,7 +117,7 @@ class Settings(BaseSettings):
                                    "that wait together are batched up to this")
     predict_lanes: int | None = Field(default=None, ge=1, le=256, description="inference calls one API process "
                                       "runs at once (default: its share of the cores)")
-    predict_max_in_flight: int = Field(default=128, ge=1, description="prediction calls an API process takes on "
+    predict_max_in_flight: int = Field(default=64, ge=1, description="prediction calls an API process takes on "
                                        "at once (being read, decoded, waiting or inferred); past this a call is "
                                        "answered 503 with Retry-After at once instead of queueing")
     serving_cache_bytes: int = 2 * 1024**3
