@@ -22,7 +22,7 @@ import numpy as np
 
 from pigeonhole.errors import OVERLOADED_SENTENCE, ServiceUnavailable
 from pigeonhole.serving import wire
-from pigeonhole.serving.batching import Batcher, Overloaded
+from pigeonhole.serving.batching import Batcher, Overloaded, Pixels
 from pigeonhole.serving.cache import ModelCache
 from pigeonhole.serving.model import ModelContract, ServingModel, load_model, read_contract
 from pigeonhole.settings import Settings
@@ -39,7 +39,9 @@ class PredictBackend(Protocol):
 
     async def contract(self, key: Hashable, onnx_key: str) -> ModelContract: ...
 
-    async def outputs(self, key: Hashable, onnx_key: str, pixels: np.ndarray) -> np.ndarray: ...
+    async def outputs(self, key: Hashable, onnx_key: str, pixels: Pixels, rows: int | None = None) -> np.ndarray:
+        """``pixels`` may be a function that decodes them (``rows`` images): it runs off the event loop."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -63,10 +65,10 @@ class InlineBackend:
         model = self.cache.loaded(key)  # nearly always: no thread hop
         return model if model is not None else await asyncio.to_thread(self._load, key, onnx_key)
 
-    async def outputs(self, key: Hashable, onnx_key: str, pixels: np.ndarray) -> np.ndarray:
+    async def outputs(self, key: Hashable, onnx_key: str, pixels: Pixels, rows: int | None = None) -> np.ndarray:
         model = await self.contract(key, onnx_key)
         try:
-            return await self.batcher.run(model, pixels)
+            return await self.batcher.run(model, pixels, rows)
         except Overloaded as exc:
             raise ServiceUnavailable(OVERLOADED_SENTENCE, retry_after_s=exc.retry_after_s, code="overloaded") from exc
 
@@ -135,7 +137,9 @@ class RayServeBackend:
         known = self.contracts.peek(onnx_key)
         return known if known is not None else await asyncio.to_thread(self.contracts.get, onnx_key)
 
-    async def outputs(self, key: Hashable, onnx_key: str, pixels: np.ndarray) -> np.ndarray:
+    async def outputs(self, key: Hashable, onnx_key: str, pixels: Pixels, rows: int | None = None) -> np.ndarray:
+        if callable(pixels):
+            pixels = await asyncio.to_thread(pixels)
         body, headers = wire.encode(pixels)
         headers[wire.MODEL_HEADER] = onnx_key
         self.calls += 1

@@ -12,7 +12,7 @@ import pytest
 from pigeonhole.serving.batching import Batcher, Overloaded
 from pigeonhole.serving.model import ServingModel, load_model, split_answers
 from pigeonhole.serving.preprocess import pixels_for
-from pigeonhole.storage.images import ImageLimits
+from pigeonhole.storage.images import ImageLimits, ImageRejected
 from tests.model_factories import dark_bright_onnx, grey_png
 
 LIMITS = ImageLimits()
@@ -90,18 +90,22 @@ def test_a_request_that_breaks_its_batch_fails_alone(models) -> None:  # type: i
     batcher = Batcher(max_batch=32, lanes=1)
     wrong_size = np.zeros((1, 1, 20, 20), dtype=np.uint8)  # not the model's 28 x 28: ONNX Runtime refuses it
 
+    def undecodable() -> np.ndarray:  # encoded images are decoded on the lane, just before the inference
+        return pixels_for(v1, b"not an image at all", LIMITS)[None]
+
     async def scenario() -> list[object]:
         first = asyncio.ensure_future(batcher.run(blocker, image(v1, 40, 1)))  # type: ignore[arg-type]
         await until(blocker.entered.is_set)
-        waiting = [batcher.run(v1, image(v1, 40, 2)), batcher.run(v1, wrong_size), batcher.run(v1, image(v1, 210, 3))]
+        waiting = [batcher.run(v1, image(v1, 40, 2)), batcher.run(v1, wrong_size), batcher.run(v1, undecodable, 1),
+                   batcher.run(v1, lambda: image(v1, 210, 3), 1)]
         tasks = [asyncio.ensure_future(w) for w in waiting]
-        await until(lambda: batcher.waiting == 3)
+        await until(lambda: batcher.waiting == 4)
         blocker.gate.set()
         await first
         return await asyncio.gather(*tasks, return_exceptions=True)
 
-    good, bad, also_good = asyncio.run(scenario())
-    assert isinstance(bad, Exception)
+    good, bad, not_an_image, also_good = asyncio.run(scenario())
+    assert isinstance(bad, Exception) and isinstance(not_an_image, ImageRejected)
     assert label(v1, good) == "dark" and label(v1, also_good) == "bright"  # type: ignore[arg-type]
 
 
