@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from pigeonhole.learn import novelty
-from pigeonhole.learn.head import RidgeHead, left_out_scores
+from pigeonhole.learn.head import RidgeHead
+from pigeonhole.learn.ridge import left_out_scores
 
 
 def choose_unknown(head: RidgeHead, features: np.ndarray, labels: Sequence[str], *, left_out: bool,

@@ -9,8 +9,9 @@ from pigeonhole.learn.artifacts import export_model
 from pigeonhole.learn.backbones import PixelExtractor, build_extractor, get_spec
 from pigeonhole.learn.evaluate import evaluate
 from pigeonhole.learn.export import INPUT_NAME, open_session
-from pigeonhole.learn.head import HeadConfig, RidgeHead, _nll, left_out_scores
+from pigeonhole.learn.head import HeadConfig, RidgeHead
 from pigeonhole.learn.preprocess import images_to_batch
+from pigeonhole.learn.ridge import RidgeProblem, calibrated_nll, class_weights, left_out_scores
 from pigeonhole.learn.unknown import choose_unknown
 
 
@@ -95,7 +96,6 @@ def test_removing_held_images_keeps_the_class_factored(flower_features) -> None:
 @pytest.mark.parametrize("config", [HeadConfig(), HeadConfig(random_features=512, seed=1)], ids=["plain", "rff"])
 def test_dual_form_equals_primal(flower_features, config: HeadConfig) -> None:
     """Fewer rows than dimensions: the N x N (dual) solve chooses and solves exactly as the D x D one."""
-    from pigeonhole.learn.head import _RidgeProblem
 
     x, labels = flower_features["train"]
     xv, labels_v = flower_features["val"]
@@ -103,8 +103,8 @@ def test_dual_form_equals_primal(flower_features, config: HeadConfig) -> None:
     dense = RidgeHead(x.shape[1], config, dense_after=0)
     for head in (rows, dense):
         head.add(x, labels)
-    assert _RidgeProblem([rows._stats[c] for c in rows.classes], rows.map.dim).dual
-    assert not _RidgeProblem([dense._stats[c] for c in dense.classes], dense.map.dim).dual
+    assert RidgeProblem([rows._stats[c] for c in rows.classes], rows.map.dim).dual
+    assert not RidgeProblem([dense._stats[c] for c in dense.classes], dense.map.dim).dual
     chosen_rows, chosen_dense = rows.fit(xv, labels_v), dense.fit(xv, labels_v)
     assert chosen_rows["alpha"] == chosen_dense["alpha"]
     for key in ("val_accuracy", "val_nll", "temperature"):
@@ -162,9 +162,9 @@ def test_calibration_and_caution_on_validation(flower_features) -> None:
     y = np.array([head.classes.index(lab) for lab in val[1]])
     scores = head.scores(val[0])
     t = head.temperature
-    best = _nll(scores, y, 1 / t)
+    best = calibrated_nll(scores, y, 1 / t)
     for other in (1.0, t * 2, t / 2, t * 1.1, t / 1.1):
-        assert best <= _nll(scores, y, 1 / other) + 1e-9
+        assert best <= calibrated_nll(scores, y, 1 / other) + 1e-9
     assert info["val_nll"] == pytest.approx(best)
 
     # The caution is the share of the held-out images of the taught classes answered "unknown", and the
@@ -313,13 +313,13 @@ def test_a_rare_class_is_weighted_up_exactly(dense_after: int | None) -> None:
 
 def test_a_rare_class_is_predicted(monkeypatch) -> None:
     """Without the weights the 8-row class is almost never the answer; with them it is found."""
-    import pigeonhole.learn.head as head_module
+    import pigeonhole.learn.ridge as ridge_module
 
     x, y = _rare_class_blobs()
     xt, yt = _rare_class_blobs(seed=1)
     recall = {}
-    for name, ratio in (("unweighted", 1e12), ("weighted", head_module.RARE_RATIO)):
-        monkeypatch.setattr(head_module, "RARE_RATIO", ratio)
+    for name, ratio in (("unweighted", 1e12), ("weighted", ridge_module.RARE_RATIO)):
+        monkeypatch.setattr(ridge_module, "RARE_RATIO", ratio)
         head = RidgeHead(16, HeadConfig(l2_normalize=False))
         head.add(x, [str(c) for c in y])
         head.solve(1.0)
@@ -354,7 +354,6 @@ def test_left_out_scores_with_a_rare_class_equal_weighted_refits() -> None:
 def test_class_weights_only_for_a_rare_class() -> None:
     """Sets whose classes are within 1.5x below the median solve unweighted (flowers5's train folder: 587-842);
     once one class is rarer, every class below the median counts as the median's size."""
-    from pigeonhole.learn.head import class_weights
 
     np.testing.assert_array_equal(class_weights(np.array([613, 842, 627, 587, 784])), np.ones(5))
     np.testing.assert_array_equal(class_weights(np.array([121, 124])), np.ones(2))
