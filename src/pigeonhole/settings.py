@@ -17,6 +17,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pigeonhole.machine import available_cores, memory_bytes
+
 # Values people leave in config files by mistake; never accepted as a production secret.
 PLACEHOLDER_SECRETS = frozenset(
     {"", "changeme", "change-me", "change_me", "changethis", "secret", "dev", "development",
@@ -29,22 +31,6 @@ API_CORES_PER_WORKER = 1  # measured on 2 cores: 2 processes answer 386 predicti
 API_WORKER_MEMORY_BYTES = 2 * 1024**3  # one process with a few loaded models, and room for the rest
 MAX_AUTO_API_WORKERS = 8
 LANES_PER_CORE_SHARE = 2
-
-
-def available_cores() -> int:
-    """Cores this process may run on (a container's CPU set, not the host's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def memory_bytes() -> int:
-    """Physical memory of the machine (generous when it cannot be read)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 64 * 1024**3
 
 
 class Settings(BaseSettings):

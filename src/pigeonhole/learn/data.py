@@ -16,7 +16,6 @@ decodes an image twice.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +28,7 @@ from PIL import Image
 
 from pigeonhole.learn.features import FeatureCache, FeatureKey
 from pigeonhole.learn.preprocess import CROP_FRACTION, Color, CropPolicy, resize_and_crop, to_color
+from pigeonhole.machine import memory_bytes
 from pigeonhole.storage.images import decode_for_model
 
 Split = Literal["train", "val", "test"]
@@ -144,11 +144,7 @@ def decode_pixels(data: bytes | Image.Image, size: int, color: Color, policy: Cr
 
 def default_memo_bytes() -> int:
     """A quarter of this machine's memory, at most 8 GiB: what decoded pixels may hold in a job's process."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        total = 16 << 30
-    return int(min(8 << 30, total // 4))
+    return int(min(8 << 30, memory_bytes() // 4))
 
 
 class PixelStore:

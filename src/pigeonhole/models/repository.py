@@ -21,7 +21,7 @@ def model_readable_by(db: Session, owner_id: str, model_id: str) -> Model | None
 # Built once: executing the same statement object skips SQLAlchemy's per-statement compilation work, which
 # matters on the prediction path (one of these per call).
 _SERVING_ROW = (
-    select(Model.dataset_id, Model.active_version, ModelVersion.v, ModelVersion.onnx_key,
+    select(Model.dataset_id, ModelVersion.v, ModelVersion.onnx_key,
            ModelVersion.lineage["neighbours_key"].as_string())
     .outerjoin(ModelVersion, and_(ModelVersion.model_id == Model.id,
                                   ModelVersion.v == func.coalesce(bindparam("v", type_=Integer),
@@ -31,7 +31,7 @@ _SERVING_ROW = (
 
 def serving_row(connection: Connection, owner_id: str, model_id: str, v: int | None) -> Row[Any] | None:
     """What a prediction needs of a model and the version it asks for (``v``, or the active one), in one Core
-    query: (dataset_id, active_version, version number or None, onnx_key, neighbours_key). None when the
+    query: (dataset_id, version number or None, onnx_key, neighbours_key). None when the
     owner has no such model."""
     return connection.execute(_SERVING_ROW, {"owner_id": owner_id, "model_id": model_id, "v": v}).first()
 

@@ -41,7 +41,13 @@ from pigeonhole.models.schemas import (
     RetrainSuggestion,
     VersionPublic,
 )
-from pigeonhole.models.service import ModelService, TrainingRequest
+from pigeonhole.models.service import (
+    ModelService,
+    TrainingRequest,
+    no_such_model,
+    no_such_version,
+    no_version_yet,
+)
 from pigeonhole.serving.limits import retry_after
 from pigeonhole.usage.quota import next_month_seconds
 
@@ -343,13 +349,10 @@ def _resolve_target(request: Request, principal: Principal, model_id: str, versi
     with request.app.state.engine.connect() as connection:
         row = repo.serving_row(connection, principal.user_id, model_id, version)
     if row is None:
-        raise NotFound("There is no such model.", code="model_not_found")
-    dataset_id, active, v, onnx_key, neighbours_key = row
-    if v is None and version is None:
-        raise Conflict("This model has no trained version yet. Wait for its first version (usually seconds after "
-                       "training starts).", code="no_version")
+        raise no_such_model()
+    dataset_id, v, onnx_key, neighbours_key = row
     if v is None:
-        raise NotFound(f"This model has no version {version}.", code="version_not_found")
+        raise no_version_yet() if version is None else no_such_version(version)
     return Target(model_id=model_id, v=v, onnx_key=onnx_key, dataset_id=dataset_id, neighbours_key=neighbours_key)
 
 

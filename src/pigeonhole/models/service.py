@@ -40,6 +40,19 @@ class TrainingRequest:
     auto_retrain: bool = False
 
 
+def no_such_model() -> NotFound:
+    return NotFound("There is no such model.", code="model_not_found")
+
+
+def no_such_version(v: int) -> NotFound:
+    return NotFound(f"This model has no version {v}.", code="version_not_found")
+
+
+def no_version_yet() -> Conflict:
+    return Conflict("This model has no trained version yet. Wait for its first version (usually seconds after "
+                    "training starts).", code="no_version")
+
+
 class ModelService:
     def __init__(self, db: Session, owner_id: str, settings: Settings):
         self.db = db
@@ -49,7 +62,7 @@ class ModelService:
     def get(self, model_id: str) -> Model:
         model = repo.model_readable_by(self.db, self.owner_id, model_id)
         if model is None:
-            raise NotFound("There is no such model.", code="model_not_found")
+            raise no_such_model()
         return model
 
     def create(self, request: TrainingRequest) -> Model:
@@ -228,8 +241,7 @@ class ModelService:
         """A new version that answers "unknown" for a different share of ordinary images (no retraining: the same
         file with another cut, measured again on the test images), made by an ``expand`` job."""
         if model.active_version is None:
-            raise Conflict("This model has no trained version yet. Wait for its first version (usually "
-                           "seconds after training starts).", code="no_version")
+            raise no_version_yet()
         base = self.version(model, model.active_version)
         if base.head_key is None or "caution_curve" not in (base.metrics or {}):
             raise Unprocessable("This version was made before the caution could be chosen. Retrain the model "
@@ -270,15 +282,14 @@ class ModelService:
     def version(self, model: Model, v: int) -> ModelVersion:
         row = repo.version(self.db, model.id, v)
         if row is None:
-            raise NotFound(f"This model has no version {v}.", code="version_not_found")
+            raise no_such_version(v)
         return row
 
     def serving_version(self, model: Model, v: int | None) -> ModelVersion:
         if v is not None:
             return self.version(model, v)
         if model.active_version is None:
-            raise Conflict("This model has no trained version yet. Wait for its first version (usually "
-                           "seconds after training starts).", code="no_version")
+            raise no_version_yet()
         return self.version(model, model.active_version)
 
     def activate(self, model: Model, v: int) -> Model:

@@ -69,10 +69,6 @@ class Batcher:
         self.sizes: Counter[int] = Counter()  # images per inference call: tests, and the benchmark's histogram
 
     @property
-    def calls(self) -> int:
-        return sum(self.sizes.values())
-
-    @property
     def waiting(self) -> int:
         """Images queued for a lane (not those being inferred)."""
         return self._queued_images
