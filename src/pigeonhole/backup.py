@@ -53,7 +53,8 @@ from pigeonhole.db.base import Base
 from pigeonhole.db.engine import create_db_engine, is_sqlite, normalise_url
 from pigeonhole.db.migrate import alembic_config
 from pigeonhole.settings import SECRET_FILE_NAME, Settings
-from pigeonhole.storage.blobs import BlobCorrupt, BlobError, BlobMissing, BlobStore, blob_key
+from pigeonhole.storage.blob_types import BlobCorrupt, BlobError, BlobMissing, blob_key
+from pigeonhole.storage.blobs import BlobStore
 
 FORMAT = "pigeonhole-backup"
 FORMAT_VERSION = 1

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pigeonhole.datasets.service import ReferencedShas
 from pigeonhole.db.tables import DatasetImage, Model, ModelVersion
-from pigeonhole.storage.blobs import BlobCorrupt, BlobMissing, BlobStore
+from pigeonhole.storage.blob_types import BlobCorrupt, BlobMissing
+from pigeonhole.storage.blobs import BlobStore
 
 
 @dataclass

@@ -51,7 +51,8 @@ from pigeonhole.db.base import Base
 from pigeonhole.db.engine import create_db_engine, is_sqlite, normalise_url
 from pigeonhole.db.migrate import MIGRATION_LOCK_KEY, alembic_config
 from pigeonhole.settings import SECRET_FILE_NAME, Settings
-from pigeonhole.storage.blobs import CONTENT_PREFIX, BlobError, BlobStore, blob_key
+from pigeonhole.storage.blob_types import CONTENT_PREFIX, BlobError, blob_key
+from pigeonhole.storage.blobs import BlobStore
 
 INSERT_BATCH = 500
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024

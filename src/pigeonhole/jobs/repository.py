@@ -5,7 +5,6 @@ from __future__ import annotations
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
-from pigeonhole.db.base import utcnow
 from pigeonhole.db.tables import Job, User
 
 
@@ -34,17 +33,3 @@ def lock_owner(db: Session, owner_id: str) -> None:
 def count_by_status(db: Session, owner_id: str, status: str) -> int:
     return int(db.scalar(select(func.count()).where(Job.owner_id == owner_id, Job.status == status)) or 0)
 
-
-def cancel_if_queued(db: Session, owner_id: str, job_id: str) -> bool:
-    """Queued → cancelled in one conditional statement (the dispatcher may be claiming it right now)."""
-    now = utcnow()
-    result = db.execute(update(Job).where(Job.id == job_id, Job.owner_id == owner_id, Job.status == "queued")
-                        .values(status="cancelled", cancel_requested=True, finished_at=now, updated_at=now,
-                                stage="cancelled before it started"))
-    return bool(result.rowcount)
-
-
-def request_cancel_if_running(db: Session, owner_id: str, job_id: str) -> bool:
-    result = db.execute(update(Job).where(Job.id == job_id, Job.owner_id == owner_id, Job.status == "running")
-                        .values(cancel_requested=True, updated_at=utcnow()))
-    return bool(result.rowcount)

@@ -15,6 +15,7 @@ from pigeonhole.db.base import utcnow
 from pigeonhole.db.tables import Job
 from pigeonhole.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from pigeonhole.jobs import repository as repo
+from pigeonhole.jobs import transitions
 from pigeonhole.settings import Settings
 
 _DEFAULTS = Settings.model_fields
@@ -73,7 +74,7 @@ def cancel_job(db: Session, owner_id: str, job_id: str) -> Job:
     if job.status in ("succeeded", "failed"):
         raise Conflict(f"This job has already {'succeeded' if job.status == 'succeeded' else 'failed'}; "
                        "there is nothing to cancel.", code="job_finished")
-    if not repo.cancel_if_queued(db, owner_id, job_id):
-        repo.request_cancel_if_running(db, owner_id, job_id)
+    if not transitions.cancel_if_queued(db, owner_id, job_id):
+        transitions.request_cancel(db, owner_id, job_id)
     db.refresh(job)
     return job

@@ -6,6 +6,7 @@ the dispatcher and compute workers can all use the same code.
 Modules:
 
 - :mod:`pigeonhole.storage.blobs`: :class:`~pigeonhole.storage.blobs.BlobStore` over fsspec.
+- :mod:`pigeonhole.storage.blob_types`: the blob store's errors, blob records and key layout.
 - :mod:`pigeonhole.storage.images`: validation and decoding of untrusted images, thumbnails.
 - :mod:`pigeonhole.storage.archives`: streaming iteration over uploaded zip archives.
 - :mod:`pigeonhole.storage.cache`: a size-bounded on-disk cache directory with LRU eviction.

@@ -30,11 +30,9 @@ import datetime as dt
 import hashlib
 import io
 import os
-import re
 import time
 import uuid
 from collections.abc import Container, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -42,92 +40,22 @@ from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from pigeonhole.storage.blob_types import (
+    CONTENT_PREFIX,
+    SHA256_RE,
+    TEMP_PREFIX,
+    BlobCorrupt,
+    BlobMissing,
+    BlobRef,
+    BlobTooLarge,
+    StorageUnavailable,
+    StoredBlob,
+    SweepResult,
+    blob_key,
+    check_key,
+)
+
 CHUNK_SIZE = 1024 * 1024
-CONTENT_PREFIX = "sha256"
-TEMP_PREFIX = "tmp"
-_RESERVED_PREFIXES = frozenset({CONTENT_PREFIX, TEMP_PREFIX})
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-# Derived keys are plain relative paths: no "..", no hidden names, no backslashes, so
-# a key can never escape the root or collide with the store's own bookkeeping.
-_KEY_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._=-]{0,199}$")
-_MAX_KEY_LENGTH = 1024
-
-
-class BlobError(Exception):
-    """Base class of the blob store's errors."""
-
-
-class BlobMissing(BlobError):
-    """The blob or key does not exist in the store."""
-
-
-class BlobCorrupt(BlobError):
-    """The stored bytes do not match what the database recorded (size or hash)."""
-
-
-class BlobTooLarge(BlobError):
-    """A write was stopped because the stream went past the caller's size cap."""
-
-
-class InvalidKey(BlobError, ValueError):
-    """A sha256 or derived key is malformed (it could otherwise escape the store's root)."""
-
-
-class StorageUnavailable(BlobError):
-    """The store cannot be used right now: the reason is in the message (for /readyz)."""
-
-
-@dataclass(frozen=True, slots=True)
-class BlobRef:
-    """What the database keeps about a blob: enough to find it and to verify it."""
-
-    sha256: str
-    size: int
-
-    def __post_init__(self) -> None:
-        _check_sha(self.sha256)
-        if self.size < 0:
-            raise ValueError(f"blob size cannot be negative: {self.size}")
-
-
-@dataclass(frozen=True, slots=True)
-class StoredBlob:
-    """A blob found by listing the store; ``modified_at`` (epoch seconds) drives sweep grace."""
-
-    sha256: str
-    size: int
-    modified_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class SweepResult:
-    deleted: int
-    freed_bytes: int
-    kept_recent: int
-
-
-def _check_sha(sha256: str) -> str:
-    if not isinstance(sha256, str) or not _SHA256_RE.match(sha256):
-        raise InvalidKey(f"not a lowercase hex sha256: {sha256!r}")
-    return sha256
-
-
-def _check_key(key: str) -> str:
-    if not isinstance(key, str) or not key or len(key) > _MAX_KEY_LENGTH:
-        raise InvalidKey(f"invalid storage key: {key!r}")
-    parts = key.split("/")
-    if parts[0] in _RESERVED_PREFIXES:
-        raise InvalidKey(f"storage key {key!r} uses the reserved namespace {parts[0]!r}")
-    for part in parts:
-        if not _KEY_SEGMENT_RE.match(part):
-            raise InvalidKey(f"invalid storage key {key!r}: bad segment {part!r}")
-    return key
-
-
-def blob_key(sha256: str) -> str:
-    """The key of a content blob, relative to the store's root."""
-    _check_sha(sha256)
-    return f"{CONTENT_PREFIX}/{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
 
 def _modified_at(info: dict) -> float | None:
@@ -375,7 +303,7 @@ class BlobStore:
 
     def _stored_blob(self, path: str, size: object, modified_at: float | None) -> StoredBlob | None:
         name = path.rstrip("/").rsplit("/", 1)[-1]
-        if not _SHA256_RE.match(name) or not path.endswith(blob_key(name)) or not isinstance(size, int):
+        if not SHA256_RE.match(name) or not path.endswith(blob_key(name)) or not isinstance(size, int):
             return None
         return StoredBlob(name, size, modified_at)
 
@@ -448,7 +376,7 @@ class BlobStore:
         Returns the number of bytes written. Immutability of versioned artifacts (model
         versions) is the caller's rule: it chooses keys that are never reused.
         """
-        _check_key(key)
+        check_key(key)
         tmp_key = f"{TEMP_PREFIX}/{uuid.uuid4().hex}.part"
         tmp_path, final = self._path(tmp_key), self._path(key)
         if self.is_local:
@@ -476,7 +404,7 @@ class BlobStore:
             raise
 
     def open(self, key: str) -> BinaryIO:
-        path = self._path(_check_key(key))
+        path = self._path(check_key(key))
         try:
             if self.is_local:
                 return open(path, "rb")  # noqa: SIM115 - the caller closes it
@@ -489,11 +417,11 @@ class BlobStore:
             return f.read()
 
     def key_exists(self, key: str) -> bool:
-        return bool(self.fs.exists(self._path(_check_key(key))))
+        return bool(self.fs.exists(self._path(check_key(key))))
 
     def delete_key(self, key: str) -> bool:
         try:
-            self.fs.rm(self._path(_check_key(key)))
+            self.fs.rm(self._path(check_key(key)))
         except FileNotFoundError:
             return False
         return True

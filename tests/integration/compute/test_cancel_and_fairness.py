@@ -81,12 +81,12 @@ def test_a_job_committed_out_of_id_order_is_claimed_in_its_turn(compute, monkeyp
     claimed in its id order, not only once the queue empties or the next whole read comes round."""
     from sqlalchemy import update
 
-    from pigeonhole.compute import dispatcher as dispatcher_module
+    from pigeonhole.compute import claiming
     from pigeonhole.db.tables import Job
     from pigeonhole.ids import new_id
     from pigeonhole.jobs.service import create_job
 
-    monkeypatch.setattr(dispatcher_module, "QUEUE_READ_INTERVAL_S", 600.0)
+    monkeypatch.setattr(claiming, "QUEUE_READ_INTERVAL_S", 600.0)
     user = compute.user("late@example.com")
     early_id = new_id()
     time.sleep(0.01)

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from pigeonhole.storage.blobs import (
+from pigeonhole.storage.blob_types import (
     BlobCorrupt,
     BlobMissing,
     BlobRef,
-    BlobStore,
     BlobTooLarge,
     InvalidKey,
     StorageUnavailable,
     blob_key,
 )
+from pigeonhole.storage.blobs import BlobStore
 
 CONTENT = b"pigeonhole " * 1000
 SHA = hashlib.sha256(CONTENT).hexdigest()
