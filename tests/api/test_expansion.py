@@ -14,10 +14,10 @@ import pytest
 from pigeonhole.db.tables import Job, Model, ModelVersion
 from pigeonhole.ids import new_id
 from pigeonhole.learn.features import ImageItem, compute_features
+from pigeonhole.learn.finish import LEFT_OUT
 from pigeonhole.learn.grow import extractor_of, rebuild_model
 from pigeonhole.learn.head import RidgeHead
 from pigeonhole.learn.neighbours import NeighbourIndex
-from pigeonhole.learn.search import LEFT_OUT
 from pigeonhole.learn.unknown import choose_unknown
 from pigeonhole.models.service import record_version
 from pigeonhole.models.training import TrainHandler

@@ -53,7 +53,7 @@ def test_a_datasets_health_report_names_the_extractors_or_says_there_is_none(
 def test_a_model_built_without_a_pretrained_extractor_says_so_on_the_model_and_the_version(
     app, alice: Account
 ) -> None:
-    from pigeonhole.learn.search import NO_PRETRAINED
+    from pigeonhole.learn.planner import NO_PRETRAINED
     from tests.api.models_helpers import add_version, trainable_dataset
 
     dataset_id = trainable_dataset(alice)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pigeonhole.client import commands
-from pigeonhole.learn.search import NO_PRETRAINED
+from pigeonhole.learn.planner import NO_PRETRAINED
 
 
 class _Client:

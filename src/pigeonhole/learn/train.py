@@ -44,6 +44,7 @@ from torch import nn
 
 from pigeonhole.learn.backbones import ExtractorSpec, PixelExtractor, split_after_stem, stem_modules
 from pigeonhole.learn.candidates import TrainParams
+from pigeonhole.learn.clock import SYSTEM_CLOCK, Clock
 from pigeonhole.learn.export import INPUT_NAME, export_onnx, open_session
 
 PLATEAU_AFTER_PROGRESS = 2 / 3  # of the learning-rate decay, before a plateau may stop training
@@ -301,20 +302,23 @@ def train_extractor(
     should_stop: Callable[[], bool] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     classifier_start: tuple[np.ndarray, np.ndarray] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    charged_step_s: float = 0.0,
 ) -> TrainOutcome:
     """Train ``body`` (in place) and return it at its last measured round, or at the best round on validation
     when that one is :func:`clearly_better` than the last.
 
     ``train_pixels`` are ``square`` views at ``round(input_size / 0.875)`` (or exactly
     ``input_size`` for digits); ``val_pixels`` are the serving geometry at ``input_size``.
-    ``deadline`` is a ``time.monotonic()`` instant: training stops within one batch of it. The
-    learning rate reaches its floor at the deadline or after ``params.epochs``, whichever comes
-    first, so a plan of more rounds than fit uses the whole time; a last round the deadline cut
-    past its middle is still measured on validation (trained at the lowest rates, it is often the best).
+    ``deadline`` is an instant on ``clock`` (each step is charged ``charged_step_s``, which moves only a
+    virtual clock): training stops within one batch of it. The learning rate reaches its floor at the
+    deadline or after ``params.epochs``, whichever comes first, so a plan of more rounds than fit uses the
+    whole time; a last round the deadline cut past its middle is still measured on validation (trained at
+    the lowest rates, it is often the best).
     ``classifier_start``: (weights (classes, features), bias) the new classifier layer starts from instead of
     random values, e.g. a linear probe of the pretrained features (see ``TrainParams.start_from_probe``).
     """
-    started = time.monotonic()
+    started = clock.now()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     net = _Net(spec, body, feature_dim, classes)
@@ -343,7 +347,7 @@ def train_extractor(
     total = max(1, params.epochs * steps_per_epoch)  # may grow after the first round
     warmup = min(steps_per_epoch, total // 10 + 1)
 
-    run_start = time.monotonic()
+    run_start = clock.now()
 
     def schedule_progress(step: int) -> float:
         """How far along the decay is, by steps *or* time, whichever is further: when the machine
@@ -351,7 +355,7 @@ def train_extractor(
         training being cut off at a high learning rate."""
         progress = (step - warmup) / max(1, total - warmup)
         if math.isfinite(deadline) and deadline > run_start:
-            progress = max(progress, (time.monotonic() - run_start) / (deadline - run_start))
+            progress = max(progress, (clock.now() - run_start) / (deadline - run_start))
         return min(max(progress, 0.0), 1.0)
 
     def lr_at(step: int) -> float:
@@ -383,9 +387,9 @@ def train_extractor(
         if pretrained:
             _freeze_bn(net)
         order = torch.randperm(len(train_labels), generator=generator)
-        t0, seen, loss_sum = time.monotonic(), 0, 0.0
+        t0, seen, loss_sum = clock.now(), 0, 0.0
         for b in range(steps_per_epoch):
-            if (should_stop is not None and should_stop()) or time.monotonic() > deadline:
+            if (should_stop is not None and should_stop()) or clock.now() > deadline:
                 stopped = "cancelled" if should_stop is not None and should_stop() else "deadline"
                 break
             idx = order[b * params.batch_size : (b + 1) * params.batch_size]
@@ -399,6 +403,7 @@ def train_extractor(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            clock.spent(charged_step_s)
             seen += len(idx)
             loss_sum += loss.item() * len(idx)
         partial = stopped == "deadline" and seen >= len(train_labels) / 2
@@ -410,14 +415,14 @@ def train_extractor(
             "epoch": epoch + 1,
             "loss": loss_sum / max(seen, 1),
             "val_accuracy": acc,
-            "seconds": time.monotonic() - t0,
+            "seconds": clock.now() - t0,
             **({"fraction": round(seen / len(train_labels), 3)} if partial else {}),
         }
         if epoch == 0 and math.isfinite(deadline):
             # The plan came from a few timed steps; a whole round is a better clock. Only ever more
             # rounds (the rate then decays by the deadline): a plan that was too cautious finished
             # early and left the rest of the budget unused (flowers5: 10 rounds done at 323 s of 480).
-            fit = 1 + (deadline - time.monotonic()) / max(time.monotonic() - t0, 1e-6)
+            fit = 1 + (deadline - clock.now()) / max(clock.now() - t0, 1e-6)
             more = quantize_epochs(fit, up=True)
             if params.max_epochs:
                 more = min(more, params.max_epochs)
@@ -479,5 +484,5 @@ def train_extractor(
         best_val_accuracy=max(best_acc, 0.0),
         history=history,
         stopped=stopped,
-        seconds=time.monotonic() - started,
+        seconds=clock.now() - started,
     )

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from pigeonhole.learn.candidates import CandidateConfig, TrainParams
+from pigeonhole.learn.search_types import Scored, TuneOutcome, Tuner, TuneStage
 
 log = logging.getLogger(__name__)
 KEEP_FREE_CPUS = 1.0  # left for other jobs while trials run
@@ -166,29 +167,31 @@ def _node_resource(ray: Any) -> str:
     return f"node:{node['NodeManagerAddress']}"
 
 
-def ray_asha_tuner(*, address: str | None = None, keep_free_cpus: float = KEEP_FREE_CPUS):
+def ray_asha_tuner(*, address: str | None = None, keep_free_cpus: float = KEEP_FREE_CPUS) -> Tuner:
     """A tuner for :func:`pigeonhole.learn.search.run_search` backed by Ray Tune + ASHA. Inside a Ray
     job it uses that job's cluster; elsewhere it connects to ``address`` or starts a local runtime.
     ``keep_free_cpus``: CPUs of the cluster the trials leave to other jobs."""
 
-    def tune_fn(*, search: Any, best: Any) -> Any:
+    def tune_fn(stage: TuneStage, best: Scored | None) -> TuneOutcome:
+        summary: dict[str, Any] = {}
         try:
-            return _tune(search, address, keep_free_cpus)
+            return TuneOutcome(_tune(stage, address, keep_free_cpus, summary), summary or None)
         except Exception as exc:  # an optional last stage: the models already made stay, the job goes on
-            if not search.reporter.cancelled():
+            if not stage.cancelled():
                 log.warning("hyper-parameter search failed: %s", exc, exc_info=True)
-                search.progress("The search for better training settings failed; keeping the best model so far")
-            return None
+                stage.progress("The search for better training settings failed; keeping the best model so far")
+            return TuneOutcome(None, summary or None)
 
     return tune_fn
 
 
-def _tune(search: Any, address: str | None, keep_free_cpus: float) -> Any:
+def _tune(stage: TuneStage, address: str | None, keep_free_cpus: float, summary: dict[str, Any]) -> Scored | None:
+    """The trials, then the winner retrained; ``summary`` is filled in with what was tried as it goes."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new console output ignores verbose=0
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # a trial stopped in its first round
     import ray
 
-    trained = [s for s in search.scored if s.config.kind != "frozen" and s.train_info.get("history")]
+    trained = [s for s in stage.scored() if s.config.kind != "frozen" and s.train_info.get("history")]
     if not trained:
         return None
     base_scored = max(trained, key=lambda s: s.val_accuracy)
@@ -197,51 +200,52 @@ def _tune(search: Any, address: str | None, keep_free_cpus: float) -> Any:
                                     train=replace(base_scored.config.train, max_epochs=0))
     epoch_s = statistics.median(float(h["seconds"]) for h in base_scored.train_info["history"])
     if not ray.is_initialized():
-        ray.init(address=address, num_cpus=None if address else search.config.threads,
+        ray.init(address=address, num_cpus=None if address else stage.config.threads,
                  include_dashboard=False, log_to_driver=False)
     # The winner is retrained at least as long as the recipe it competes with was: that time is kept back.
-    retrain_s = RETRAIN_MARGIN * base_scored.seconds + search.estimate_finish_s(base)
-    plan = plan_trials(search.remaining() - retrain_s, epoch_s, base.train.epochs,
-                       float(ray.available_resources().get("CPU", 0.0)), max(1, search.config.threads),
-                       keep_free_cpus, math.ceil(len(search.keys("train")) / base.train.batch_size))
+    retrain_s = RETRAIN_MARGIN * base_scored.seconds + stage.finish_s(base)
+    plan = plan_trials(stage.remaining() - retrain_s, epoch_s, base.train.epochs,
+                       float(ray.available_resources().get("CPU", 0.0)), max(1, stage.config.threads),
+                       keep_free_cpus, math.ceil(len(stage.targets("train")) / base.train.batch_size))
     if plan is None:
-        search.tuning = {"base": base.name, "trials": 0, "skipped": "not enough time left",
-                         "seconds_for_trials": round(search.remaining() - retrain_s, 1)}
-        search.progress("Not enough time left to compare other training settings")
+        summary.update({"base": base.name, "trials": 0, "skipped": "not enough time left",
+                        "seconds_for_trials": round(stage.remaining() - retrain_s, 1)})
+        stage.progress("Not enough time left to compare other training settings")
         return None
-    search.progress(f"Trying {plan.trials} other training settings ({plan.epochs} rounds each)")
+    stage.progress(f"Trying {plan.trials} other training settings ({plan.epochs} rounds each)")
     started = time.monotonic()
-    rows = _run_trials(search, base, plan)
+    rows = _run_trials(stage, base, plan)
+    stage.spent(plan.seconds)
     furthest = max((int(m.get("epoch") or 0) for _, m in rows), default=0)
     finished = [(c, m) for c, m in rows if int(m.get("epoch") or 0) == furthest]  # compared at the same round
-    summary: dict[str, Any] = {
+    summary.update({
         "base": base.name, "trials": len(rows), "epochs": plan.epochs,
         "seconds": round(time.monotonic() - started, 1), "trial_cpus": plan.trial_cpus,
         "concurrent": plan.concurrent, "winner": None,
         "results": [{**{k: float(v) for k, v in c.items()}, "val_accuracy": m.get("val_accuracy"),
                      "rounds": m.get("epoch")} for c, m in rows],
-    }
-    search.tuning = summary
+    })
     log.info("hyper-parameter search: %s", summary)
-    if furthest < 2 or search.reporter.cancelled():
+    if furthest < 2 or stage.cancelled():
         return None
     # max() keeps the first of equals, and the recipe itself was the first trial: a tie keeps it
     winner = {k: float(v) for k, v in max(finished, key=lambda cm: float(cm[1]["val_accuracy"]))[0].items()}
     summary["winner"] = winner
     if winner == _recipe(base.train):
-        search.progress("The current training settings did best; keeping them")
+        stage.progress("The current training settings did best; keeping them")
         return None
     config = replace(base, train=replace(base.train, lr=winner["lr"], weight_decay=winner["weight_decay"],
                                          label_smoothing=winner["label_smoothing"], tuned=True))
-    scored = search.run_trained(config, search.estimate_finish_s(config))
+    scored = stage.run_trained(config, stage.finish_s(config))
     if scored is None:
-        search.progress("No time left to retrain with the better settings found")
+        stage.progress("No time left to retrain with the better settings found")
         return None
     scored.train_info["tuning"] = summary
     return scored
 
 
-def _run_trials(search: Any, base: CandidateConfig, plan: TrialPlan) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+def _run_trials(stage: TuneStage, base: CandidateConfig,
+                plan: TrialPlan) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Run the trials; (recipe, last reported metrics) of each."""
     import ray
     from ray import tune
@@ -250,21 +254,22 @@ def _run_trials(search: Any, base: CandidateConfig, plan: TrialPlan) -> list[tup
 
     from pigeonhole.learn.tune_stopper import CANCEL_CHECKS, CancelStopper
 
-    start = search.probe_classifier(base, announce=False)  # the trials start where the base started
-    setup = {"base": base, "epochs": plan.epochs, "threads": plan.threads, "seed": search.config.seed,
-             "niceness": os.nice(0), "classes": len(search.classes), "start": start,
-             "weights_dir": str(search.config.weights_dir) if search.config.weights_dir else None,
+    config = stage.config
+    start = stage.classifier_start(base)  # the trials start where the base started
+    setup = {"base": base, "epochs": plan.epochs, "threads": plan.threads, "seed": config.seed,
+             "niceness": os.nice(0), "classes": stage.class_count, "start": start,
+             "weights_dir": str(config.weights_dir) if config.weights_dir else None,
              "end_wall": time.time() + plan.seconds}
     trainable = tune.with_parameters(
-        _trial, setup=setup, xt=search.training_pixels(base), yt=np.asarray(search.y("train")),
-        xv=search.pixel_fn(base)(search.keys("val")), yv=np.asarray(search.y("val")),
+        _trial, setup=setup, xt=stage.training_pixels(base), yt=np.asarray(stage.targets("train")),
+        xv=stage.validation_pixels(base), yv=np.asarray(stage.targets("val")),
     )
     if plan.trial_cpus > 0:
         resources: dict[str, float] = {"cpu": plan.trial_cpus}
     else:  # the job's own CPUs: pinned to its node, one trial at a time
         resources = {"cpu": 0, _node_resource(ray): 0.001}
-    root = Path(search.config.cache_dir or Path.cwd()).resolve() / "ray_tune"
-    name = f"tune-{search.config.job_id or 'local'}-{int(time.time() * 1000)}"
+    root = Path(config.cache_dir or Path.cwd()).resolve() / "ray_tune"
+    name = f"tune-{config.job_id or 'local'}-{int(time.time() * 1000)}"
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space=_space(base.train),
@@ -272,13 +277,13 @@ def _run_trials(search: Any, base: CandidateConfig, plan: TrialPlan) -> list[tup
             metric="val_accuracy", mode="max", num_samples=plan.trials, time_budget_s=plan.seconds,
             reuse_actors=True,
             search_alg=BasicVariantGenerator(points_to_evaluate=[_recipe(base.train)],
-                                             max_concurrent=plan.concurrent, random_state=search.config.seed),
+                                             max_concurrent=plan.concurrent, random_state=config.seed),
             scheduler=ASHAScheduler(max_t=plan.epochs, grace_period=1, reduction_factor=REDUCTION,
                                     time_attr="epoch"),
         ),
         run_config=tune.RunConfig(name=name, storage_path=str(root), verbose=0, stop=CancelStopper(name)),
     )
-    CANCEL_CHECKS[name] = search.reporter.cancelled
+    CANCEL_CHECKS[name] = stage.cancelled
     try:
         results = tuner.fit()
         return [(r.config, r.metrics or {}) for r in results if r.config]

@@ -26,11 +26,11 @@ from pigeonhole.ids import new_id
 from pigeonhole.learn.artifacts import measure_speed, split_metrics, unknown_facts
 from pigeonhole.learn.evaluate import recall_gap, rename_classes
 from pigeonhole.learn.features import FeatureCache, ImageItem, compute_features
+from pigeonhole.learn.finish import LEFT_OUT
 from pigeonhole.learn.grow import extractor_of, input_spec_of, rebuild_model
 from pigeonhole.learn.head import RidgeHead
 from pigeonhole.learn.neighbours import NEIGHBOURS_FILE, NeighbourIndex
 from pigeonhole.learn.novelty import DEFAULT_CAUTION
-from pigeonhole.learn.search import LEFT_OUT
 from pigeonhole.learn.unknown import choose_unknown
 from pigeonhole.models import drift
 from pigeonhole.models import repository as repo
@@ -269,7 +269,7 @@ def _choose_left_out(ctx: JobContext, head: RidgeHead, manifest: list[list[Any]]
                      new_classes: set[str], extractor: Any, cache: FeatureCache, blobs: BlobStore,
                      ) -> tuple[RidgeHead, list[list[Any]]]:
     caution = head.threshold if head.detector is not None else DEFAULT_CAUTION  # the user's caution carries over
-    """As training chooses for a small set (under ``LEFT_OUT_BELOW_VAL`` validation images, frozen features):
+    """As training chooses for a small set (under ``runners.LEFT_OUT_BELOW_VAL`` validation images, frozen features):
     the head holds the train and validation images of every class, and ridge strength, temperature and threshold
     are chosen on each held image scored by the head refit without it. The same procedure on the same images as
     a refit, so adding a class and removing it again gives back the version the user had."""

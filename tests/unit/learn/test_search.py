@@ -12,14 +12,21 @@ import pytest
 import torch
 from tests.unit.learn.conftest import digit_set
 
+from pigeonhole.learn import planner as planner_module
+from pigeonhole.learn import runners
+from pigeonhole.learn import search as search_module
 from pigeonhole.learn.artifacts import CARD_FILE, HEAD_FILE, MODEL_FILE
+from pigeonhole.learn.budget import FixedCosts
+from pigeonhole.learn.candidates import CandidateConfig
+from pigeonhole.learn.clock import VirtualClock
 from pigeonhole.learn.data import MappingSource, TrainingImage, TrainingSet, sha256_bytes
 from pigeonhole.learn.export import INPUT_NAME, open_session
 from pigeonhole.learn.head import RidgeHead
 from pigeonhole.learn.memory import InMemoryStore, ModelMemory
 from pigeonhole.learn.neighbours import NeighbourIndex
 from pigeonhole.learn.novelty import KINDS
-from pigeonhole.learn.search import CandidateResult, NullReporter, SearchConfig, _Search, run_search, select
+from pigeonhole.learn.planner import Planner, finetune_config
+from pigeonhole.learn.search import CandidateResult, NullReporter, Search, SearchConfig, run_search
 
 
 def flower_set(flowers, train: int = 12, val: int = 6, test: int = 6) -> tuple[TrainingSet, MappingSource]:
@@ -54,6 +61,10 @@ class Recorder:
         return self.cancel_after is not None and len(self.ready) >= self.cancel_after
 
 
+# A small CNN's step at 28 px, stated (longer than 2 cores take): with a VirtualClock the plan is the same anywhere.
+CNN_COSTS = FixedCosts(step_s=0.2, step_size=28)
+
+
 def _config(tmp_path: Path, weights: Path, **kw) -> SearchConfig:
     kw.setdefault("time_budget_s", 30.0)
     return SearchConfig(weights_dir=weights, cache_dir=tmp_path / "cache", output_dir=tmp_path / "out", **kw)
@@ -70,8 +81,7 @@ def test_first_candidate_is_fast_valid_and_complete(small_flowers, shared_weight
     result = run_search(ts, source, _config(tmp_path, shared_weights), rec)
     assert result.stop_reason == "cancelled"
     assert len(rec.ready) == 1 and len(result.reported) == 1
-    seconds, first = rec.ready[0]
-    assert seconds < 30, f"first model took {seconds:.1f}s"  # typically 3-9 s; generous for a shared 2-core box
+    _, first = rec.ready[0]  # how soon it comes is benchmarks/learn_search.py's to measure
     assert first.config["kind"] == "frozen" and result.first_candidate_s == pytest.approx(first.ready_at_s)
 
     files = {k: Path(v) for k, v in first.artifacts.items()}
@@ -126,7 +136,6 @@ def test_target_met_stops_early_and_is_reproducible(small_flowers, shared_weight
         runs.append(run_search(ts, source, config, Recorder()))
     first, second = runs
     assert first.stop_reason == "target_met" and len(first.leaderboard) == 1
-    assert first.elapsed_s < 40
     assert first.chosen is not None and second.chosen is not None
     assert second.chosen.name == first.chosen.name
     assert second.chosen.val_accuracy == first.chosen.val_accuracy
@@ -134,13 +143,16 @@ def test_target_met_stops_early_and_is_reproducible(small_flowers, shared_weight
 
 
 def test_budget_is_honoured(small_flowers, shared_weights, tmp_path) -> None:
+    """On a clock that moves by stated costs (a fine-tuning step 1 s at 128 px), the search plans its work into
+    the budget: training stops within a step of its deadline and what follows it was kept back."""
     ts, source = small_flowers
-    budget = 25.0
+    budget = 60.0
     rec = Recorder()
-    t = time.monotonic()
-    result = run_search(ts, source, _config(tmp_path, shared_weights, time_budget_s=budget, preference="accurate"), rec)
-    wall = time.monotonic() - t
-    assert wall <= budget * 1.1, f"{wall:.1f}s for a {budget:.0f}s budget"
+    clock = VirtualClock()
+    result = run_search(ts, source, _config(tmp_path, shared_weights, time_budget_s=budget, preference="accurate"),
+                        rec, clock=clock, costs=FixedCosts(step_s=1.0))
+    assert result.elapsed_s == clock.now() <= budget, f"{result.elapsed_s:.1f}s for a {budget:.0f}s budget"
+    assert any(row["config"]["kind"] == "finetune" for row in result.leaderboard), result.leaderboard
     assert result.chosen is not None and result.stop_reason in ("budget", "exhausted", "plateau")
     fractions = [f for f, _, _ in rec.updates]
     assert fractions == sorted(fractions) or max(fractions) == 1.0
@@ -149,7 +161,8 @@ def test_budget_is_honoured(small_flowers, shared_weights, tmp_path) -> None:
 def test_a_budget_too_small_still_yields_a_first_model(small_flowers, shared_weights, tmp_path) -> None:
     ts, source = small_flowers
     rec = Recorder()
-    result = run_search(ts, source, _config(tmp_path, shared_weights, time_budget_s=0.5), rec)
+    result = run_search(ts, source, _config(tmp_path, shared_weights, time_budget_s=0.5), rec,
+                        clock=VirtualClock(), costs=FixedCosts())
     assert len(rec.ready) == 1 and result.chosen is not None  # the anytime model always completes
     assert result.stop_reason == "budget"
 
@@ -158,12 +171,12 @@ def test_small_grey_images_route_to_small_cnn(mnist, tmp_path) -> None:
     ts, source = _digits_set(mnist)
     memory = ModelMemory(InMemoryStore())
     config = SearchConfig(time_budget_s=30, cache_dir=tmp_path / "cache", output_dir=tmp_path / "out")
-    result = run_search(ts, source, config, Recorder(), memory=memory)
+    result = run_search(ts, source, config, Recorder(), memory=memory, clock=VirtualClock(), costs=CNN_COSTS)
     names = [row["name"] for row in result.leaderboard]
     assert names[0].startswith("pixels_l@28/frozen"), names  # no pretrained weights needed
     assert any(n.startswith("smallcnn_l@28/scratch") for n in names), names
     assert result.chosen is not None and result.chosen.card["input"]["color"] == "L"
-    assert result.elapsed_s <= 33
+    assert result.elapsed_s <= 30
     record = memory.store.load()[0]
     assert record.traits.grey_fraction == 1.0 and record.traits.median_side == 28
 
@@ -191,19 +204,17 @@ def test_small_colour_photos_fine_tune_a_pretrained_network_first(
 ) -> None:
     """On small colour images the pretrained network is fine-tuned before a CNN is trained from scratch (each
     fills the budget); where its frozen features score no better than raw pixels, the CNN goes first."""
-    import pigeonhole.learn.search as search_module
-
     trained: list[str] = []
-    monkeypatch.setattr(search_module._Search, "run_trained",
-                        lambda self, config, reserve: trained.append(config.kind))  # None: "did not fit"
+    monkeypatch.setattr(search_module, "run_trained",
+                        lambda ctx, config, reserve: trained.append(config.kind))  # None: "did not fit"
     if not transfers:
-        real_fit_head = search_module._Search.fit_head
+        real_fit_head = runners.fit_head
 
-        def pretrained_no_better(self, train_f, *args, **kw):
-            head, acc, n = real_fit_head(self, train_f, *args, **kw)
+        def pretrained_no_better(ctx, train_f, *args, **kw):
+            head, acc, n = real_fit_head(ctx, train_f, *args, **kw)
             return head, (0.0 if train_f.shape[1] == 1280 else acc), n  # MobileNetV2 features: no better
 
-        monkeypatch.setattr(search_module._Search, "fit_head", pretrained_no_better)
+        monkeypatch.setattr(runners, "fit_head", pretrained_no_better)
     ts, source = _shrunk(*small_flowers, 32)
     result = run_search(ts, source, _config(tmp_path, shared_weights, time_budget_s=60.0), Recorder())
     names = [row["name"] for row in result.leaderboard]
@@ -211,72 +222,22 @@ def test_small_colour_photos_fine_tune_a_pretrained_network_first(
     assert trained == (["finetune", "scratch"] if transfers else ["scratch", "finetune"])
 
 
-def test_selection_rule() -> None:
-    from types import SimpleNamespace
-
-    def cand(acc: float, cost: float, order: int):
-        return SimpleNamespace(val_accuracy=acc, mflops=cost, order=order)
-
-    a, b, c = cand(0.90, 100, 0), cand(0.93, 300, 1), cand(0.95, 900, 2)
-    assert select([a, b, c], 0.92, "balanced") is b  # cheapest meeting the target
-    assert select([a, b, c], 0.92, "accurate") is c
-    assert select([a, b, c], 0.99, "balanced") is c  # none meets: most accurate
-    assert select([a, b, c], None, "fast") is b  # within 2 points of the best, cheaper
-    assert select([], 0.9, "fast") is None
-
-    from pigeonhole.learn.candidates import CandidateConfig
-
-    def probe(acc: float, cost: float, order: int, per_class: int, size: int = 160):
-        return SimpleNamespace(val_accuracy=acc, mflops=cost, order=order,
-                               config=CandidateConfig("frozen", "mobilenet_v2", size, max_train_per_class=per_class))
-
-    lucky, full = probe(1.0, 150, 0, 60), probe(0.96, 150, 1, 0)
-    assert select([lucky], None, "balanced") is lucky  # the anytime preview, until its full version exists
-    assert select([lucky, full], None, "balanced") is full  # the probe leaves once its full version is scored
-    assert select([lucky, full], 0.99, "accurate") is full
-    larger = probe(1.0, 300, 2, 0, size=224)
-    assert select([lucky, full, larger], None, "balanced") is larger
-    other = probe(0.997, 150, 1, 0, size=128)  # another candidate of equal cost, within tolerance
-    assert select([lucky, other], None, "balanced") is other
-
-    # A tolerance must span at least two of the images the leader was measured on: one image of 212 (0.47
-    # points) is within balanced's 0.5, but no measurement of a difference, so the more accurate stays.
-    cheap, costly = cand(205 / 212, 300, 0), cand(206 / 212, 600, 1)
-    cheap.evaluated_on = costly.evaluated_on = 212
-    assert select([cheap, costly], None, "balanced") is costly
-    cheap.evaluated_on = costly.evaluated_on = 1000  # the same gap on 1,000 images: the tolerance holds
-    assert select([cheap, costly], None, "balanced") is cheap
-    assert select([cheap, costly], None, "accurate") is costly
-
-    # A lead measured on few images over a candidate measured on many is kept only when chance would rarely give
-    # it: 28 of 28 validation images is what a 97.2 % model scores 45 % of the time; 300 of 300 is not.
-    frozen, tuned = cand(0.972, 400, 0), cand(1.0, 800, 1)
-    frozen.evaluated_on, tuned.evaluated_on = 281, 28
-    assert select([frozen, tuned], None, "balanced") is frozen
-    assert select([frozen, tuned], 0.99, "balanced") is frozen  # nor does it meet a target on that evidence
-    tuned.evaluated_on = 140
-    assert select([frozen, tuned], None, "balanced") is tuned  # 140 of 140: P = 0.02 under 97.2 %
-    frozen.evaluated_on = tuned.evaluated_on = 28
-    assert select([frozen, tuned], None, "balanced") is tuned  # measured alike: the plain rule
-
-
 def test_flip_view_of_a_trained_candidate(small_flowers, tmp_path: Path, shared_weights: Path) -> None:
     """The mirrored-view variant reuses the trained networks, averages plain and mirrored features in the
     graph, is skipped for digits, for ``fast`` and when the time left cannot pay for it."""
-    from dataclasses import replace
-
     from pigeonhole.learn.backbones import build_extractor
-    from pigeonhole.learn.candidates import CandidateConfig, TrainParams, member_key
-    from pigeonhole.learn.search import NullReporter, _Search
+    from pigeonhole.learn.candidates import TrainParams, member_key
 
     ts, source = small_flowers
-    search = _Search(ts, source, _config(tmp_path, shared_weights, time_budget_s=120.0), NullReporter(), None, None)
-    base = search.run_frozen(CandidateConfig("frozen", "mobilenet_v2", 96))
+    clock = VirtualClock()
+    ctx = Search(ts, source, _config(tmp_path, shared_weights, time_budget_s=120.0), NullReporter(), clock=clock,
+                 costs=FixedCosts()).ctx
+    base = runners.run_frozen(ctx, CandidateConfig("frozen", "mobilenet_v2", 96))
     spec = base.config.spec
-    base.members = [(spec, build_extractor(spec, search.catalog), member_key(spec, search.catalog))]
+    base.members = [(spec, build_extractor(spec, ctx.catalog), member_key(spec, ctx.catalog))]
     base.train_info = {"extract_seconds": 1.0}
 
-    flipped = search.run_flip_view(base)
+    flipped = runners.run_flip_view(ctx, base)
     assert flipped is not None and flipped.config.flip_tta and flipped.mflops == 2 * base.mflops
     assert 0.0 <= flipped.val_accuracy <= 1.0 and flipped.train_info["flip_view_of"] == base.config.name
     with torch.no_grad():
@@ -284,14 +245,14 @@ def test_flip_view_of_a_trained_candidate(small_flowers, tmp_path: Path, shared_
     assert features.shape[1] == base.extractor.feature_dim
 
     digits = replace(base, config=replace(base.config, train=TrainParams(augment="digits")))
-    assert search.run_flip_view(digits) is None
+    assert runners.run_flip_view(ctx, digits) is None
     unmirrored = replace(base, config=replace(base.config, train=TrainParams(flip=False)))
-    assert search.run_flip_view(unmirrored) is None, "trained where mirroring changes the class"
-    search.config = replace(search.config, preference="fast")
-    assert search.run_flip_view(base) is None
-    search.config = replace(search.config, preference="balanced")
-    search.deadline = time.monotonic() + 1.0
-    assert search.run_flip_view(base) is None, "not enough time left"
+    assert runners.run_flip_view(ctx, unmirrored) is None, "trained where mirroring changes the class"
+    ctx.config = replace(ctx.config, preference="fast")
+    assert runners.run_flip_view(ctx, base) is None
+    ctx.config = replace(ctx.config, preference="balanced")
+    clock.spent(ctx.budget.remaining() - 1.0)
+    assert runners.run_flip_view(ctx, base) is None, "not enough time left"
 
 
 def test_where_mirroring_changes_the_class_nothing_is_mirrored(mnist, shared_weights, tmp_path, monkeypatch) -> None:
@@ -312,39 +273,40 @@ def test_where_mirroring_changes_the_class_nothing_is_mirrored(mnist, shared_wei
         blobs[key] = buf.getvalue()
         items.append(TrainingImage(key, str(label), "test" if i >= 250 else "train", len(buf.getvalue())))
     ts, source = TrainingSet(tuple(items)), MappingSource(blobs)
-    from pigeonhole.learn.candidates import CandidateConfig
 
     plain = CandidateConfig("frozen", "mobilenet_v2", 96)
     ladder = [plain, replace(plain, flip_tta=True)]
     with monkeypatch.context() as patched:
-        patched.setattr(_Search, "ladder", lambda self, small, grey, side: list(ladder))
-        result = run_search(ts, source, _config(tmp_path, shared_weights, time_budget_s=30.0), Recorder())
+        patched.setattr(Planner, "ladder", lambda self, small, grey, side: list(ladder))
+        result = run_search(ts, source, _config(tmp_path, shared_weights, time_budget_s=30.0), Recorder(),
+                            clock=VirtualClock(), costs=FixedCosts())
     assert result.mirror is not None and result.mirror["changes_class"], result.mirror
     assert result.mirror["images"] == 250 and result.mirror["z"] >= 3
     assert [row["name"] for row in result.leaderboard] == ["mobilenet_v2@96/frozen"]
 
-    # Two rounds are asked for: a large budget only keeps a busy machine's slow steps from skipping the training.
-    search = _Search(ts, source, _config(tmp_path, shared_weights, time_budget_s=600.0), NullReporter(), None, None)
-    recipe = search.finetune_config("mobilenet_v2")
+    # Two rounds are asked for, at stated costs: the plan does not depend on how busy the machine is.
+    search = Search(ts, source, _config(tmp_path, shared_weights, time_budget_s=120.0), NullReporter(),
+                    clock=VirtualClock(), costs=FixedCosts(step_s=0.3))
+    ctx = search.ctx
+    ctx.median_side = 64.0  # small images: fine-tuned at 128 px or less
+    recipe = finetune_config("mobilenet_v2")
     assert recipe.train.flip
-    tuned = search.run_trained(replace(recipe, train=replace(recipe.train, max_epochs=2)), 0.0)
+    tuned = runners.run_trained(ctx, replace(recipe, train=replace(recipe.train, max_epochs=2)), 0.0)
     assert tuned is not None and tuned.train_info["epochs_done"] == 2
-    assert search.mirror is not None and search.mirror.changes_class
+    assert ctx.mirror is not None and ctx.mirror.changes_class
     assert tuned.config.train.flip is False
-    assert search.run_flip_view(tuned) is None
+    assert runners.run_flip_view(ctx, tuned) is None
 
 
 def test_a_perfect_probe_does_not_end_the_search(small_flowers, shared_weights, tmp_path, monkeypatch) -> None:
     """A probe (part of the training images) that scores 100 % on validation is followed by the same
     extractor on all the images, which is chosen; a perfect full-data candidate then ends the search."""
-    import pigeonhole.learn.search as search_module
-
-    real_fit_head = search_module._Search.fit_head
-    monkeypatch.setattr(search_module, "PROBE_PER_CLASS", 4)  # 12 training images per class: probe on 4
-    monkeypatch.setattr(search_module._Search, "fit_head",
-                        lambda self, *args, **kw: (real_fit_head(self, *args, **kw)[0], 1.0, 200))
+    real_fit_head = runners.fit_head
+    monkeypatch.setattr(planner_module, "PROBE_PER_CLASS", 4)  # 12 training images per class: probe on 4
+    monkeypatch.setattr(runners, "fit_head", lambda *args, **kw: (real_fit_head(*args, **kw)[0], 1.0, 200))
     ts, source = small_flowers
-    result = run_search(ts, source, _config(tmp_path, shared_weights, time_budget_s=120.0), Recorder())
+    result = run_search(ts, source, _config(tmp_path, shared_weights, time_budget_s=120.0), Recorder(),
+                        clock=VirtualClock(), costs=FixedCosts())
     names = [entry["name"] for entry in result.leaderboard]
     assert names[0].endswith("/probe4") and len(names) == 2 and "probe" not in names[1]
     assert result.stop_reason == "plateau" and result.chosen is not None and result.chosen.name == names[1]
@@ -354,24 +316,21 @@ def test_fine_tuning_starts_from_a_linear_probe(small_flowers, shared_weights, t
     """The classifier layer a fine-tune starts from is a ridge head on the frozen features of the size it trains
     at, in the network's class order and at a logit scale (a probability, not a 0/1 regression score), and
     ``start_from_probe=False`` starts from random values."""
-    from dataclasses import replace
-
-    import pigeonhole.learn.search as search_module
     from pigeonhole.learn.backbones import build_extractor
-    from pigeonhole.learn.candidates import CandidateConfig, TrainParams, build_stack, member_key
-    from pigeonhole.learn.search import NullReporter, _Search
+    from pigeonhole.learn.candidates import TrainParams, build_stack, member_key
 
     ts, source = small_flowers
-    search = _Search(ts, source, _config(tmp_path, shared_weights, time_budget_s=300.0), NullReporter(), None, None)
+    ctx = Search(ts, source, _config(tmp_path, shared_weights, time_budget_s=300.0), NullReporter(),
+                 clock=VirtualClock(), costs=FixedCosts()).ctx
     config = CandidateConfig("finetune", "mobilenet_v2", 96, with_frozen=True,
                              train=TrainParams(lr=5e-4, batch_size=16, augment="photo", bf16=True))
-    weights, bias = search.probe_classifier(config)
-    assert weights.shape == (len(search.classes), 1280) and bias.shape == (len(search.classes),)
+    weights, bias = runners.probe_classifier(ctx, config)
+    assert weights.shape == (len(ctx.classes), 1280) and bias.shape == (len(ctx.classes),)
     frozen = CandidateConfig("frozen", "mobilenet_v2", 96)
     spec = frozen.spec
-    built = build_stack(frozen, [(spec, build_extractor(spec, search.catalog), member_key(spec, search.catalog))])
-    logits = search.train_val_features(built, frozen)["train"] @ weights.T + bias
-    assert (logits.argmax(1) == search.y("train")).mean() >= 0.9
+    built = build_stack(frozen, [(spec, build_extractor(spec, ctx.catalog), member_key(spec, ctx.catalog))])
+    logits = runners.train_val_features(ctx, built, frozen)["train"] @ weights.T + bias
+    assert (logits.argmax(1) == ctx.y("train")).mean() >= 0.9
     probs = np.exp(logits - logits.max(1, keepdims=True))
     assert (probs.max(1) / probs.sum(1)).mean() > 0.6
 
@@ -381,16 +340,16 @@ def test_fine_tuning_starts_from_a_linear_probe(small_flowers, shared_weights, t
         calls.append(kwargs)
         raise InterruptedError  # the start is what this test is about, not the training
 
-    monkeypatch.setattr(search_module, "train_extractor", recording)
-    search.median_side = 64.0  # small images: only 96 px is timed
+    monkeypatch.setattr(runners, "train_extractor", recording)
+    ctx.median_side = 64.0  # small images: only 96 px is tried
     with pytest.raises(InterruptedError):
-        search.run_trained(config, 0.0)
+        runners.run_trained(ctx, config, 0.0)
     size = calls[0]["input_size"]
-    expected = search.probe_classifier(replace(config, size=size))
+    expected = runners.probe_classifier(ctx, replace(config, size=size))
     np.testing.assert_array_equal(calls[0]["classifier_start"][0], expected[0])
     np.testing.assert_array_equal(calls[0]["classifier_start"][1], expected[1])
     with pytest.raises(InterruptedError):
-        search.run_trained(replace(config, train=replace(config.train, start_from_probe=False)), 0.0)
+        runners.run_trained(ctx, replace(config, train=replace(config.train, start_from_probe=False)), 0.0)
     assert calls[1]["classifier_start"] is None
 
 
@@ -403,15 +362,14 @@ def test_remembered_rounds_plan_the_training_and_a_shortfall_trains_in_full(mnis
     """With a target, a remembered trained winner is planned for the rounds that reached the target before
     (a plan filling the budget would finish no sooner); when that falls short here, the ladder trains it
     again with the whole budget."""
-    from pigeonhole.learn.candidates import CandidateConfig
     from pigeonhole.learn.memory import CandidateRecord, SearchRecord
 
     ts, source = _digits_set(mnist)
-    ladder = _Search(ts, source, SearchConfig(), NullReporter(), None, None).ladder(True, True, 28)
+    ladder = Search(ts, source, SearchConfig(), NullReporter()).planner.ladder(True, True, 28)
     cnn = next(c for c in ladder if c.kind == "scratch")
     memory = ModelMemory(InMemoryStore())
     seen = run_search(ts, source, SearchConfig(time_budget_s=1, cache_dir=tmp_path / "c0"), Recorder(),
-                      memory=memory)  # only the probe: the traits this data has
+                      memory=memory, clock=VirtualClock(), costs=CNN_COSTS)  # only the probe: the data's traits
     past = SearchRecord(
         traits=memory.store.load()[0].traits,
         candidates=[CandidateRecord(config=replace(cnn, train=replace(cnn.train, epochs=20)).to_dict(),
@@ -421,8 +379,8 @@ def test_remembered_rounds_plan_the_training_and_a_shortfall_trains_in_full(mnis
     )
     memory = ModelMemory(InMemoryStore())
     memory.record(past)
-    config = SearchConfig(time_budget_s=25, target_accuracy=0.995, cache_dir=tmp_path / "c1", output_dir=tmp_path / "o")
-    result = run_search(ts, source, config, Recorder(), memory=memory)
+    config = SearchConfig(time_budget_s=40, target_accuracy=0.995, cache_dir=tmp_path / "c1", output_dir=tmp_path / "o")
+    result = run_search(ts, source, config, Recorder(), memory=memory, clock=VirtualClock(), costs=CNN_COSTS)
     trained = [row for row in result.leaderboard if row["config"]["kind"] == "scratch"]
     assert seen.leaderboard and len(trained) >= 2, [row["name"] for row in result.leaderboard]
     remembered, full = trained[0], trained[1]

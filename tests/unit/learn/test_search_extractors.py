@@ -15,7 +15,8 @@ from pigeonhole.learn.backbones import build_extractor, get_spec
 from pigeonhole.learn.export import INPUT_NAME, open_session
 from pigeonhole.learn.grow import extractor_of, rebuild_model
 from pigeonhole.learn.head import RidgeHead
-from pigeonhole.learn.search import NO_PRETRAINED, SearchConfig, run_search
+from pigeonhole.learn.planner import NO_PRETRAINED
+from pigeonhole.learn.search import SearchConfig, run_search
 from pigeonhole.learn.weights import WeightsCatalog
 from pigeonhole.learn.weights_fetch import import_onnx
 
@@ -97,22 +98,25 @@ def test_two_extractors_stack_into_one_head_from_their_cached_features(small_flo
     """MobileNetV2 (the operator's) and the packaged Lite0 side by side: the stack's features are the members'
     (cached when each ran alone, so it costs a head solve), it is exported as one graph, and grows exactly."""
     from pigeonhole.learn.candidates import CandidateConfig
-    from pigeonhole.learn.search import NullReporter, _Search
+    from pigeonhole.learn.finish import finish
+    from pigeonhole.learn.runners import run_frozen
+    from pigeonhole.learn.search import NullReporter, Search
 
     ts, source = small_flowers
-    search = _Search(ts, source, _config(tmp_path, shared_weights), NullReporter(), None, None)
-    ladder = search.ladder(small=False, grey=False, median_side=128.0)
+    search = Search(ts, source, _config(tmp_path, shared_weights), NullReporter())
+    ctx = search.ctx
+    ladder = search.planner.ladder(small=False, grey=False, median_side=128.0)
     stacked = [c for c in ladder if c.partner]
     assert [(c.extractor, c.partner, c.size) for c in stacked] == [("mobilenet_v2", "efficientnet_lite0", 224)]
-    mobilenet, lite = (search.run_frozen(CandidateConfig("frozen", e, 160)) for e in ("mobilenet_v2",
+    mobilenet, lite = (run_frozen(ctx, CandidateConfig("frozen", e, 160)) for e in ("mobilenet_v2",
                                                                                       "efficientnet_lite0"))
     pair = CandidateConfig("frozen", "mobilenet_v2", 160, partner="efficientnet_lite0")
-    assert search.frozen_need_s(pair) == pytest.approx(search.estimate_finish_s(pair))  # nothing to extract
-    scored = search.run_frozen(pair)
+    assert ctx.budget.frozen_need_s(pair, ctx.frozen_done) == pytest.approx(ctx.budget.finish_s(pair))  # cached
+    scored = run_frozen(ctx, pair)
     np.testing.assert_array_equal(scored.val_features, np.hstack([mobilenet.val_features, lite.val_features]))
     assert pair.mflops() == pytest.approx(mobilenet.mflops + lite.mflops) and "+efficientnet_lite0@160" in pair.name
-    search.current = mobilenet
-    result = search.finish(scored)
+    ctx.current = mobilenet
+    result = finish(ctx, scored, [], 0)
     assert result.card["extractor"]["partner_weights"]["name"] == "efficientnet_lite0-imagenet"
     model = Path(result.artifacts["model"]).read_bytes()
     head = RidgeHead.from_bytes(Path(result.artifacts["head"]).read_bytes())

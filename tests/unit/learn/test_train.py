@@ -20,14 +20,14 @@ def _scores(*accuracies: float, images: int = 16):
     return lambda *args: np.arange(images) < round(next(rounds) * images)
 
 
-def _train_digits(mnist, params: TrainParams, n_train: int, n_val: int, deadline: float = float("inf")):
+def _train_digits(mnist, params: TrainParams, n_train: int, n_val: int, deadline: float = float("inf"), **kw):
     """A tiny from-scratch run on the first MNIST images (validation right after the training images)."""
     images, labels = mnist
     spec = get_spec("smallcnn_l")
     return train_extractor(
         spec, build_architecture(spec), spec.feature_dim, 10, params, images[:n_train, None], labels[:n_train],
         images[n_train:n_train + n_val, None], labels[n_train:n_train + n_val], input_size=28, seed=0,
-        deadline=deadline, pretrained=False,
+        deadline=deadline, pretrained=False, **kw,
     )
 
 
@@ -117,19 +117,9 @@ def test_a_round_cut_past_its_middle_by_the_deadline_is_still_measured(mnist, mo
                                                                        rounds: int, fraction: float | None) -> None:
     """Plans round up and the deadline cuts the last round: trained at the lowest rates, it is measured (and
     kept when best) if it got past half its images; a round barely begun is not."""
-    from types import SimpleNamespace
-
     import pigeonhole.learn.train as train
+    from pigeonhole.learn.clock import VirtualClock
 
-    clock = [0.0]  # one second per training step
-    real_augment = train.augment
-
-    def stepping_augment(*args, **kwargs):
-        clock[0] += 1.0
-        return real_augment(*args, **kwargs)
-
-    monkeypatch.setattr(train, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    monkeypatch.setattr(train, "augment", stepping_augment)
     monkeypatch.setattr(train, "_hits", _scores(0.5, 0.9))
     images, labels = mnist
     spec = get_spec("smallcnn_l")
@@ -137,6 +127,7 @@ def test_a_round_cut_past_its_middle_by_the_deadline_is_still_measured(mnist, mo
     outcome = train_extractor(
         spec, build_architecture(spec), spec.feature_dim, 10, params, images[:64, None], labels[:64],
         images[64:80, None], labels[64:80], input_size=28, seed=0, deadline=deadline, pretrained=False,
+        clock=VirtualClock(), charged_step_s=1.0,  # one second per training step
     )
     assert outcome.stopped == "deadline" and outcome.epochs_done == rounds  # 4 steps a round
     assert outcome.history[-1].get("fraction") == fraction
@@ -231,22 +222,13 @@ def test_a_resumed_fine_tune_runs_the_stem_its_checkpoint_holds(tmp_path: Path, 
 def test_the_first_round_replans_a_cautious_plan_to_fill_the_time(mnist, monkeypatch) -> None:
     """A plan of 2 rounds where the first round shows 5.5 fit: the plan grows to the next plan step (6), the
     rate decays by the deadline, and the last round the deadline cuts past its middle is still measured."""
-    from types import SimpleNamespace
-
     import pigeonhole.learn.train as train
+    from pigeonhole.learn.clock import VirtualClock
 
-    clock = [0.0]  # one second per training step, four steps a round
-    real_augment = train.augment
-
-    def stepping_augment(*args, **kwargs):
-        clock[0] += 1.0
-        return real_augment(*args, **kwargs)
-
-    monkeypatch.setattr(train, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    monkeypatch.setattr(train, "augment", stepping_augment)
     monkeypatch.setattr(train, "_hits", _scores(*[0.5] * 10))
     params = TrainParams(epochs=2, lr=3e-3, batch_size=16, augment="digits", patience=50)
-    outcome = _train_digits(mnist, params, 64, 16, deadline=22.0)
+    # one second per training step, four steps a round
+    outcome = _train_digits(mnist, params, 64, 16, deadline=22.0, clock=VirtualClock(), charged_step_s=1.0)
     assert outcome.epochs_planned == 6 and outcome.epochs_done == 6 and outcome.stopped == "deadline"
     assert [h["planned"] for h in outcome.history] == [6] * 6 and outcome.history[-1]["fraction"] == 0.75
     # without a deadline the plan is the plan
