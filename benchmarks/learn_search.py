@@ -145,6 +145,9 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: a fresh temporary folder")
     parser.add_argument("--memory", type=Path, default=None, help="JSON model memory file to read and extend")
     parser.add_argument("--json", action="store_true", help="also print the leaderboard as JSON")
+    parser.add_argument("--virtual", type=float, default=None, metavar="STEP_S",
+                        help="replay on a virtual clock with stated costs (a fine-tuning step STEP_S seconds at "
+                             "128 px): the same choices on any machine, however busy")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     budgets = dict(DEFAULT_BUDGETS)
@@ -164,7 +167,13 @@ def main() -> None:
             )
             reporter = _Reporter(args.verbose)
             t = time.monotonic()
-            result = run_search(ts, source, config, reporter, memory=memory)
+            timing = {}
+            if args.virtual is not None:
+                from pigeonhole.learn.budget import FixedCosts
+                from pigeonhole.learn.clock import VirtualClock
+
+                timing = {"clock": VirtualClock(), "costs": FixedCosts(step_s=args.virtual)}
+            result = run_search(ts, source, config, reporter, memory=memory, **timing)
             wall = time.monotonic() - t
         chosen = result.chosen
         if chosen is None:
@@ -172,8 +181,10 @@ def main() -> None:
             continue
         m = chosen.test_metrics
         n_train = len(ts.split("train"))
+        virtual = f" (virtual clock: {result.elapsed_s:.1f}s)" if args.virtual is not None else ""
         print(
-            f"{name}: wall {wall:.1f}s (budget {budgets[name]:.0f}s) | first model {result.first_candidate_s:.1f}s | "
+            f"{name}: wall {wall:.1f}s{virtual} "
+            f"(budget {budgets[name]:.0f}s) | first model {result.first_candidate_s:.1f}s | "
             f"chosen ready {chosen.ready_at_s:.1f}s | "
             f"test acc {m['accuracy']:.4f} (balanced {m['balanced_accuracy']:.4f}, n={m['n']}) | "
             f"chosen {chosen.name} (val {chosen.val_accuracy:.4f}) | size {chosen.model_size_bytes / 1e6:.2f} MB | "
@@ -185,7 +196,8 @@ def main() -> None:
             recall = m["per_class"]["classes"][label]["recall"]
             print(f"  {label}: recall {recall:.4f} on the held-out images", flush=True)
         if args.json:
-            print(json.dumps([{k: v for k, v in row.items() if k != "config"} for row in result.leaderboard]))
+            print(json.dumps([{k: v for k, v in row.items() if k not in ("config", "seconds")}
+                              for row in result.leaderboard]))
 
 
 if __name__ == "__main__":

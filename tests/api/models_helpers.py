@@ -82,7 +82,7 @@ def run_job(app: FastAPI, job_id: str, tmp: Path) -> dict[str, Any]:
     with app.state.session_factory() as db:
         job = db.get(Job, job_id)
         assert job is not None
-        handler = handler_for(job.kind)()  # type: ignore[misc]
+        handler = handler_for(job.kind)(app.state.settings)  # type: ignore[misc]
         payload = handler.prepare(db, job)
     ctx = Ctx(tmp, app.state.settings.resolved_blob_url)
     ctx.job_id = job_id

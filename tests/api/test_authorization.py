@@ -65,7 +65,7 @@ def _world_of(owner: Account) -> dict[str, str]:
     assert uploaded.json()["accepted"] == 1, uploaded.text
     image_id = owner.client.get(f"/api/v1/datasets/{dataset_id}/images").json()["items"][0]["id"]
     with owner.client.app.state.session_factory() as db:  # jobs are created by other domains, not by a route
-        job_id = create_job(db, owner.id, "selftest", {"steps": 1}).id
+        job_id = create_job(db, owner.id, "selftest", {"steps": 1}, settings=owner.client.app.state.settings).id
         db.commit()
     model_id = owner.client.post("/api/v1/models", json={"name": "A's model",
                                                          "dataset_id": trainable_dataset(owner)}).json()["id"]

@@ -16,6 +16,7 @@ from pigeonhole.db.tables import DatasetImage, Job, Model, ModelVersion
 from pigeonhole.ids import new_id
 from pigeonhole.learn.evaluate import recall_gap
 from pigeonhole.models.drift import suggestion_for
+from pigeonhole.models.job_contracts import VersionEvent, VersionKeys
 from pigeonhole.models.training import RetrainHandler, TrainHandler, event_extractor_classes
 from pigeonhole.settings import Settings
 from tests.api.conftest import Account
@@ -80,7 +81,7 @@ def _hand_over(app: FastAPI, model_id: str, job_id: str, accuracy: float, like: 
                  "metrics": {"accuracy": accuracy}, "input": active.input_spec, "threshold": active.threshold,
                  "size_bytes": active.size_bytes, "keys": {"model": active.onnx_key, "head": active.head_key},
                  "lineage": {"candidate": {"config": {"kind": "finetune", "extractor": "smallcnn_l", "size": 28}}}}
-        (RetrainHandler if job.kind == "retrain" else TrainHandler)().on_event(db, job, event)
+        (RetrainHandler if job.kind == "retrain" else TrainHandler)(app.state.settings).on_event(db, job, event)
         return max(v.v for v in db.query(ModelVersion).filter_by(model_id=model_id))
 
 
@@ -99,14 +100,17 @@ def test_the_gap_is_the_mean_recall_of_known_minus_added_classes() -> None:
 
 
 def test_training_versions_record_what_their_extractor_was_fine_tuned_on() -> None:
-    def event(kind: str) -> dict[str, Any]:
-        return {"classes": ["x", "y"], "lineage": {"candidate": {"config": {"kind": kind, "extractor": "smallcnn_l",
-                                                                            "size": 28}}}}
+    def event(lineage: dict[str, Any]) -> VersionEvent:
+        return VersionEvent(version_id="v", keys=VersionKeys(model="m.onnx"), classes=["x", "y"], metrics={},
+                            input={}, threshold=0.5, size_bytes=1, lineage=lineage)
 
-    assert event_extractor_classes(event("finetune")) == ["x", "y"]
-    assert event_extractor_classes(event("scratch")) == ["x", "y"]  # a from-scratch CNN learnt these classes too
-    assert event_extractor_classes(event("frozen")) is None  # a pretrained extractor favours none of them
-    assert event_extractor_classes({"classes": ["x", "y"], "lineage": {"extractor_classes": ["x"]}}) == ["x"]
+    def of_kind(kind: str) -> VersionEvent:
+        return event({"candidate": {"config": {"kind": kind, "extractor": "smallcnn_l", "size": 28}}})
+
+    assert event_extractor_classes(of_kind("finetune")) == ["x", "y"]
+    assert event_extractor_classes(of_kind("scratch")) == ["x", "y"]  # a from-scratch CNN learnt these classes too
+    assert event_extractor_classes(of_kind("frozen")) is None  # a pretrained extractor favours none of them
+    assert event_extractor_classes(event({"extractor_classes": ["x"]})) == ["x"]
 
 
 def test_a_lagging_added_class_suggests_a_retrain_until_one_exists(app, alice: Account, tmp_path: Path) -> None:
@@ -150,7 +154,7 @@ def test_no_suggestion_when_the_added_class_is_recognised_as_well(app, alice: Ac
 
 
 def test_no_suggestion_below_the_setting(app, alice: Account, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("PIGEONHOLE_DRIFT_RETRAIN_GAP_POINTS", "150")
+    monkeypatch.setattr(app.state, "settings", app.state.settings.model_copy(update={"drift_retrain_gap_points": 150}))
     model_id = _model(app, alice, lagging=True, auto_retrain=True)
     model = _add_new(app, alice, model_id, tmp_path)
     assert alice.client.get(f"/api/v1/models/{model_id}/versions/2").json()["metrics"]["drift"]["gap_points"] > 50

@@ -139,7 +139,7 @@ def test_a_class_added_during_training_is_in_the_jobs_final_version(app, alice: 
                  "size_bytes": row.size_bytes, "keys": {"model": row.onnx_key, "head": row.head_key},
                  "lineage": {}}
     with app.state.session_factory() as db, db.begin():
-        TrainHandler().on_event(db, db.get(Job, train_job), event)
+        TrainHandler(app.state.settings).on_event(db, db.get(Job, train_job), event)
         model = db.get(Model, model_id)
         assert model.active_version is None  # not served with a class missing
     jobs = alice.client.get("/api/v1/jobs", params={"model_id": model_id}).json()["items"]
@@ -159,7 +159,7 @@ def _training_hands_over(app, model_id: str, train_job: str) -> None:  # type: i
                  "input": row.input_spec, "threshold": row.threshold, "size_bytes": row.size_bytes,
                  "keys": {"model": row.onnx_key, "head": row.head_key}, "lineage": {}}
     with app.state.session_factory() as db, db.begin():
-        TrainHandler().on_event(db, db.get(Job, train_job), event)
+        TrainHandler(app.state.settings).on_event(db, db.get(Job, train_job), event)
 
 
 def test_a_better_training_result_after_a_class_change_is_brought_up_to_date(

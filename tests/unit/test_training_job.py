@@ -57,13 +57,13 @@ def test_a_training_fetches_the_recommended_extractors_beside_itself_not_before(
                  "url": f"http://127.0.0.1:{server.server_address[1]}/mnv2.safetensors"}
         dino = {**WeightsCatalog(None).get("dinov2_vits14").to_json(), "recommended": False}
         (weights / "weights.json").write_text(json.dumps({"weights": [entry, dino]}))
-        said = training._fetch_recommended(weights, {"builtin_weights": True})
+        said = training._fetch_recommended(weights, builtin_weights=True)
         assert said is not None and "mobilenet_v2-imagenet1k_v2" in said and "background" in said
         for thread in threading.enumerate():
             if thread.name == "pigeonhole-weights-fetch":
                 thread.join(60)
         assert WeightsCatalog(weights).is_present("mobilenet_v2-imagenet1k_v2")
-        assert training._fetch_recommended(weights, {"builtin_weights": True}) is None  # nothing left to fetch
+        assert training._fetch_recommended(weights, builtin_weights=True) is None  # nothing left to fetch
     finally:
         server.shutdown()
         server.server_close()

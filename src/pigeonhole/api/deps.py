@@ -42,15 +42,16 @@ def get_db(request: Request) -> Iterator[Session]:
 DbSession = Annotated[Session, Depends(get_db, scope="function")]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
+    """The one way a route reads settings (async: no thread hop, even on the prediction path)."""
     return request.app.state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_auth_service(request: Request, db: DbSession) -> AuthService:
-    return AuthService(db, request.app.state.settings, request.app.state.passwords, request.app.state.token_cache)
+def get_auth_service(request: Request, db: DbSession, settings: SettingsDep) -> AuthService:
+    return AuthService(db, settings, request.app.state.passwords, request.app.state.token_cache)
 
 
 AuthServiceDep = Annotated[AuthService, Depends(get_auth_service)]

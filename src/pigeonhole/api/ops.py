@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -10,6 +12,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import select, text
 
+from pigeonhole.api.deps import SettingsDep
 from pigeonhole.compute.lease import holder_of
 from pigeonhole.db.migrate import pending_revisions
 from pigeonhole.db.tables import ComputeNode
@@ -50,9 +53,8 @@ def _check_compute(request: Request) -> str | None:
     return None
 
 
-def _check_predictions(request: Request) -> str | None:
-    """Ray mode only: Serve's proxy lists the prediction route once the dispatcher has deployed it."""
-    url = request.app.state.settings.resolved_serve_url
+def _check_predictions(url: str) -> str | None:
+    """Ray mode only: Serve's proxy (at ``url``) lists the prediction route once the dispatcher has deployed it."""
     try:
         routes = httpx.get(f"{url}/-/routes", timeout=2.0, trust_env=False)
         if routes.status_code == 200 and ROUTE_PREFIX in routes.json():
@@ -64,17 +66,20 @@ def _check_predictions(request: Request) -> str | None:
 
 
 @router.get("/readyz", responses={503: {"description": "not ready"}})
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     """Ready to serve: the database answers with the current schema and the blob store is writable (503
     otherwise). A missing job dispatcher is reported as ``degraded``: the API still serves, jobs wait; so is
     a Ray Serve prediction service that is not running yet (``ray`` mode)."""
     checks: dict[str, Any] = {}
-    named = [("database", _check_database), ("storage", _check_storage), ("compute", _check_compute)]
-    if request.app.state.settings.predict_mode == "ray":
-        named.append(("predictions", _check_predictions))
+    named: list[tuple[str, Callable[[], str | None]]] = [
+        (name, functools.partial(check, request))
+        for name, check in (("database", _check_database), ("storage", _check_storage), ("compute", _check_compute))
+    ]
+    if settings.predict_mode == "ray":
+        named.append(("predictions", functools.partial(_check_predictions, settings.resolved_serve_url)))
     for name, check in named:
         try:
-            problem = await asyncio.to_thread(check, request)
+            problem = await asyncio.to_thread(check)
         except Exception as exc:  # readiness reports the reason instead of failing
             problem = f"{type(exc).__name__}: {exc}"
         checks[name] = "ok" if problem is None else problem

@@ -24,19 +24,20 @@ from pigeonhole.db.base import utcnow
 from pigeonhole.db.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, paginate
 from pigeonhole.db.tables import ApiToken, User
 from pigeonhole.errors import Unprocessable
+from pigeonhole.settings import Settings
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])
 tokens_router = APIRouter(prefix="/api/v1", tags=["tokens"])
 
 
-def _secure(request: Request) -> bool:
-    mode = request.app.state.settings.cookie_secure
+def _secure(request: Request, settings: Settings) -> bool:
+    mode = settings.cookie_secure
     return mode == "always" or (mode == "auto" and request.url.scheme == "https")
 
 
-def _set_session_cookies(request: Request, response: Response, session: NewSession) -> None:
+def _set_session_cookies(request: Request, response: Response, session: NewSession, settings: Settings) -> None:
     max_age = int((session.expires_at - utcnow()).total_seconds())
-    secure = _secure(request)
+    secure = _secure(request, settings)
     response.set_cookie(SESSION_COOKIE, session.secret, max_age=max_age, httponly=True, samesite="lax",
                         secure=secure, path="/")
     # Readable by the web app's JavaScript, which echoes it in X-CSRF-Token (double submit).
@@ -56,7 +57,7 @@ def _user_public(user: User) -> UserPublic:
 def signup(body: Credentials, request: Request, response: Response, auth: AuthServiceDep) -> UserPublic:
     """Create an account (the first one becomes the administrator) and sign in."""
     user = auth.signup(body.email, body.password)
-    _set_session_cookies(request, response, auth.start_session(user))
+    _set_session_cookies(request, response, auth.start_session(user), auth.settings)
     return _user_public(user)
 
 
@@ -64,7 +65,7 @@ def signup(body: Credentials, request: Request, response: Response, auth: AuthSe
 def login(body: Credentials, request: Request, response: Response, auth: AuthServiceDep) -> UserPublic:
     """Sign in with email and password; sets the session cookie and the readable ``pgh_csrf`` cookie."""
     user = auth.login(body.email, body.password, _client_address(request))
-    _set_session_cookies(request, response, auth.start_session(user))
+    _set_session_cookies(request, response, auth.start_session(user), auth.settings)
     return _user_public(user)
 
 

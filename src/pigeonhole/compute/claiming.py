@@ -160,7 +160,7 @@ class Claimer:
             if job is None or job.status != "queued" or job.cancel_requested:
                 return False
             try:
-                payload = handler().prepare(db, job)
+                payload = handler(self.settings).prepare(db, job)
                 json.dumps(payload)
             except Exception as exc:
                 db.rollback()

@@ -56,8 +56,8 @@ class Dispatcher:
         self.cluster = Cluster(settings, session_factory, str(settings.resolved_cache_dir / "compute"))
         self.tracked: dict[str, Running] = self.cluster.tracked
         self.sink = Sink(namespace)
-        self.reports = Reports(session_factory, self.sink, self.stats)
-        self.outcomes = Outcomes(session_factory, self.stats, self.reports)
+        self.reports = Reports(settings, session_factory, self.sink, self.stats)
+        self.outcomes = Outcomes(settings, session_factory, self.stats, self.reports)
         self.claimer = Claimer(settings, session_factory, self.cluster, self.outcomes, self.stats, namespace=namespace)
         self._stop = threading.Event()
         self._lease_until = 0.0

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Protocol
 from sqlalchemy.orm import Session
 
 from pigeonhole.db.tables import Job
+from pigeonhole.settings import Settings
 from pigeonhole.storage.cache import DiskCache
 
 # Modules that register handlers when imported (by the API and by the dispatcher, on first lookup).
@@ -105,6 +106,17 @@ class JobHandler:
     # "dataset" or "model": the job's affinity key is then ``dataset:<job.dataset_id>`` / ``model:<job.model_id>``.
     affinity: ClassVar[str | None] = None
     description: ClassVar[str] = ""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._settings = settings
+
+    @property
+    def settings(self) -> Settings:
+        """The dispatcher's settings, for the hooks that run there (``run`` gets what it needs in its payload)."""
+        if self._settings is None:
+            raise RuntimeError(f"{type(self).__name__} was made without settings: hooks that read them run in "
+                               "the dispatcher, which passes its own")
+        return self._settings
 
     def prepare(self, db: Session, job: Job) -> dict[str, Any]:
         return dict(job.params)

@@ -19,12 +19,14 @@ from pigeonhole.compute.handlers import JobFailed, handler_for
 from pigeonhole.compute.reports import Held, Message, Reports
 from pigeonhole.db.tables import Job
 from pigeonhole.jobs import transitions
+from pigeonhole.settings import Settings
 
 
 class Outcomes:
     """The dispatcher's transactions around ``jobs.transitions``, counted in ``stats``."""
 
-    def __init__(self, sessions: sessionmaker[Session], stats: Stats, reports: Reports) -> None:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], stats: Stats, reports: Reports) -> None:
+        self.settings = settings
         self.sessions = sessions
         self.stats = stats
         self.reports = reports
@@ -39,7 +41,7 @@ class Outcomes:
             try:
                 self.reports.write(db, job, attempt, reports or [])
                 if handler is not None:
-                    handler().on_success(db, job, result)
+                    handler(self.settings).on_success(db, job, result)
             except Exception as exc:
                 db.rollback()
                 if reports:  # what the worker reported still counts (its events, its log)
@@ -57,19 +59,19 @@ class Outcomes:
             job = transitions.lock_running(db, job_id, attempt)
             if job is None:
                 return
-            transitions.fail(db, job, reason)
+            transitions.fail(db, job, reason, self.settings)
             db.commit()
         self.stats.failed += 1
 
     def fail_queued(self, job_id: str, reason: str) -> None:
         with self.sessions() as db:
-            if transitions.fail_queued(db, job_id, reason):
+            if transitions.fail_queued(db, job_id, reason, self.settings):
                 db.commit()
                 self.stats.failed += 1
 
     def retry_or_fail(self, job_id: str, attempt: int, reason: str) -> None:
         with self.sessions() as db:
-            outcome = transitions.retry_or_fail(db, job_id, attempt, reason)
+            outcome = transitions.retry_or_fail(db, job_id, attempt, reason, self.settings)
             if outcome is not None:
                 db.commit()
                 self.stats.count(outcome)
@@ -78,7 +80,7 @@ class Outcomes:
         with self.sessions() as db:
             job = db.get(Job, job_id, populate_existing=True)
             if job is not None and job.status == "running" and job.attempt == attempt:
-                transitions.cancel_running(db, job)
+                transitions.cancel_running(db, job, self.settings)
                 db.commit()
                 self.stats.cancelled += 1
 

@@ -24,6 +24,7 @@ from pigeonhole.compute.worker import get_sink
 from pigeonhole.db.base import utcnow
 from pigeonhole.db.tables import Job, JobEvent
 from pigeonhole.jobs import transitions
+from pigeonhole.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ class Sink:
 
 
 class Reports:
-    def __init__(self, sessions: sessionmaker[Session], sink: Sink, stats: Stats) -> None:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], sink: Sink, stats: Stats) -> None:
+        self.settings = settings
         self.sessions = sessions
         self.sink = sink
         self.stats = stats
@@ -137,5 +139,5 @@ class Reports:
                         data=event))
         db.flush()
         if handler is not None:
-            handler().on_event(db, job, event)
+            handler(self.settings).on_event(db, job, event)
         self.stats.events += 1

@@ -141,14 +141,13 @@ def upload(dataset: WritableDataset, request: Request, service: WriteService,
 
 
 @router.post("/{dataset_id}/imports", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
-def import_images(dataset: WritableDataset, body: ImportRequest, request: Request, principal: Writer,
-                  service: WriteService) -> JobPublic:
+def import_images(dataset: WritableDataset, body: ImportRequest, principal: Writer, service: WriteService,
+                  settings: SettingsDep) -> JobPublic:
     """Fetch images from web addresses into the dataset, in the background.
 
     Follow the returned job (``GET /api/v1/jobs/{id}``); its result lists what was accepted and why
     anything was refused.
     """
-    settings = request.app.state.settings
     params = import_params([(item.url, item.label) for item in body.items], settings)
     job = create_job(service.db, principal.user_id, "import", params, dataset_id=dataset.id, settings=settings)
     return job_public(job)

@@ -18,16 +18,10 @@ from pigeonhole.jobs import repository as repo
 from pigeonhole.jobs import transitions
 from pigeonhole.settings import Settings
 
-_DEFAULTS = Settings.model_fields
-
-
-def _setting(settings: Settings | None, name: str) -> Any:
-    return getattr(settings, name) if settings is not None else _DEFAULTS[name].default
-
 
 def create_job(db: Session, owner_id: str, kind: str, params: dict[str, Any], *, model_id: str | None = None,
                dataset_id: str | None = None, resources: Resources | None = None,
-               settings: Settings | None = None) -> Job:
+               settings: Settings) -> Job:
     """Queue a job of a registered ``kind`` for ``owner_id`` and return its row (flushed, not committed).
 
     ``params`` must be JSON-able; ``resources`` overrides the kind's declared needs; ``model_id`` /
@@ -41,7 +35,7 @@ def create_job(db: Session, owner_id: str, kind: str, params: dict[str, Any], *,
     except (TypeError, ValueError) as exc:
         raise Unprocessable("The job's parameters must be plain data (text, numbers, lists).",
                             code="invalid_job_params") from exc
-    limit = int(_setting(settings, "jobs_max_queued_per_user"))
+    limit = settings.jobs_max_queued_per_user
     repo.lock_owner(db, owner_id)
     if repo.count_by_status(db, owner_id, "queued") >= limit:
         raise TooManyRequests(f"You already have {limit} jobs waiting to run. Wait for some to finish, or cancel "
@@ -49,7 +43,7 @@ def create_job(db: Session, owner_id: str, kind: str, params: dict[str, Any], *,
     now = utcnow()
     job = Job(owner_id=owner_id, kind=kind, status="queued", params=dict(params), model_id=model_id,
               dataset_id=dataset_id, resources=(resources or handler.resources).as_dict(),
-              placement=str(handler.placement), attempt=0, max_attempts=int(_setting(settings, "job_max_attempts")),
+              placement=str(handler.placement), attempt=0, max_attempts=settings.job_max_attempts,
               progress=0.0, stage="waiting to start", metrics=[], log_tail="", queued_at=now, updated_at=now,
               created_at=now)
     job.affinity_key = handler.affinity_key(job)

@@ -20,6 +20,7 @@ from pigeonhole.compute import nodes
 from pigeonhole.compute.handlers import handler_for
 from pigeonhole.db.base import utcnow
 from pigeonhole.db.tables import Job, JobEvent
+from pigeonhole.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,11 @@ def succeed(db: Session, job: Job, attempt: int, result: dict[str, Any], node_id
         nodes.record_cache(db, node_id, job.affinity_key)
 
 
-def fail(db: Session, job: Job, reason: str) -> None:
+def fail(db: Session, job: Job, reason: str, settings: Settings) -> None:
     handler = handler_for(job.kind)
     if handler is not None:
         try:
-            handler().on_failure(db, job, reason)
+            handler(settings).on_failure(db, job, reason)
         except Exception:
             log.exception("on_failure of job %s raised", job.id)
     job.status, job.error, job.finished_at, job.eta_s = "failed", reason, utcnow(), None
@@ -95,37 +96,37 @@ def fail(db: Session, job: Job, reason: str) -> None:
     db.add(JobEvent(job_id=job.id, attempt=job.attempt, seq=OUTCOME_SEQ, type="failed", data={"reason": reason}))
 
 
-def fail_queued(db: Session, job_id: str, reason: str) -> bool:
+def fail_queued(db: Session, job_id: str, reason: str, settings: Settings) -> bool:
     """A job that cannot start (unknown kind, ``prepare`` refused it) fails without an attempt."""
     job = db.get(Job, job_id, populate_existing=True)
     if job is None or job.status != "queued":
         return False
-    fail(db, job, reason)
+    fail(db, job, reason, settings)
     return True
 
 
-def cancel_running(db: Session, job: Job) -> None:
+def cancel_running(db: Session, job: Job, settings: Settings) -> None:
     """A running job whose cancel was requested → cancelled (its Ray work has been told to stop)."""
     handler = handler_for(job.kind)
     if handler is not None:
         try:
-            handler().on_cancel(db, job)
+            handler(settings).on_cancel(db, job)
         except Exception:
             log.exception("on_cancel of job %s raised", job.id)
     job.status, job.finished_at, job.stage, job.eta_s = "cancelled", utcnow(), "cancelled", None
 
 
-def retry_or_fail(db: Session, job_id: str, attempt: int, reason: str) -> Retried | None:
+def retry_or_fail(db: Session, job_id: str, attempt: int, reason: str, settings: Settings) -> Retried | None:
     """An attempt lost its Ray work (node, worker, restart): back to the queue until ``max_attempts``, then
     failed; cancelled instead if that was asked. None when the attempt no longer runs."""
     job = db.get(Job, job_id, populate_existing=True)
     if job is None or job.status != "running" or job.attempt != attempt:
         return None
     if job.cancel_requested:
-        cancel_running(db, job)
+        cancel_running(db, job, settings)
         return "cancelled"
     if job.attempt >= job.max_attempts:
-        fail(db, job, f"{reason} The job was tried {attempt} times; giving up.")
+        fail(db, job, f"{reason} The job was tried {attempt} times; giving up.", settings)
         return "failed"
     requeued = db.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.attempt == attempt)
                           .values(status="queued", node_id=None, queued_at=utcnow(), updated_at=utcnow(),

@@ -185,6 +185,7 @@ def run_trained(ctx: SearchContext, config: CandidateConfig, reserve_s: float) -
         epochs = min(epochs, params.max_epochs)
     params = replace(params, epochs=epochs)
     config = replace(config, train=params)
+    deadline = budget.now() + max(0.0, train_budget)  # reading the pixels comes out of the training's time
     train_pixels = training_pixels(ctx, config)
     val_pixels = ctx.pixel_fn(config)(ctx.keys("val"))
     ckpt_id = hashlib.sha256(
@@ -201,7 +202,7 @@ def run_trained(ctx: SearchContext, config: CandidateConfig, reserve_s: float) -
     ctx.progress(f"{verb} your images ({plain_name(config)}): starting, {params.epochs} rounds planned")
     outcome = train_extractor(
         spec, body, dim, classes, params, train_pixels, ctx.y("train"), val_pixels, ctx.y("val"),
-        input_size=config.size, seed=ctx.config.seed, deadline=budget.now() + max(0.0, train_budget),
+        input_size=config.size, seed=ctx.config.seed, deadline=deadline,
         pretrained=pretrained, checkpoint=checkpoint, should_stop=ctx.cancelled, on_epoch=on_epoch,
         classifier_start=start, clock=budget.clock, charged_step_s=step_s,
     )

@@ -4,7 +4,8 @@ The API stores the upload in the blob store and queues the job; the worker reads
 the images, predicts in batches with ONNX Runtime, and writes the results to the blob store as JSON
 and CSV (one row per image: name, label or empty for unknown, confidence, familiarity, top classes, and
 with ``neighbours`` the training images each looks like, by sha256: the API names them by image id when
-the results are downloaded, since workers do not read the database).
+the results are downloaded, since workers do not read the database). Params, payload and result are typed in
+``models/job_contracts.py``.
 """
 
 from __future__ import annotations
@@ -12,17 +13,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from pigeonhole.compute.handlers import JobContext, JobFailed, JobHandler, Placement, Resources, register
 from pigeonhole.learn.neighbours import NeighbourIndex
+from pigeonhole.models.job_contracts import BatchPredictJobResult, BatchPredictPayload
 from pigeonhole.serving.model import load_model, split_answers
 from pigeonhole.serving.preprocess import pixels_for, top_k
 from pigeonhole.storage.archives import ArchiveLimits, ArchiveRejected, RejectedEntry, iter_zip
 from pigeonhole.storage.blobs import BlobStore
-from pigeonhole.storage.fetch import FetchPolicy, FetchRefused, fetch
+from pigeonhole.storage.fetch import FetchRefused, fetch
 from pigeonhole.storage.images import ImageLimits, ImageRejected
 
 BATCH = 32
@@ -51,10 +54,11 @@ def results_csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def _inputs(payload: dict[str, Any], blobs: BlobStore, limits: ImageLimits):  # type: ignore[no-untyped-def]
+def _inputs(payload: BatchPredictPayload, blobs: BlobStore,
+            limits: ImageLimits) -> Iterator[tuple[str, bytes | None, str | None]]:
     """(name, bytes or None, refusal or None) for every input, read lazily."""
-    if payload.get("zip_sha256"):
-        with blobs.open_blob(payload["zip_sha256"], payload["zip_size"]) as archive:
+    if payload.zip_sha256:
+        with blobs.open_blob(payload.zip_sha256, payload.zip_size) as archive:
             try:
                 for entry in iter_zip(archive, limits=ArchiveLimits(max_entry_bytes=limits.max_bytes or 50 << 20),
                                       default_label="-"):
@@ -64,10 +68,9 @@ def _inputs(payload: dict[str, Any], blobs: BlobStore, limits: ImageLimits):  # 
                         yield entry.name, entry.stream.read(), None
             except ArchiveRejected as exc:
                 raise JobFailed(exc.sentence) from exc
-    policy = FetchPolicy(**payload["policy"])
-    for url in payload.get("urls", []):
+    for url in payload.urls:
         try:
-            fetched = fetch(url, policy)
+            fetched = fetch(url, payload.policy)
             with fetched.body:
                 yield url, fetched.body.read(), None
         except FetchRefused as exc:
@@ -83,18 +86,19 @@ class BatchPredictHandler(JobHandler):
     description = "predict many images with a model"
 
     def run(self, ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+        task = BatchPredictPayload.model_validate(payload)
         blobs = BlobStore(ctx.blob_url)
-        model = load_model(blobs.read_bytes(payload["onnx_key"]), threads=1)
-        limits = ImageLimits(**payload["limits"])
-        wanted = int(payload.get("neighbours") or 0)
-        index = NeighbourIndex.from_bytes(blobs.read_bytes(payload["neighbours_key"])) if wanted else None
+        model = load_model(blobs.read_bytes(task.onnx_key), threads=1)
+        limits = task.limits
+        wanted = task.neighbours
+        index = NeighbourIndex.from_bytes(blobs.read_bytes(task.neighbours_key)) if wanted else None
         rows: list[dict[str, Any]] = []
         pending: list[tuple[str, np.ndarray]] = []
 
         def flush() -> None:
             if pending:
                 probs, familiar, features = split_answers(model, model.run(np.stack([p for _, p in pending])))
-                answers = top_k(model, probs, familiar, payload["top_k"])
+                answers = top_k(model, probs, familiar, task.top_k)
                 if index is not None:
                     near = index.nearest(features, [model.classes[int(i)] for i in probs.argmax(axis=1)], wanted)
                     for answer, found in zip(answers, near, strict=True):
@@ -105,7 +109,7 @@ class BatchPredictHandler(JobHandler):
                 pending.clear()
                 ctx.report(progress=None, stage=f"Classified {len(rows)} images")
 
-        for name, data, refusal in _inputs(payload, blobs, limits):
+        for name, data, refusal in _inputs(task, blobs, limits):
             if ctx.cancelled():
                 break
             if refusal is None and data is not None:
@@ -119,7 +123,8 @@ class BatchPredictHandler(JobHandler):
                 flush()
         flush()
         keys = results_keys(ctx.job_id)
-        blobs.put_bytes(keys["json"], json.dumps({"model_id": payload["model_id"], "version": payload["version"],
+        blobs.put_bytes(keys["json"], json.dumps({"model_id": task.model_id, "version": task.version,
                                                   "predictions": rows}, indent=1).encode())
         blobs.put_bytes(keys["csv"], results_csv(rows).encode())
-        return {"images": len(rows), "errors": sum(1 for r in rows if r.get("error")), "results": keys}
+        return BatchPredictJobResult(images=len(rows), errors=sum(1 for r in rows if r.get("error")),
+                                     results=keys).model_dump()

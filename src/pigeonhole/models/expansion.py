@@ -8,6 +8,7 @@ statistics; add classes by passing only their images through the version's own f
 when the extractor was fine-tuned on the original classes, how much less well the added classes are
 recognised (the drift guard); rebuild the ONNX file (same extractor, new head) and upload it.
 Dispatcher: record the new version and make it the active one; suggest or start a retrain on drift.
+Params, payload and result are typed in ``models/job_contracts.py``.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from pigeonhole.learn.novelty import DEFAULT_CAUTION
 from pigeonhole.learn.unknown import choose_unknown
 from pigeonhole.models import drift
 from pigeonhole.models import repository as repo
+from pigeonhole.models.job_contracts import ExpandJobParams, ExpandJobResult, ExpandPayload, ImageRow, VersionKeys
 from pigeonhole.models.service import artifact_prefix, settle_version, source_of
-from pigeonhole.settings import load_settings
 from pigeonhole.storage.blobs import BlobStore
 
 
@@ -53,11 +54,11 @@ def describe_change(add: list[str], remove: list[str], refresh: list[str] | None
     return "; ".join(parts) or "refreshed"
 
 
-def _load_manifest(blobs: BlobStore, key: str | None, head: RidgeHead) -> list[list[Any]] | None:
+def _load_manifest(blobs: BlobStore, key: str | None, head: RidgeHead) -> list[ImageRow] | None:
     """The images the base head holds, if known and consistent with its per-class counts (else None)."""
     if not key:
         return None
-    manifest = json.loads(blobs.read_bytes(key))
+    manifest = [(sha, label, split, size) for sha, label, split, size in json.loads(blobs.read_bytes(key))]
     counts: dict[str, int] = {}
     for _, label, _, _ in manifest:
         counts[label] = counts.get(label, 0) + 1
@@ -71,26 +72,26 @@ def _load_index(blobs: BlobStore, key: str | None, rename: dict[str, str]) -> Ne
     return NeighbourIndex.from_bytes(blobs.read_bytes(key)).renamed(rename)
 
 
-def _rename(head: RidgeHead, manifest: list[list[Any]] | None, rename: dict[str, str]) -> list[list[Any]] | None:
+def _rename(head: RidgeHead, manifest: list[ImageRow] | None, rename: dict[str, str]) -> list[ImageRow] | None:
     """Rename classes in the head (labels only) and in its manifest, which then still matches the head."""
     for old, new in rename.items():
         head.rename_class(old, new)
     if manifest is None:
         return None
-    return [[sha, rename.get(label, label), split, size] for sha, label, split, size in manifest]
+    return [(sha, rename.get(label, label), split, size) for sha, label, split, size in manifest]
 
 
-def _only_renames(payload: dict[str, Any]) -> bool:
-    return bool(payload.get("rename")) and not payload["add"] and not payload["remove"] and not payload.get("refresh")
+def _only_renames(payload: ExpandPayload) -> bool:
+    return bool(payload.rename) and not payload.add and not payload.remove and not payload.refresh
 
 
-def _measure(ctx: JobContext, payload: dict[str, Any], blobs: BlobStore, model_bytes: bytes,
+def _measure(ctx: JobContext, payload: ExpandPayload, blobs: BlobStore, model_bytes: bytes,
              head: RidgeHead) -> dict[str, Any]:
     """The version's figures on the test images of its classes (the base's caution curve, read at the new
     caution, when the dataset has none)."""
-    tests = [r for r in payload["images"] if r[2] == "test"]
+    tests = [r for r in payload.images if r[2] == "test"]
     if not tests:
-        base = dict(payload.get("base_metrics") or {})
+        base = dict(payload.base_metrics)
         point = next((p for p in base.get("caution_curve") or [] if abs(p["caution"] - head.threshold) < 1e-9), None)
         if point is not None:
             base.update(coverage=point["answered"], selective_accuracy=point["right_when_answered"],
@@ -104,8 +105,8 @@ def _measure(ctx: JobContext, payload: dict[str, Any], blobs: BlobStore, model_b
                             [r[0] for r in tests], head.classes, head.threshold)
     metrics["split"] = "test"
     for key in ("val_accuracy", "val_measured_on", "val_images", "drift"):
-        if key in (payload.get("base_metrics") or {}):
-            metrics[key] = payload["base_metrics"][key]
+        if key in payload.base_metrics:
+            metrics[key] = payload.base_metrics[key]
     return metrics
 
 
@@ -127,14 +128,14 @@ def _drift(chooser: RidgeHead, val_probs: Any, val_labels: list[str],
                       added=[c for c in chooser.classes if c not in known])
 
 
-def _speed(grown: bytes, payload: dict[str, Any]) -> dict[str, Any]:
+def _speed(grown: bytes, payload: ExpandPayload) -> dict[str, Any]:
     """The base version's measured speed when it has one: the extractor, which is unchanged, is nearly all
     of the cost (the head adds one small matrix product), and measuring again would take most of the
     second a class change should take. Measured afresh otherwise."""
-    base = payload.get("base_speed") or {}
-    if base.get("latency_ms") is not None and base.get("throughput_img_s") is not None:
-        return {"latency_ms": float(base["latency_ms"]), "throughput_img_s": float(base["throughput_img_s"]),
-                "measured_on_version": payload["base_version"], "runtime": "onnxruntime"}
+    base = payload.base_speed
+    if base.latency_ms is not None and base.throughput_img_s is not None:
+        return {"latency_ms": base.latency_ms, "throughput_img_s": base.throughput_img_s,
+                "measured_on_version": payload.base_version, "runtime": "onnxruntime"}
     return measure_speed(grown, input_spec_of(grown), threads=1, repeats=5)
 
 
@@ -160,114 +161,117 @@ class ExpandHandler(JobHandler):
     description = "add or remove classes of a model (new head statistics, no retraining)"
 
     def prepare(self, db: Session, job: Job) -> dict[str, Any]:
-        params = job.params
-        model = db.get(Model, params["model_id"])
+        params = ExpandJobParams.model_validate(job.params)
+        model = db.get(Model, params.model_id)
         if model is None:
             raise JobFailed("The model was deleted.")
-        base = repo.version(db, model.id, int(params["base_version"]))
+        base = repo.version(db, model.id, params.base_version)
         if base is None or base.head_key is None:
             raise JobFailed("The version to grow from has no head statistics, so classes cannot be added to it. "
                             "Retrain the model instead.")
-        if model.dataset_id is None and params["add"]:
+        if model.dataset_id is None and params.add:
             raise JobFailed("The model's dataset was deleted, so there are no images for new classes.")
-        rename = params.get("rename") or {}
-        classes = [c for c in (rename.get(c, c) for c in base.classes) if c not in params["remove"]] + \
-            list(params["add"])
+        rename = params.rename
+        classes = [c for c in (rename.get(c, c) for c in base.classes) if c not in params.remove] + list(params.add)
         rows = db.execute(select(DatasetImage.sha256, DatasetImage.label, DatasetImage.split, DatasetImage.size_bytes)
                           .where(DatasetImage.dataset_id == model.dataset_id, DatasetImage.label.in_(classes))
                           .order_by(DatasetImage.id)) if model.dataset_id else []
-        images = [[sha, label, split, size] for sha, label, split, size in rows]
-        return {**params, "onnx_key": base.onnx_key, "head_key": base.head_key, "classes": classes,
-                "images": images, "manifest_key": (base.lineage or {}).get("manifest_key"),
-                "neighbours_key": (base.lineage or {}).get("neighbours_key"),
-                "base_speed": {"latency_ms": base.latency_ms, "throughput_img_s": base.throughput},
-                "base_metrics": base.metrics, "extractor_classes": extractor_classes_after(base, rename)}
+        images = [(sha, label, split, size) for sha, label, split, size in rows]
+        payload = ExpandPayload(
+            **params.model_dump(), onnx_key=base.onnx_key, head_key=base.head_key, classes=classes, images=images,
+            manifest_key=(base.lineage or {}).get("manifest_key"),
+            neighbours_key=(base.lineage or {}).get("neighbours_key"),
+            base_speed={"latency_ms": base.latency_ms, "throughput_img_s": base.throughput},
+            base_metrics=base.metrics, extractor_classes=extractor_classes_after(base, rename))
+        return payload.model_dump(mode="json")
 
     def run(self, ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+        task = ExpandPayload.model_validate(payload)
         started = time.monotonic()
         clock = _StageClock()
         blobs = BlobStore(ctx.blob_url)
         ctx.report(progress=0.05, stage="Loading the current model")
-        model_bytes = blobs.read_bytes(payload["onnx_key"])
-        head = RidgeHead.from_bytes(blobs.read_bytes(payload["head_key"]))
-        manifest = _load_manifest(blobs, payload.get("manifest_key"), head)  # checked against the old names
-        rename = payload.get("rename") or {}
+        model_bytes = blobs.read_bytes(task.onnx_key)
+        head = RidgeHead.from_bytes(blobs.read_bytes(task.head_key))
+        manifest = _load_manifest(blobs, task.manifest_key, head)  # checked against the old names
+        rename = task.rename
         manifest = _rename(head, manifest, rename)
-        index = _load_index(blobs, payload.get("neighbours_key"), rename)
+        index = _load_index(blobs, task.neighbours_key, rename)
         clock.lap("load")
-        if payload.get("caution") is not None:
+        if task.caution is not None:
             # The same statistics, weights and detector: only where "unknown" starts moves, so the version is
             # measured again on the test images at the new caution.
             if head.weights is None:
                 head.solve()
-            head.set_caution(float(payload["caution"]))
-            metrics = _measure(ctx, payload, blobs, model_bytes, head)
-        elif _only_renames(payload):
+            head.set_caution(task.caution)
+            metrics = _measure(ctx, task, blobs, model_bytes, head)
+        elif _only_renames(task):
             # A label change only: no image passes through the extractor, statistics and weights are the
             # base's, so predictions are the base's and so are its measurements (under the new name).
             if head.weights is None:
                 head.solve()
-            metrics = rename_classes(payload.get("base_metrics") or {}, rename)
+            metrics = rename_classes(task.base_metrics, rename)
         else:
-            head, manifest, metrics, index = _grow(ctx, payload, blobs, model_bytes, head, manifest, clock, index)
+            head, manifest, metrics, index = _grow(ctx, task, blobs, model_bytes, head, manifest, clock, index)
         grown = rebuild_model(model_bytes, head)
         clock.lap("rebuild")
-        speed = _speed(grown, payload)
+        speed = _speed(grown, task)
         clock.lap("speed")
         version_id = new_id()
-        prefix = artifact_prefix(payload["model_id"], version_id)
-        keys = {"model": f"{prefix}/model.onnx", "head": f"{prefix}/head.npz", "card": f"{prefix}/card.json"}
-        if manifest is not None:
-            keys["manifest"] = f"{prefix}/images.json"
-            blobs.put_bytes(keys["manifest"], json.dumps(manifest).encode())
-        if index is not None:
-            keys["neighbours"] = f"{prefix}/{NEIGHBOURS_FILE}"
-            blobs.put_bytes(keys["neighbours"], index.to_bytes())
+        prefix = artifact_prefix(task.model_id, version_id)
+        model_key, head_key, card_key = f"{prefix}/model.onnx", f"{prefix}/head.npz", f"{prefix}/card.json"
+        keys = VersionKeys(model=model_key, head=head_key, card=card_key,
+                           manifest=f"{prefix}/images.json" if manifest is not None else None,
+                           neighbours=f"{prefix}/{NEIGHBOURS_FILE}" if index is not None else None)
+        if keys.manifest is not None:
+            blobs.put_bytes(keys.manifest, json.dumps(manifest).encode())
+        if index is not None and keys.neighbours is not None:
+            blobs.put_bytes(keys.neighbours, index.to_bytes())
         card = {"classes": head.classes, "metrics": metrics, "unknown_threshold": float(head.threshold),
                 "unknown": unknown_facts(head),
-                "speed": speed, "change": describe_change(payload["add"], payload["remove"], payload.get("refresh"),
-                                                          rename, payload.get("caution")),
-                "parent_version": payload["base_version"], "seconds": round(time.monotonic() - started, 2),
+                "speed": speed, "change": describe_change(task.add, task.remove, task.refresh, rename, task.caution),
+                "parent_version": task.base_version, "seconds": round(time.monotonic() - started, 2),
                 "stage_seconds": clock.laps}
-        blobs.put_bytes(keys["model"], grown)
-        blobs.put_bytes(keys["head"], head.to_bytes())
-        blobs.put_bytes(keys["card"], json.dumps(card, indent=1).encode())
+        blobs.put_bytes(model_key, grown)
+        blobs.put_bytes(head_key, head.to_bytes())
+        blobs.put_bytes(card_key, json.dumps(card, indent=1).encode())
         ctx.report(progress=1.0, stage="New version ready")
-        return {"version_id": version_id, "keys": keys, "classes": head.classes, "metrics": metrics,
-                "threshold": float(head.threshold), "size_bytes": len(grown), "input": input_spec_of(grown).as_dict(),
-                "latency_ms": speed.get("latency_ms"), "throughput": speed.get("throughput_img_s"),
-                "seconds": card["seconds"], "stage_seconds": clock.laps}
+        return ExpandJobResult(version_id=version_id, keys=keys, classes=head.classes, metrics=metrics,
+                               threshold=float(head.threshold), size_bytes=len(grown),
+                               input=input_spec_of(grown).as_dict(), latency_ms=speed.get("latency_ms"),
+                               throughput=speed.get("throughput_img_s"), seconds=card["seconds"],
+                               stage_seconds=clock.laps).model_dump()
 
     def on_success(self, db: Session, job: Job, result: dict[str, Any]) -> None:
-        model = db.get(Model, job.params["model_id"])
+        params = ExpandJobParams.model_validate(job.params)
+        outcome = ExpandJobResult.model_validate(result)
+        model = db.get(Model, params.model_id)
         if model is None:
             return
-        spec = dict(result["input"])
-        base = repo.version(db, model.id, int(job.params["base_version"]))
-        source = source_of(base) if base is not None else int(job.params["base_version"])
-        rename = job.params.get("rename") or {}
-        settings = load_settings()
+        base = repo.version(db, model.id, params.base_version)
+        source = source_of(base) if base is not None else params.base_version
+        settings = self.settings
         row = settle_version(
-            db, model, settings, guarded=bool(job.params.get("guarded")), classes=result["classes"],
-            metrics=result["metrics"], input_spec=spec, threshold=result["threshold"],
-            size_bytes=result["size_bytes"], onnx_key=result["keys"]["model"], head_key=result["keys"]["head"],
-            card_key=result["keys"]["card"],
-            lineage={"change": describe_change(job.params["add"], job.params["remove"], job.params.get("refresh"),
-                                               rename, job.params.get("caution")),
-                     "parent": job.params["base_version"], "job_id": job.id, "seconds": result["seconds"],
-                     "manifest_key": result["keys"].get("manifest"), "source": source,
-                     "neighbours_key": result["keys"].get("neighbours"),
-                     "extractor_classes": extractor_classes_after(base, rename) if base is not None else None,
+            db, model, settings, guarded=params.guarded, classes=outcome.classes,
+            metrics=outcome.metrics, input_spec=dict(outcome.input), threshold=outcome.threshold,
+            size_bytes=outcome.size_bytes, onnx_key=outcome.keys.model, head_key=outcome.keys.head,
+            card_key=outcome.keys.card,
+            lineage={"change": describe_change(params.add, params.remove, params.refresh, params.rename,
+                                               params.caution),
+                     "parent": params.base_version, "job_id": job.id, "seconds": outcome.seconds,
+                     "manifest_key": outcome.keys.manifest, "source": source,
+                     "neighbours_key": outcome.keys.neighbours,
+                     "extractor_classes": extractor_classes_after(base, params.rename) if base is not None else None,
                      # the extractor is the base's, unchanged: so is what the user was told about it
                      **({k: base.lineage.get(k) for k in ("extractor", "notes")} if base is not None else {})},
-            latency_ms=result["latency_ms"], throughput=result["throughput"], job_id=job.id,
-            version_id=result["version_id"])
+            latency_ms=outcome.latency_ms, throughput=outcome.throughput, job_id=job.id,
+            version_id=outcome.version_id)
         drift.after_expand(db, model, row, settings)
 
 
-def _choose_left_out(ctx: JobContext, head: RidgeHead, manifest: list[list[Any]], images: list[list[Any]],
+def _choose_left_out(ctx: JobContext, head: RidgeHead, manifest: list[ImageRow], images: list[ImageRow],
                      new_classes: set[str], extractor: Any, cache: FeatureCache, blobs: BlobStore,
-                     ) -> tuple[RidgeHead, list[list[Any]]]:
+                     ) -> tuple[RidgeHead, list[ImageRow]]:
     caution = head.threshold if head.detector is not None else DEFAULT_CAUTION  # the user's caution carries over
     """As training chooses for a small set (under ``runners.LEFT_OUT_BELOW_VAL`` validation images, frozen features):
     the head holds the train and validation images of every class, and ridge strength, temperature and threshold
@@ -290,11 +294,11 @@ def _choose_left_out(ctx: JobContext, head: RidgeHead, manifest: list[list[Any]]
     return head, held
 
 
-def _choose_on_validation(ctx: JobContext, head: RidgeHead, manifest: list[list[Any]] | None,
-                          images: list[list[Any]], new_classes: set[str],
+def _choose_on_validation(ctx: JobContext, head: RidgeHead, manifest: list[ImageRow] | None,
+                          images: list[ImageRow], new_classes: set[str],
                           validation: tuple[list[ImageItem], list[str]], extractor: Any, cache: FeatureCache,
-                          blobs: BlobStore, payload: dict[str, Any], clock: _StageClock,
-                          ) -> tuple[RidgeHead, list[list[Any]] | None, Any, dict[str, Any] | None]:
+                          blobs: BlobStore, payload: ExpandPayload, clock: _StageClock,
+                          ) -> tuple[RidgeHead, list[ImageRow] | None, Any, dict[str, Any] | None]:
     """As training chooses for larger sets: ridge strength, calibration and threshold on validation images the
     head does not hold; the final head then holds train + validation images of every class. Returns the head,
     its manifest, the chooser's answers on the validation images (never held) and the drift estimate."""
@@ -331,7 +335,7 @@ def _choose_on_validation(ctx: JobContext, head: RidgeHead, manifest: list[list[
     val_probs = ((chooser.predict_proba(val_features), chooser.familiarity(val_features))
                  if val_features is not None else None)
     gap = _drift(chooser, val_probs[0] if val_probs is not None else None, val_labels,
-                 payload.get("extractor_classes"))
+                 payload.extractor_classes)
     if manifest is None:
         return chooser, None, val_probs, gap  # older versions hold training images only: keep doing the same
     for attribute in ("alpha", "temperature", "threshold", "threshold_precision", "threshold_coverage", "detector"):
@@ -346,9 +350,9 @@ def _choose_on_validation(ctx: JobContext, head: RidgeHead, manifest: list[list[
     return head, manifest, val_probs, gap
 
 
-def _grow(ctx: JobContext, payload: dict[str, Any], blobs: BlobStore, model_bytes: bytes, head: RidgeHead,
-          manifest: list[list[Any]] | None, clock: _StageClock, index: NeighbourIndex | None,
-          ) -> tuple[RidgeHead, list[list[Any]] | None, dict[str, Any], NeighbourIndex | None]:
+def _grow(ctx: JobContext, payload: ExpandPayload, blobs: BlobStore, model_bytes: bytes, head: RidgeHead,
+          manifest: list[ImageRow] | None, clock: _StageClock, index: NeighbourIndex | None,
+          ) -> tuple[RidgeHead, list[ImageRow] | None, dict[str, Any], NeighbourIndex | None]:
     """Remove, refresh and add classes; choose the settings on validation images; measure the result.
 
     Returns the new head, the manifest of the images it holds (None if unknown), its metrics and the base's
@@ -357,7 +361,7 @@ def _grow(ctx: JobContext, payload: dict[str, Any], blobs: BlobStore, model_byte
     extractor = extractor_of(model_bytes, threads=2)
     clock.lap("load")
     cache = FeatureCache(Path(ctx.cache_dir) / "learn" / "grow", max(1 << 26, int(ctx.cache_max_bytes) // 4))
-    images = payload["images"]
+    images = payload.images
 
     def items(split: str, labels: set[str] | None = None) -> tuple[list[ImageItem], list[str], list[str]]:
         rows = [r for r in images if r[2] == split and (labels is None or r[1] in labels)]
@@ -367,14 +371,14 @@ def _grow(ctx: JobContext, payload: dict[str, Any], blobs: BlobStore, model_byte
     try:
         # A refreshed class is rebuilt from all its current images: its statistics are independent of
         # the other classes', so subtracting and adding them again is exact.
-        for name in payload["remove"] + payload.get("refresh", []):
+        for name in payload.remove + payload.refresh:
             if name in head.classes:
                 head.remove_class(name)
-        new_classes = (set(payload["add"]) | set(payload.get("refresh", []))) - set(head.classes)
+        new_classes = (set(payload.add) | set(payload.refresh)) - set(head.classes)
         val_items, val_labels, val_keys = items("val")
         val_probs: Any = None
         gap = None
-        if manifest is not None and (payload.get("base_metrics") or {}).get("val_measured_on") == LEFT_OUT:
+        if manifest is not None and payload.base_metrics.get("val_measured_on") == LEFT_OUT:
             head, manifest = _choose_left_out(ctx, head, manifest, images, new_classes, extractor, cache, blobs)
             clock.lap("left_out")
         else:
@@ -397,14 +401,14 @@ def _grow(ctx: JobContext, payload: dict[str, Any], blobs: BlobStore, model_byte
             metrics = {"note": "no test images"}
         if gap is not None:
             metrics["drift"] = gap
-        if (payload.get("base_metrics") or {}).get("val_measured_on") == LEFT_OUT and manifest is not None:
+        if payload.base_metrics.get("val_measured_on") == LEFT_OUT and manifest is not None:
             metrics["val_measured_on"] = LEFT_OUT  # so a later change of this version chooses the same way
         clock.lap("measure")
         if index is not None:
             rows = [r for r in images if r[1] in new_classes and r[2] in ("train", "val")]
             added = compute_features([ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))
                                       for sha, _, _, size in rows], extractor, cache)  # computed above: cached
-            index = index.without(payload["remove"] + payload.get("refresh", [])).plus(
+            index = index.without(payload.remove + payload.refresh).plus(
                 [r[0] for r in rows], [r[1] for r in rows], added)
             clock.lap("neighbours")
     finally:

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from starlette.background import BackgroundTask
 
-from pigeonhole.api.deps import DbSession, Predictor, Reader, Writer
+from pigeonhole.api.deps import DbSession, Predictor, Reader, SettingsDep, Writer
 from pigeonhole.api.schemas import ListPage
 from pigeonhole.auth.scopes import Principal
 from pigeonhole.db.base import utcnow
@@ -25,6 +25,7 @@ from pigeonhole.jobs.service import create_job, get_job
 from pigeonhole.learn.neighbours import MAX_NEIGHBOURS
 from pigeonhole.models import repository as repo
 from pigeonhole.models.batch import results_csv, results_keys
+from pigeonhole.models.job_contracts import BatchPredictJobParams
 from pigeonhole.models.predict import Target, read_inputs
 from pigeonhole.models.schemas import (
     CautionRequest,
@@ -49,6 +50,8 @@ from pigeonhole.models.service import (
     no_version_yet,
 )
 from pigeonhole.serving.limits import retry_after
+from pigeonhole.storage.fetch import FetchPolicy
+from pigeonhole.storage.images import ImageLimits
 from pigeonhole.usage.quota import next_month_seconds
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
@@ -72,16 +75,16 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     return resolve(schema)
 
 
-def _service(request: Request, db: DbSession, principal: Principal) -> ModelService:
-    return ModelService(db, principal.user_id, request.app.state.settings)
+def _service(db: DbSession, principal: Principal, settings: SettingsDep) -> ModelService:
+    return ModelService(db, principal.user_id, settings)
 
 
-def _write_service(request: Request, db: DbSession, principal: Writer) -> ModelService:
-    return _service(request, db, principal)
+def _write_service(db: DbSession, principal: Writer, settings: SettingsDep) -> ModelService:
+    return _service(db, principal, settings)
 
 
-def _read_service(request: Request, db: DbSession, principal: Reader) -> ModelService:
-    return _service(request, db, principal)
+def _read_service(db: DbSession, principal: Reader, settings: SettingsDep) -> ModelService:
+    return _service(db, principal, settings)
 
 
 WriteService = Annotated[ModelService, Depends(_write_service)]
@@ -224,31 +227,32 @@ def batch_predict(model: WritableModel, request: Request, service: WriteService,
 
     Follow the job; then download the results with ``GET …/batch-predictions/{job_id}?format=csv|json``.
     """
-    settings = request.app.state.settings
+    settings = service.settings
     row = service.serving_version(model, version)
     neighbours_key = (row.lineage or {}).get("neighbours_key")
     if neighbours and neighbours_key is None:
         raise Unprocessable("This version keeps no features of its training images, so it cannot show the images "
                             "an answer looks like. Retrain the model, or ask without 'neighbours'.",
                             code="no_neighbours")
-    limits = {"max_pixels": settings.max_image_pixels, "max_bytes": settings.max_image_bytes}
-    policy = {"allow_private": settings.fetch_allow_private, "timeout_s": settings.fetch_timeout_s,
-              "max_bytes": settings.max_image_bytes}
-    params: dict[str, Any] = {"model_id": model.id, "version": row.v, "onnx_key": row.onnx_key, "top_k": top_k,
-                              "limits": limits, "policy": policy}
+    params = BatchPredictJobParams(
+        model_id=model.id, version=row.v, onnx_key=row.onnx_key, top_k=top_k,
+        limits=ImageLimits(max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes),
+        policy=FetchPolicy(allow_private=settings.fetch_allow_private, timeout_s=settings.fetch_timeout_s,
+                           max_bytes=settings.max_image_bytes))
     if neighbours:
-        params.update(neighbours=neighbours, neighbours_key=neighbours_key)
+        params.neighbours, params.neighbours_key = neighbours, neighbours_key
     if file is not None and file.filename:
         ref = request.app.state.blob_store.put_stream(file.file)
-        params.update(zip_sha256=ref.sha256, zip_size=ref.size)
+        params.zip_sha256, params.zip_size = ref.sha256, ref.size
     lines = [u.strip() for u in (urls or "").splitlines() if u.strip()]
     if lines:
         if len(lines) > settings.fetch_max_items:
             raise Unprocessable(f"Send at most {settings.fetch_max_items} addresses at a time.", code="too_many_items")
-        params["urls"] = lines
-    if "zip_sha256" not in params and not lines:
+        params.urls = lines
+    if params.zip_sha256 is None and not lines:
         raise Unprocessable("Send a zip file of images ('file') or image addresses ('urls').", code="no_images")
-    job = create_job(service.db, service.owner_id, "batch-predict", params, model_id=model.id, settings=settings)
+    job = create_job(service.db, service.owner_id, "batch-predict", params.model_dump(mode="json"), model_id=model.id,
+                     settings=settings)
     return job_public(job)
 
 
@@ -264,7 +268,7 @@ def batch_results(model: ReadableModel, job_id: str, request: Request, service: 
         raise Conflict(f"This batch prediction is {job.status}; results come when it has succeeded.",
                        code="not_finished")
     data = request.app.state.blob_store.read_bytes(results_keys(job.id)[format])
-    if (job.params or {}).get("neighbours"):  # name the training images it looks like by their ids now
+    if BatchPredictJobParams.model_validate(job.params).neighbours:  # name the images it looks like by their ids now
         results = json.loads(request.app.state.blob_store.read_bytes(results_keys(job.id)["json"]))
         _name_neighbours(request.app.state.session_factory, model.dataset_id, results["predictions"])
         data = (results_csv(results["predictions"]) if format == "csv" else json.dumps(results, indent=1)).encode()
@@ -334,18 +338,18 @@ def _within_rate(request: Request, principal: Principal) -> None:
                               retry_after_s=retry_after(wait), code="rate_limited")
 
 
-def _within_quota(request: Request, principal: Principal) -> None:
+def _within_quota(request: Request, principal: Principal, monthly: int) -> None:
     """The user's monthly quota (a query at most every few seconds): 429 with Retry-After."""
-    monthly = request.app.state.settings.predict_monthly_images_per_user
     if monthly and request.app.state.monthly_quota.images_this_month(principal.user_id, PREDICT_ROUTE) >= monthly:
         raise TooManyRequests(f"You have used this month's {monthly} predictions. Ask the administrator for a "
                               "larger quota, or wait for next month.", retry_after_s=next_month_seconds(utcnow()),
                               code="monthly_quota")
 
 
-def _resolve_target(request: Request, principal: Principal, model_id: str, version: int | None) -> Target:
+def _resolve_target(request: Request, principal: Principal, monthly: int, model_id: str,
+                    version: int | None) -> Target:
     """The version to serve, in one query with its own session (the prediction route holds no other)."""
-    _within_quota(request, principal)
+    _within_quota(request, principal, monthly)
     with request.app.state.engine.connect() as connection:
         row = repo.serving_row(connection, principal.user_id, model_id, version)
     if row is None:
@@ -356,7 +360,7 @@ def _resolve_target(request: Request, principal: Principal, model_id: str, versi
     return Target(model_id=model_id, v=v, onnx_key=onnx_key, dataset_id=dataset_id, neighbours_key=neighbours_key)
 
 
-async def _target(request: Request, principal: Predictor, model_id: str,
+async def _target(request: Request, principal: Predictor, settings: SettingsDep, model_id: str,
                   version: int | None = Query(None, ge=1, description="default: the active version")
                   ) -> AsyncIterator[Target]:
     """The version to serve, authorised before the body is read (another user's model is a 404 whatever the body),
@@ -364,7 +368,8 @@ async def _target(request: Request, principal: Predictor, model_id: str,
     request.state.meter = True  # every prediction counts, from the web app too
     _within_rate(request, principal)
     with request.app.state.predictions.admitted():
-        yield await run_in_threadpool(_resolve_target, request, principal, model_id, version)
+        yield await run_in_threadpool(_resolve_target, request, principal, settings.predict_monthly_images_per_user,
+                                      model_id, version)
 
 
 def _name_neighbours(session_factory: Any, dataset_id: str | None, answers: list[dict[str, Any]]) -> None:
@@ -390,7 +395,7 @@ def _name_neighbours(session_factory: Any, dataset_id: str | None, answers: list
                  "multipart/form-data": {"schema": {"type": "object", "properties": {
                      "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
                  "application/json": {"schema": inline_schema(PredictRequest)}}}})
-async def predict(request: Request, target: Annotated[Target, Depends(_target)],
+async def predict(request: Request, target: Annotated[Target, Depends(_target)], settings: SettingsDep,
                   top_k: int = Query(3, ge=1, le=100),
                   threshold: float | None = Query(None, ge=0, le=1, description="override the version's caution: "
                                                   "answer 'unknown' below this familiarity"),
@@ -399,7 +404,7 @@ async def predict(request: Request, target: Annotated[Target, Depends(_target)],
                   ) -> PredictionResult:
     """Classify images (multipart ``files``, or JSON with base64 or URLs). ``label`` is null ("unknown") when the
     image looks unlike the images the model was taught."""
-    images = await read_inputs(request, request.app.state.settings)
+    images = await read_inputs(request, settings)
     request.state.usage_images = len(images)
     answers = await request.app.state.predictions.predict(target, images, k=top_k, threshold=threshold,
                                                           neighbours=neighbours)

@@ -16,6 +16,7 @@ from pigeonhole.db.tables import Job, Model, ModelVersion
 from pigeonhole.errors import Conflict, NotFound, Unprocessable
 from pigeonhole.jobs.service import cancel_job, create_job
 from pigeonhole.models import repository as repo
+from pigeonhole.models.job_contracts import ExpandJobParams, TrainJobParams
 from pigeonhole.settings import Settings
 
 # Default training time per preference when the user does not say: quick, sensible, thorough.
@@ -120,11 +121,11 @@ class ModelService:
         return classes
 
     def _start_training(self, model: Model, classes: list[str], *, kind: str) -> None:
-        params: dict[str, Any] = {"model_id": model.id, "dataset_id": model.dataset_id, "classes": classes,
-                                  "target_accuracy": model.target_accuracy, "time_budget_s": model.time_budget_s,
-                                  "preference": model.preference, "seed": 0}
-        job = create_job(self.db, self.owner_id, kind, params, model_id=model.id, dataset_id=model.dataset_id,
-                         settings=self.settings)
+        params = TrainJobParams(model_id=model.id, dataset_id=model.dataset_id, classes=classes,
+                                target_accuracy=model.target_accuracy, time_budget_s=model.time_budget_s,
+                                preference=model.preference, seed=0)
+        job = create_job(self.db, self.owner_id, kind, params.model_dump(mode="json"), model_id=model.id,
+                         dataset_id=model.dataset_id, settings=self.settings)
         model.job_id = job.id
         if model.active_version is None:
             model.status = "queued"
@@ -233,9 +234,9 @@ class ModelService:
             raise Unprocessable(f"Class '{short[0]}' has only {counts.get(short[0], 0)} image(s) left; a class "
                                 f"needs at least {MIN_IMAGES_PER_CLASS}. Remove the class instead.",
                                 code="too_few_images")
-        return create_job(self.db, self.owner_id, "expand",
-                          {"model_id": model.id, "base_version": base.v, "add": [], "remove": [],
-                           "refresh": wanted}, model_id=model.id, dataset_id=model.dataset_id, settings=self.settings)
+        params = ExpandJobParams(model_id=model.id, base_version=base.v, add=[], remove=[], refresh=wanted)
+        return create_job(self.db, self.owner_id, "expand", params.model_dump(mode="json"), model_id=model.id,
+                          dataset_id=model.dataset_id, settings=self.settings)
 
     def set_caution(self, model: Model, caution: float) -> Job:
         """A new version that answers "unknown" for a different share of ordinary images (no retraining: the same
@@ -249,10 +250,10 @@ class ModelService:
         if not 0.0 <= caution <= 0.5:
             raise Unprocessable("The caution is the share of ordinary images answered 'unknown': between 0 and "
                                 "0.5.", code="invalid_caution")
-        return create_job(self.db, self.owner_id, "expand",
-                          {"model_id": model.id, "base_version": base.v, "add": [], "remove": [],
-                           "caution": round(float(caution), 2)},
-                          model_id=model.id, dataset_id=model.dataset_id, settings=self.settings)
+        params = ExpandJobParams(model_id=model.id, base_version=base.v, add=[], remove=[],
+                                 caution=round(float(caution), 2))
+        return create_job(self.db, self.owner_id, "expand", params.model_dump(mode="json"), model_id=model.id,
+                          dataset_id=model.dataset_id, settings=self.settings)
 
     def expand_from(self, model: Model, base_version: int, *, rename: dict[str, str] | None = None,
                     guarded: bool = False) -> Job | None:
@@ -271,13 +272,10 @@ class ModelService:
         remove = [c for c in renamed if c not in wanted]
         if not add and not remove and not rename:
             return None
-        params: dict[str, Any] = {"model_id": model.id, "base_version": base_version, "add": add, "remove": remove}
-        if rename:
-            params["rename"] = rename
-        if guarded:
-            params["guarded"] = True
-        return create_job(self.db, self.owner_id, "expand", params, model_id=model.id, dataset_id=model.dataset_id,
-                          settings=self.settings)
+        params = ExpandJobParams(model_id=model.id, base_version=base_version, add=add, remove=remove, rename=rename,
+                                 guarded=guarded)
+        return create_job(self.db, self.owner_id, "expand", params.model_dump(mode="json"), model_id=model.id,
+                          dataset_id=model.dataset_id, settings=self.settings)
 
     def version(self, model: Model, v: int) -> ModelVersion:
         row = repo.version(self.db, model.id, v)

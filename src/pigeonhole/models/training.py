@@ -7,6 +7,8 @@ seconds, better ones replace it); ``on_success`` stores the search in the model 
 Worker side (no database): ``run`` reads images from the blob store, runs the search, and uploads
 each winning candidate's files (ONNX, head statistics, card) to the blob store before emitting it.
 The search's last stage, a Ray Tune hyper-parameter search, runs its trials on the job's own cluster.
+What crosses between the two (params, payload, the ``version`` event, the result) is typed in
+``models/job_contracts.py``.
 """
 
 from __future__ import annotations
@@ -32,8 +34,16 @@ from pigeonhole.learn.tune import ray_asha_tuner
 from pigeonhole.learn.weights import WeightsCatalog
 from pigeonhole.learn.weights_fetch import missing_recommended, prefetch
 from pigeonhole.models import drift
+from pigeonhole.models.job_contracts import (
+    ImageRow,
+    TrainJobParams,
+    TrainJobResult,
+    TrainPayload,
+    VersionEvent,
+    VersionKeys,
+)
 from pigeonhole.models.service import artifact_prefix, settle_version
-from pigeonhole.settings import load_settings
+from pigeonhole.settings import Settings
 from pigeonhole.storage.blobs import BlobStore
 
 MEMORY_FILE = "model_memory.json"
@@ -50,24 +60,24 @@ class BlobSource:
         return self.blobs.read_blob(key, self.sizes[key])
 
 
-def event_extractor_classes(event: dict[str, Any]) -> list[str] | None:
+def event_extractor_classes(event: VersionEvent) -> list[str] | None:
     """The classes the candidate's extractor was fine-tuned (or trained from scratch) on; None when it is a
     frozen pretrained network. From the search's lineage, else from the candidate's configuration."""
-    lineage = event.get("lineage") or {}
+    lineage = event.lineage
     if "extractor_classes" in lineage:
         return lineage["extractor_classes"]
     config = (lineage.get("candidate") or {}).get("config")
-    return extractor_classes(CandidateConfig.from_dict(config), event["classes"]) if config else None
+    return extractor_classes(CandidateConfig.from_dict(config), event.classes) if config else None
 
 
-def _memory_store() -> JsonMemoryStore:
-    return JsonMemoryStore(load_settings().data_dir / MEMORY_FILE)
+def _memory_store(settings: Settings) -> JsonMemoryStore:
+    return JsonMemoryStore(settings.data_dir / MEMORY_FILE)
 
 
 class _Reporter:
     """Adapts the search's reporter to the job context: progress, cancel, and versions as events."""
 
-    def __init__(self, ctx: JobContext, blobs: BlobStore, model_id: str, manifest: list[list[Any]]):
+    def __init__(self, ctx: JobContext, blobs: BlobStore, model_id: str, manifest: list[ImageRow]):
         self.ctx = ctx
         self.blobs = blobs
         self.model_id = model_id
@@ -83,7 +93,7 @@ class _Reporter:
     def candidate_ready(self, candidate: CandidateResult) -> None:
         version_id = new_id()
         prefix = artifact_prefix(self.model_id, version_id)
-        keys = {}
+        keys: dict[str, str] = {}
         for name in ("model", "head", "card", "neighbours"):
             if name not in candidate.artifacts:
                 continue
@@ -95,24 +105,23 @@ class _Reporter:
         keys["manifest"] = f"{prefix}/images.json"
         self.blobs.put_bytes(keys["manifest"], json.dumps(self.manifest).encode())
         card = candidate.card
-        self.ctx.emit({
-            "type": "version", "version_id": version_id, "keys": keys, "classes": card["classes"],
-            "metrics": card["metrics"], "input": card["input"], "threshold": card["unknown_threshold"],
-            "size_bytes": candidate.model_size_bytes, "latency_ms": candidate.latency_ms,
-            "throughput": candidate.throughput_img_s, "candidate": candidate.name,
-            "lineage": {**card.get("lineage", {}), "candidate": card.get("candidate"),
-                        "leaderboard": card.get("leaderboard"), "training": card.get("training"),
-                        "extractor": card.get("extractor"), "notes": card.get("notes", [])},
-        })
+        event = VersionEvent(
+            version_id=version_id, keys=VersionKeys(**keys), classes=card["classes"], metrics=card["metrics"],
+            input=card["input"], threshold=card["unknown_threshold"], size_bytes=candidate.model_size_bytes,
+            latency_ms=candidate.latency_ms, throughput=candidate.throughput_img_s, candidate=candidate.name,
+            lineage={**card.get("lineage", {}), "candidate": card.get("candidate"),
+                     "leaderboard": card.get("leaderboard"), "training": card.get("training"),
+                     "extractor": card.get("extractor"), "notes": card.get("notes", [])})
+        self.ctx.emit(event.model_dump())
 
 
-def _fetch_recommended(weights_dir: Path, payload: dict[str, Any]) -> str | None:
+def _fetch_recommended(weights_dir: Path, builtin_weights: bool) -> str | None:
     """Start fetching the recommended publisher extractors that are missing, when the operator allows it (embedded
     installs do by default), beside this training rather than before it: the first version must not wait on a
     download. This training uses what is here; the next ones find the files. A fetch cut short (the job ended, the
     network dropped) leaves its bytes in ``<file>.part`` and the next one resumes; a lock beside each file keeps
     two jobs from fetching it twice."""
-    catalog = WeightsCatalog(weights_dir, builtin=payload.get("builtin_weights", True), download_timeout_s=10.0)
+    catalog = WeightsCatalog(weights_dir, builtin=builtin_weights, download_timeout_s=10.0)
     missing = missing_recommended(catalog)
     if not missing:
         return None
@@ -129,93 +138,102 @@ class TrainHandler(JobHandler):
     description = "train a model on a dataset (search, fine-tune)"
 
     def prepare(self, db: Session, job: Job) -> dict[str, Any]:
-        params = job.params
-        if db.get(Model, params["model_id"]) is None:
+        params = TrainJobParams.model_validate(job.params)
+        if db.get(Model, params.model_id) is None:
             raise JobFailed("The model was deleted before its training started.")
         rows = db.execute(select(DatasetImage.sha256, DatasetImage.label, DatasetImage.split, DatasetImage.size_bytes)
-                          .where(DatasetImage.dataset_id == params["dataset_id"],
-                                 DatasetImage.label.in_(params["classes"])).order_by(DatasetImage.id))
-        images = [[sha, label, split, size] for sha, label, split, size in rows]
+                          .where(DatasetImage.dataset_id == params.dataset_id,
+                                 DatasetImage.label.in_(params.classes)).order_by(DatasetImage.id))
+        images = [(sha, label, split, size) for sha, label, split, size in rows]
         if not images:
             raise JobFailed("The dataset has no images of the chosen classes any more.")
-        settings = load_settings()
-        return {**params, "images": images, "weights_dir": str(settings.resolved_weights_dir),
-                "builtin_weights": settings.builtin_weights, "weights_fetch": settings.resolved_weights_fetch,
-                "memory": [r.to_json() for r in _memory_store().load()]}
+        settings = self.settings
+        payload = TrainPayload(**params.model_dump(), images=images, weights_dir=str(settings.resolved_weights_dir),
+                               builtin_weights=settings.builtin_weights, weights_fetch=settings.resolved_weights_fetch,
+                               memory=[r.to_json() for r in _memory_store(settings).load()])
+        return payload.model_dump(mode="json")
 
     def run(self, ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+        task = TrainPayload.model_validate(payload)
         blobs = BlobStore(ctx.blob_url)
         images = tuple(TrainingImage(key=sha, label=label, split=split, size_bytes=size)
-                       for sha, label, split, size in payload["images"])
-        training_set = TrainingSet(images=images, classes=tuple(payload["classes"]))
-        source = BlobSource(blobs, {sha: size for sha, _, _, size in payload["images"]})
+                       for sha, label, split, size in task.images)
+        training_set = TrainingSet(images=images, classes=tuple(task.classes))
+        source = BlobSource(blobs, {sha: size for sha, _, _, size in task.images})
         work = Path(ctx.cache_dir) / "training" / f"{ctx.job_id}-{ctx.attempt}"
-        weights = os.environ.get("PIGEONHOLE_WEIGHTS_DIR") or payload["weights_dir"]
-        fetched = _fetch_recommended(Path(weights), payload) if payload.get("weights_fetch") else None
-        config = SearchConfig(target_accuracy=payload.get("target_accuracy"),
-                              time_budget_s=float(payload["time_budget_s"]),
-                              preference=payload.get("preference", "balanced"), seed=int(payload.get("seed", 0)),
-                              weights_dir=Path(weights), builtin_weights=payload.get("builtin_weights", True),
+        weights = os.environ.get("PIGEONHOLE_WEIGHTS_DIR") or task.weights_dir
+        fetched = _fetch_recommended(Path(weights), task.builtin_weights) if task.weights_fetch else None
+        config = SearchConfig(target_accuracy=task.target_accuracy, time_budget_s=float(task.time_budget_s),
+                              preference=task.preference, seed=task.seed,
+                              weights_dir=Path(weights), builtin_weights=task.builtin_weights,
                               cache_dir=Path(ctx.cache_dir) / "learn",
                               output_dir=work, threads=max(1, int(os.environ.get("PIGEONHOLE_TRAIN_THREADS", "2"))),
                               cache_bytes=int(ctx.cache_max_bytes), job_id=ctx.job_id)
         store = InMemoryStore()
-        for raw in payload.get("memory", []):
-            store.append(SearchRecord.from_json(raw))
+        for record in task.memory:
+            store.append(SearchRecord.from_json(record))
         known = len(store.load())
-        ctx.cached(f"dataset:{payload['dataset_id']}")
+        ctx.cached(f"dataset:{task.dataset_id}")
         try:
-            manifest = [row for row in payload["images"] if row[2] != "test"]
-            result = run_search(training_set, source, config, _Reporter(ctx, blobs, payload["model_id"], manifest),
+            manifest = [row for row in task.images if row[2] != "test"]
+            result = run_search(training_set, source, config, _Reporter(ctx, blobs, task.model_id, manifest),
                                 memory=ModelMemory(store), tuner=ray_asha_tuner())
         finally:
             shutil.rmtree(work, ignore_errors=True)
         if result.chosen is None and not result.reported and result.stop_reason != "cancelled":
             raise JobFailed("No model could be trained on this data. Check the dataset's health report.")
-        new_records = [r.to_json() for r in store.load()[known:]]
-        return {"stop_reason": result.stop_reason, "chosen": result.chosen.name if result.chosen else None,
-                "elapsed_s": round(result.elapsed_s, 2), "first_candidate_s": result.first_candidate_s,
-                "leaderboard": result.leaderboard, "tuning": result.tuning, "mirror_check": result.mirror,
-                "notes": result.notes, "weights_fetched": fetched, "memory": new_records}
+        outcome = TrainJobResult(stop_reason=result.stop_reason, chosen=result.chosen.name if result.chosen else None,
+                                 elapsed_s=round(result.elapsed_s, 2), first_candidate_s=result.first_candidate_s,
+                                 leaderboard=result.leaderboard, tuning=result.tuning, mirror_check=result.mirror,
+                                 notes=result.notes, weights_fetched=fetched,
+                                 memory=[r.to_json() for r in store.load()[known:]])
+        return outcome.model_dump()
 
     def on_event(self, db: Session, job: Job, event: dict[str, Any]) -> None:
+        """``event`` is what the worker emitted, as the dispatcher recorded it: parsed here, once."""
         if event.get("type") != "version":
             return
-        model = db.get(Model, job.params["model_id"])
+        version = VersionEvent.model_validate(event)
+        params = TrainJobParams.model_validate(job.params)
+        model = db.get(Model, params.model_id)
         if model is None:  # deleted meanwhile: nothing to record
             return
-        keys = event["keys"]
-        spec = {k: v for k, v in event["input"].items() if k in ("height", "width", "layout", "dtype", "color",
-                                                                 "mean", "std", "crop")}
+        keys = version.keys
+        spec = {k: v for k, v in version.input.items() if k in ("height", "width", "layout", "dtype", "color",
+                                                                "mean", "std", "crop")}
         drift.training_version_recorded(model)
         # A retrain's result serves only if it beats the active version; a first training's always does.
-        settle_version(db, model, load_settings(), guarded=job.kind == "retrain", classes=event["classes"],
-                       metrics=event["metrics"],
-                       input_spec=spec, threshold=float(event["threshold"]), size_bytes=int(event["size_bytes"]),
-                       onnx_key=keys["model"], head_key=keys.get("head"), card_key=keys.get("card"),
-                       lineage={**event.get("lineage", {}), "job_id": job.id, "change": "trained",
-                                "manifest_key": keys.get("manifest"), "neighbours_key": keys.get("neighbours"),
-                                "extractor_classes": event_extractor_classes(event)},
-                       latency_ms=event.get("latency_ms"), throughput=event.get("throughput"), job_id=job.id,
-                       version_id=event["version_id"])
+        settle_version(db, model, self.settings, guarded=job.kind == "retrain", classes=version.classes,
+                       metrics=version.metrics, input_spec=spec, threshold=version.threshold,
+                       size_bytes=version.size_bytes, onnx_key=keys.model, head_key=keys.head, card_key=keys.card,
+                       lineage={**version.lineage, "job_id": job.id, "change": "trained",
+                                "manifest_key": keys.manifest, "neighbours_key": keys.neighbours,
+                                "extractor_classes": event_extractor_classes(version)},
+                       latency_ms=version.latency_ms, throughput=version.throughput, job_id=job.id,
+                       version_id=version.version_id)
 
     def on_success(self, db: Session, job: Job, result: dict[str, Any]) -> None:
-        model = db.get(Model, job.params["model_id"])
-        if model is not None:
-            model.status = "ready" if model.active_version is not None else "failed"
-        store = _memory_store()
-        for raw in result.pop("memory", []):
-            store.append(SearchRecord.from_json(raw))
+        """The search's new records go to the model memory file; the dispatcher then stores ``result`` on the job
+        row, so they are taken out of that dict (the row keeps what the user is shown)."""
+        outcome = TrainJobResult.model_validate(result)
+        self._settle_status(db, job, otherwise="failed")
+        store = _memory_store(self.settings)
+        for record in outcome.memory:
+            store.append(SearchRecord.from_json(record))
+        result.pop("memory", None)
 
     def on_failure(self, db: Session, job: Job, reason: str) -> None:
-        model = db.get(Model, job.params["model_id"])
-        if model is not None:
-            model.status = "ready" if model.active_version is not None else "failed"
+        self._settle_status(db, job, otherwise="failed")
 
     def on_cancel(self, db: Session, job: Job) -> None:
-        model = db.get(Model, job.params["model_id"])
+        self._settle_status(db, job, otherwise="cancelled")
+
+    @staticmethod
+    def _settle_status(db: Session, job: Job, *, otherwise: str) -> None:
+        """A model with a version is ready whatever became of this job; without one, it is ``otherwise``."""
+        model = db.get(Model, TrainJobParams.model_validate(job.params).model_id)
         if model is not None:
-            model.status = "ready" if model.active_version is not None else "cancelled"
+            model.status = "ready" if model.active_version is not None else otherwise
 
 
 @register
