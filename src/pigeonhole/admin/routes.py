@@ -10,6 +10,7 @@ from pigeonhole.api.schemas import ListPage
 from pigeonhole.auth import repository as repo
 from pigeonhole.auth.schemas import UserPublic
 from pigeonhole.compute import nodes
+from pigeonhole.compute.builtin import SelfTestParams
 from pigeonhole.compute.handlers import Resources
 from pigeonhole.compute.schemas import NodePublic, SelfTestCreate, node_public
 from pigeonhole.db.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, paginate
@@ -82,7 +83,8 @@ def list_all_jobs(_: AdminUser, db: DbSession, status: JobStatus | None = None, 
 def start_selftest(body: SelfTestCreate, principal: AdminUser, db: DbSession, settings: SettingsDep) -> JobAdmin:
     """Queue a diagnostic job that counts with progress: checks that the dispatcher and Ray cluster work."""
     job = jobs_service.create_job(db, principal.user_id, "selftest",
-                                  {"steps": body.steps, "step_s": body.step_s, "busy": body.busy},
+                                  SelfTestParams(steps=body.steps, step_s=body.step_s, busy=body.busy)
+                                  .model_dump(mode="json"),
                                   dataset_id=body.dataset_id, resources=Resources(num_cpus=body.num_cpus),
                                   settings=settings)
     return job_admin(job)

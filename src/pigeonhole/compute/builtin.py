@@ -10,13 +10,23 @@ import time
 from typing import Any
 
 from pigeonhole.compute.handlers import JobContext, JobFailed, JobHandler, Placement, Resources, register
+from pigeonhole.jobs.contract import JobContract
+
+
+class SelfTestParams(JobContract):
+    """The self-test's params (also its payload: ``prepare`` passes them through)."""
+
+    steps: int = 10
+    step_s: float = 0.05
+    busy: bool = False  # burn CPU instead of sleeping
+    fail: bool = False  # raise at the end
+    emit_every: int = 0  # emit a ``version`` event every n steps
+    cache_key: str | None = None  # report this node as caching it
 
 
 @register
 class SelfTest(JobHandler):
-    """Params: ``steps`` (10), ``step_s`` (0.05), ``busy`` (burn CPU instead of sleeping), ``fail``
-    (raise at the end), ``emit_every`` (emit a ``version`` event every n steps), ``cache_key``
-    (report this node as caching it). Resumes from its checkpoint."""
+    """Counts ``steps`` with progress; resumes from its checkpoint (see :class:`SelfTestParams`)."""
 
     kind = "selftest"
     resources = Resources(num_cpus=1)
@@ -25,8 +35,8 @@ class SelfTest(JobHandler):
     description = "diagnostic: counts with progress"
 
     def run(self, ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
-        steps = int(payload.get("steps", 10))
-        step_s = float(payload.get("step_s", 0.05))
+        params = SelfTestParams.model_validate(payload)
+        steps, step_s = params.steps, params.step_s
         checkpoint = ctx.load_checkpoint() or {}
         start = int(checkpoint.get("step", 0))
         started = time.monotonic()
@@ -34,7 +44,7 @@ class SelfTest(JobHandler):
         for i in range(start, steps):
             if ctx.cancelled():
                 return {"cancelled_at": i}
-            if payload.get("busy"):
+            if params.busy:
                 until = time.monotonic() + step_s
                 while time.monotonic() < until:
                     sum(range(1000))
@@ -46,14 +56,14 @@ class SelfTest(JobHandler):
                        metrics={"step": done, "value": done / steps})
             # Checkpoint first: emit sends both together, so they are applied in one transaction.
             ctx.save_checkpoint({"step": done})
-            every = int(payload.get("emit_every", 0))
+            every = params.emit_every
             if every and done % every == 0 and done < steps:
                 ctx.emit({"type": "version", "step": done})
-        if payload.get("cache_key"):
-            key = str(payload["cache_key"])
+        if params.cache_key:
+            key = params.cache_key
             ctx.cache.put_bytes(f"selftest/{key.replace(':', '_')}", b"cached by the self-test")
             ctx.cached(key)
-        if payload.get("fail"):
+        if params.fail:
             raise JobFailed("The self-test was asked to fail.")
         return {"steps": steps, "resumed_from": start, "node_id": ctx.node_id, "pid": os.getpid(),
                 "niceness": os.nice(0)}
