@@ -143,14 +143,14 @@ def test_target_met_stops_early_and_is_reproducible(small_flowers, shared_weight
 
 
 def test_budget_is_honoured(small_flowers, shared_weights, tmp_path) -> None:
-    """On a clock that moves by stated costs (a fine-tuning step 1 s at 128 px), the search plans its work into
+    """On a clock that moves by stated costs (a fine-tuning step 3 s at 128 px), the search plans its work into
     the budget: training stops within a step of its deadline and what follows it was kept back."""
     ts, source = small_flowers
     budget = 60.0
     rec = Recorder()
     clock = VirtualClock()
     result = run_search(ts, source, _config(tmp_path, shared_weights, time_budget_s=budget, preference="accurate"),
-                        rec, clock=clock, costs=FixedCosts(step_s=1.0))
+                        rec, clock=clock, costs=FixedCosts(step_s=3.0))
     assert result.elapsed_s == clock.now() <= budget, f"{result.elapsed_s:.1f}s for a {budget:.0f}s budget"
     assert any(row["config"]["kind"] == "finetune" for row in result.leaderboard), result.leaderboard
     assert result.chosen is not None and result.stop_reason in ("budget", "exhausted", "plateau")
