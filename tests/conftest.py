@@ -51,7 +51,7 @@ def postgres_url() -> Iterator[str]:
     admin.dispose()
 
 
-def _empty_tables(url: str) -> None:
+def empty_tables(url: str) -> None:
     engine = create_db_engine(url)
     names = [t.name for t in Base.metadata.sorted_tables]
     with engine.begin() as connection:
@@ -69,7 +69,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     url = request.getfixturevalue("postgres_url")
     yield url
-    _empty_tables(url)
+    empty_tables(url)
 
 
 @pytest.fixture
