@@ -15,7 +15,10 @@ from pathlib import Path
 import httpx
 
 PIGEONHOLE = Path(sys.executable).with_name("pigeonhole")  # the installed console script
-FAST_ENV = {"PIGEONHOLE_ARGON2_MEMORY_KIB": "1024", "PIGEONHOLE_ARGON2_TIME_COST": "1"}
+# Cheap Argon2, and one API process: a second one starts only after the dispatcher and costs a whole app import
+# (a test server was ready in 3.3 s with one, 11.6 s with two on this 2-core machine). Several API processes,
+# the default on a machine with more cores, have their own test (test_serve.py).
+FAST_ENV = {"PIGEONHOLE_ARGON2_MEMORY_KIB": "1024", "PIGEONHOLE_ARGON2_TIME_COST": "1", "PIGEONHOLE_API_WORKERS": "1"}
 
 
 def free_port() -> int:
