@@ -193,8 +193,11 @@ class RidgeHead:
             stats = [self._stats[c] for c in self.classes]
             counts = np.array([s.count for s in stats], dtype=np.float64)
             sums = np.stack([s.sum[:d] for s in stats])
-            grams = [s.rows[:, :d].T @ s.rows[:, :d] if s.rows is not None else s.gram[:d, :d] for s in stats]
-            self._scatter = novelty.Scatter(counts, sums, grams)
+            if all(s.rows is not None for s in stats) and counts.sum() < d:  # fewer images than dimensions
+                self._scatter = novelty.Scatter(counts, sums, rows=[s.rows[:, :d] for s in stats])
+            else:
+                grams = [s.rows[:, :d].T @ s.rows[:, :d] if s.rows is not None else s.gram[:d, :d] for s in stats]
+                self._scatter = novelty.Scatter(counts, sums, grams)
         return self._scatter
 
     # ---- solving ----------------------------------------------------------------

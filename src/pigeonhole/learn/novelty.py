@@ -110,31 +110,56 @@ class Moments:
 
 class Scatter:
     """Means and covariances from per-class counts, sums and Grams; metrics for any shrinkage from one
-    eigendecomposition of each covariance."""
+    eigendecomposition of each covariance.
 
-    def __init__(self, counts: np.ndarray, sums: np.ndarray, grams: Sequence[np.ndarray]) -> None:
+    Given the rows themselves (``rows``, one array per class), and fewer rows than dimensions, each covariance is
+    held as a factor ``F`` (the centred rows over sqrt(N), ``C = F^T F``) and decomposed through the N x N matrix
+    ``F F^T``: the same non-zero eigenvalues, and eigenvectors ``F^T u / sqrt(lambda)``. The directions left out
+    have eigenvalue zero, where a metric's weight is zero too, so the metrics are the same. A small set of
+    pixel features (3,072 dimensions at 32 px) then costs milliseconds instead of seconds.
+    """
+
+    def __init__(self, counts: np.ndarray, sums: np.ndarray, grams: Sequence[np.ndarray] | None = None,
+                 rows: Sequence[np.ndarray] | None = None) -> None:
         counts = np.asarray(counts, dtype=np.float64)
         total = float(counts.sum())
+        self.dim = sums.shape[1]
         self.means = sums / np.maximum(counts, 1.0)[:, None]
         self.centre = sums.sum(axis=0) / total
-        gram = np.sum(grams, axis=0)
-        within = gram - (self.means.T * counts) @ self.means
-        self.within = within / total
-        self.total = (gram - total * np.outer(self.centre, self.centre)) / total
+        self._covariance: dict[str, np.ndarray] = {}
+        self._factor: dict[str, np.ndarray] = {}
+        if rows is not None:
+            scale = 1.0 / np.sqrt(total)
+            self._factor["within"] = np.vstack([r - m for r, m in zip(rows, self.means, strict=True)]) * scale
+            self._factor["total"] = (np.vstack(rows) - self.centre) * scale
+        else:
+            assert grams is not None, "a scatter needs the class Grams or the rows"
+            gram = np.sum(grams, axis=0)
+            self._covariance["within"] = (gram - (self.means.T * counts) @ self.means) / total
+            self._covariance["total"] = (gram - total * np.outer(self.centre, self.centre)) / total
         self._eig: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def _eigen(self, which: str) -> tuple[np.ndarray, np.ndarray]:
+        """The covariance's eigenvalues and eigenvectors (columns); from a factor, only the non-zero ones."""
         if which not in self._eig:
-            m = self.within if which == "within" else self.total
-            values, vectors = np.linalg.eigh((m + m.T) / 2)
-            self._eig[which] = (np.clip(values, 0.0, None), vectors)
+            if which in self._factor:
+                f = self._factor[which]
+                k = f @ f.T
+                values, u = np.linalg.eigh((k + k.T) / 2)
+                keep = values > max(float(values.max(initial=0.0)), _EPS) * 1e-10
+                values = values[keep]
+                self._eig[which] = (values, f.T @ (u[:, keep] / np.sqrt(values)))
+            else:
+                m = self._covariance[which]
+                values, vectors = np.linalg.eigh((m + m.T) / 2)
+                self._eig[which] = (np.clip(values, 0.0, None), vectors)
         return self._eig[which]
 
     def moments(self, shrinkage: float, classes: np.ndarray | None = None) -> Moments:
         metrics = []
         for which in ("within", "total"):
             values, vectors = self._eigen(which)
-            floor = shrinkage * max(float(values.mean()), _EPS)
+            floor = shrinkage * max(float(values.sum()) / self.dim, _EPS)  # the mean over all dimensions
             top = np.argsort(-values, kind="stable")[: min(RANK, len(values))]
             lam = values[top]
             metrics.append(Metric(floor, vectors[:, top], lam / (floor * (lam + floor))))

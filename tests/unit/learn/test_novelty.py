@@ -102,3 +102,32 @@ def test_left_out_distances_equal_refits_without_each_image() -> None:
         exact = novelty.class_distances(base[i : i + 1], moments)[0][[refit.classes.index(c) for c in head.classes]]
         np.testing.assert_allclose(dist[i], exact, rtol=0.03)  # the shrinkage level is kept: O(1/N)
         np.testing.assert_allclose(background[i], novelty.background_distance(base[i : i + 1], moments)[0], rtol=0.03)
+
+
+@pytest.mark.parametrize("dim", [40, 300])  # fewer dimensions than rows, and more (the dual form)
+def test_a_scatter_from_rows_gives_the_metrics_of_one_from_grams(dim: int) -> None:
+    rng = np.random.default_rng(3)
+    rows = [rng.normal(c, 1.0 + c, (n, dim)) @ rng.normal(size=(dim, dim)) / dim for c, n in enumerate((30, 45, 25))]
+    counts = np.array([len(r) for r in rows], dtype=np.float64)
+    sums = np.stack([r.sum(0) for r in rows])
+    from_grams = novelty.Scatter(counts, sums, [r.T @ r for r in rows]).moments(3.0)
+    from_rows = novelty.Scatter(counts, sums, rows=rows).moments(3.0)
+    probe = rng.normal(size=(7, dim))
+    for a, b in ((from_grams.within, from_rows.within), (from_grams.total, from_rows.total)):
+        assert a.floor == pytest.approx(b.floor, rel=1e-9)
+        np.testing.assert_allclose(a.norms(probe), b.norms(probe), rtol=1e-7)
+        np.testing.assert_allclose(a.inner(probe, from_grams.means), b.inner(probe, from_rows.means), rtol=1e-7,
+                                   atol=1e-9 * float(np.abs(a.inner(probe, from_grams.means)).max()))
+
+
+def test_a_small_head_over_many_dimensions_uses_its_rows() -> None:
+    """90 images of 3,072 pixel features: the head's scatter is decomposed in 90 dimensions, not 3,072."""
+    rng = np.random.default_rng(4)
+    features = rng.normal(size=(90, 3072))
+    labels = [str(i % 3) for i in range(90)]
+    head = RidgeHead(3072)
+    head.add(features, labels)
+    scatter = head.scatter()
+    values, vectors = scatter._eigen("within")
+    assert vectors.shape == (3072, len(values)) and len(values) <= 90
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(len(values)), atol=1e-8)

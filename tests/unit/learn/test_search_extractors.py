@@ -12,6 +12,8 @@ import torch
 from tests.unit.learn.test_search import Recorder, flower_set
 
 from pigeonhole.learn.backbones import build_extractor, get_spec
+from pigeonhole.learn.budget import FixedCosts
+from pigeonhole.learn.clock import VirtualClock
 from pigeonhole.learn.export import INPUT_NAME, open_session
 from pigeonhole.learn.grow import extractor_of, rebuild_model
 from pigeonhole.learn.head import RidgeHead
@@ -51,7 +53,8 @@ def test_a_fresh_install_builds_photo_models_on_the_packaged_extractor(small_flo
 def test_without_a_pretrained_extractor_the_job_and_the_card_say_so(small_flowers, tmp_path) -> None:
     ts, source = small_flowers
     rec = Recorder(cancel_after=1)
-    result = run_search(ts, source, _config(tmp_path, tmp_path / "none", builtin_weights=False), rec)
+    result = run_search(ts, source, _config(tmp_path, tmp_path / "none", builtin_weights=False), rec,
+                        clock=VirtualClock(), costs=FixedCosts(step_s=1.0))
     assert result.notes == [NO_PRETRAINED]
     card = _card(result)
     assert card["notes"] == [NO_PRETRAINED] and card["extractor"]["pretrained"] is False
