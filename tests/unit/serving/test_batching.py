@@ -77,7 +77,9 @@ def test_each_caller_gets_its_own_answer_with_mixed_models_and_versions(models) 
 
     answers = asyncio.run(scenario())
     for (model, level, seed), out in zip(asks, answers, strict=True):
-        np.testing.assert_allclose(out, model.run(image(model, level, seed)), atol=1e-5)
+        # ONNX Runtime rounds in float32 differently at another batch size (familiarity of this untrained
+        # extractor's tiny features moves by up to 3e-5); another caller's answer would differ far more.
+        np.testing.assert_allclose(out, model.run(image(model, level, seed)), atol=1e-4)
         dark = "dark" if model is not swapped else "bright"  # the swapped model calls dark images "bright"
         assert label(model, out) == (dark if level == 40 else {"dark": "bright", "bright": "dark"}[dark])
     # One call per model object for the 12 images each waited with, never a mixed batch.
