@@ -5,7 +5,8 @@ random-colour, noisy background at 32 px: CIFAR-10's size and kind of route). Fe
 extractor (``--extractor``) as a training job computes them. Then 10 % of the labels are flipped to another
 class at random (seeded; the flips are the truth to find).
 
-- Pigeonhole: ``learn.suspects.find_suspects`` on the head's features (its flagged images, and its ranking).
+- Pigeonhole: ``learn.suspects.find_suspects`` on the head's features (its flagged images, and its ranking), at
+  the ridge strength of a version trained on the noisy labels (what the suspects job does), and choosing it.
 - cleanlab: ``cleanlab.filter.find_label_issues`` on out-of-fold probabilities of a logistic regression
   (5 folds, scikit-learn), the recipe cleanlab documents. Its time includes the cross-validation, which is
   what a user of it has to run.
@@ -91,10 +92,20 @@ def scores(flagged: np.ndarray, ranking: np.ndarray, truth: np.ndarray) -> dict[
             "r_at_2k": len(truth_set & set(ranking[: 2 * k].tolist())) / k}
 
 
-def pigeonhole(x: np.ndarray, y: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray, float]:
+def version_alpha(x: np.ndarray, y: np.ndarray) -> float:
+    """The ridge strength a version trained on these (noisy) labels has: what the suspects job uses."""
+    head = RidgeHead(x.shape[1])
+    labels = [str(v) for v in y]
+    head.add(x, labels)
+    head.fit_left_out(x, labels)
+    return head.alpha
+
+
+def pigeonhole(x: np.ndarray, y: np.ndarray, classes: int,
+               alpha: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     t = time.perf_counter()
     phi = RidgeHead(x.shape[1]).map(x)
-    report = find_suspects(phi, y, classes)
+    report = find_suspects(phi, y, classes, **({"alphas": [alpha]} if alpha is not None else {}))
     seconds = time.perf_counter() - t
     flagged = np.array([s.index for s in report.suspects], dtype=np.int64)
     probs = report.probabilities
@@ -137,12 +148,14 @@ def run(name: str, x: np.ndarray, labels: np.ndarray, tx: np.ndarray, tlabels: n
     print(f"label_errors: {name}: {len(y)} images, {len(names)} classes, {len(truth)} labels flipped "
           f"(seed {seed})", flush=True)
     results = {}
-    for method, call in (("pigeonhole", lambda: pigeonhole(x, noisy, len(names))),
+    alpha = version_alpha(x, noisy)
+    for method, call in (("pigeonhole", lambda: pigeonhole(x, noisy, len(names), alpha)),
+                         ("pigeonhole, choosing alpha", lambda: pigeonhole(x, noisy, len(names))),
                          ("cleanlab", lambda: cleanlab_issues(x, noisy, seed))):
         flagged, ranking, seconds = call()
         results[method] = (flagged, scores(flagged, ranking, truth), seconds)
         s = results[method][1]
-        print(f"label_errors: {name}: {method:10} flagged {s['flagged']:4d}  precision {s['precision']:.3f}  "
+        print(f"label_errors: {name}: {method:26} flagged {s['flagged']:4d}  precision {s['precision']:.3f}  "
               f"recall {s['recall']:.3f}  F1 {s['f1']:.3f}  | ranking: precision@k {s['p_at_k']:.3f}  "
               f"recall@2k {s['r_at_2k']:.3f}  | {seconds:.2f} s", flush=True)
     ours, theirs = results["pigeonhole"], results["cleanlab"]

@@ -47,7 +47,9 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     first = _photos(root / "first", FLOWERS / "train.zip", {"daisy": 10, "dandelion": 10})
     extra = _photos(root / "extra", FLOWERS / "train.zip", {"sunflower": 8})
     probe = _photos(root / "probe", FLOWERS / "test.zip", {"daisy": 1})
-    return {"first": first, "extra": extra / "sunflower", "probe": next((probe / "daisy").iterdir())}
+    planted = _photos(root / "planted", FLOWERS / "train.zip", {"sunflower": 1}, skip=8)
+    return {"first": first, "extra": extra / "sunflower", "probe": next((probe / "daisy").iterdir()),
+            "planted": next((planted / "sunflower").iterdir())}
 
 
 def test_from_sign_up_to_a_grown_model(server: str, browser, shots: Path, photos: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
@@ -232,7 +234,36 @@ def test_from_sign_up_to_a_grown_model(server: str, browser, shots: Path, photos
     expect(card).to_contain_text("3 classes")
     shot("11-models-list")
 
-    # 11. A token, created (shown once) and revoked.
+    # 11. Check the labels: a sunflower photo put among the daisies is found, the reviewer takes the suggestion with a
+    # key, and one click updates the model with the fix.
+    dataset_id = context.request.get(f"/api/v1/models/{model_id}").json()["dataset_id"]
+    csrf = next(c["value"] for c in context.cookies() if c["name"] == "pgh_csrf")
+    upload = {"name": "planted.jpg", "mimeType": "image/jpeg", "buffer": photos["planted"].read_bytes()}
+    planted = context.request.post(f"/api/v1/datasets/{dataset_id}/uploads", headers={"X-CSRF-Token": csrf},
+                                   multipart={"label": "daisy", "files": upload})
+    assert planted.json()["accepted"] == 1, planted.text()
+    page.goto(f"/datasets/{dataset_id}")
+    page.get_by_role("link", name="Check labels").click()
+    expect(page).to_have_url(re.compile(rf"/datasets/{dataset_id}/review"))
+    page.get_by_role("button", name="Check the labels").click()
+    suspect = page.get_by_test_id("suspect")
+    expect(suspect).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
+    found = context.request.get(f"/api/v1/datasets/{dataset_id}/suspects", params={"model_id": model_id}).json()
+    planted_id = next(i["id"] for i in context.request.get(f"/api/v1/datasets/{dataset_id}/images",
+                                                           params={"label": "daisy", "limit": 100}).json()["items"]
+                      if i["original_name"] == "planted.jpg")
+    assert any(i["image_id"] == planted_id and i["suggested_label"] == "sunflowers" for i in found["items"]), found
+    expect(suspect.get_by_role("heading", name=re.compile(r"Image 1 of \d+"))).to_be_attached()
+    shot("11-check-labels")
+    first = found["items"][0]
+    page.keyboard.press("u")
+    expect(page.get_by_test_id("review-summary")).to_contain_text("1 decision made")
+    images = context.request.get(f"/api/v1/datasets/{dataset_id}/images", params={"limit": 100}).json()["items"]
+    assert next(i for i in images if i["id"] == first["image_id"])["label"] == first["suggested_label"]
+    page.get_by_role("button", name="Update the model with these fixes").click()
+    expect(page.get_by_text("Updating the model with your fixes")).to_be_visible()
+
+    # 12. A token, created (shown once) and revoked.
     main_nav.get_by_role("link", name="API tokens").click()
     page.get_by_label("Name").fill("Flower sorter")
     page.get_by_role("button", name="Create token").click()
@@ -243,7 +274,7 @@ def test_from_sign_up_to_a_grown_model(server: str, browser, shots: Path, photos
     expect(page.get_by_text("Revoked “Flower sorter”. It no longer works.")).to_be_visible()
     shot("12-token-revoked")
 
-    # 12. Admin: the local compute node with its resources, and every job.
+    # 13. Admin: the local compute node with its resources, and every job.
     main_nav.get_by_role("link", name="Admin").click()
     nodes = page.get_by_role("region", name="Compute nodes")
     expect(nodes.get_by_text("alive")).to_be_visible()
@@ -257,7 +288,7 @@ def test_from_sign_up_to_a_grown_model(server: str, browser, shots: Path, photos
     nodes.get_by_role("button", name=re.compile("^Undrain")).click()
     expect(nodes.get_by_role("button", name=re.compile("^Drain"))).to_be_visible()
 
-    # 13. At phone width, the model page still reads well.
+    # 14. At phone width, the model page still reads well.
     phone = browser.new_context(viewport={"width": 390, "height": 844}, base_url=server,
                                 storage_state=context.storage_state())
     small = phone.new_page()

@@ -30,6 +30,7 @@ from pigeonhole.db.migrate import upgrade
 from pigeonhole.jobs.routes import router as jobs_router
 from pigeonhole.models.predict import PredictionService
 from pigeonhole.models.routes import router as models_router
+from pigeonhole.models.suspect_routes import router as suspects_router
 from pigeonhole.serving.limits import RateLimiter
 from pigeonhole.settings import Settings, load_settings
 from pigeonhole.storage.blobs import BlobStore
@@ -92,8 +93,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.blob_sweeper = BlobSweeper(session_factory, blobs, settings.blob_sweep_grace_s)
 
     install_error_handlers(app)
-    for router in (auth_router, tokens_router, datasets_router, models_router, jobs_router, usage_router,
-                   admin_router, ops_router):
+    for router in (auth_router, tokens_router, datasets_router, suspects_router, models_router, jobs_router,
+                   usage_router, admin_router, ops_router):
         app.include_router(router)
     install_web(app)
 

@@ -34,7 +34,8 @@ from pigeonhole.storage.cache import DiskCache
 # Other domains list their module here. The built-in declarations only fill kinds that no real handler
 # registered (whatever the import order); a listed module that does not exist (yet) is skipped.
 HANDLER_MODULES: list[str] = ["pigeonhole.compute.builtin", "pigeonhole.datasets.imports", "pigeonhole.models.training",
-                              "pigeonhole.models.expansion", "pigeonhole.models.batch"]
+                              "pigeonhole.models.expansion", "pigeonhole.models.batch",
+                              "pigeonhole.models.suspects"]
 
 
 class Placement(StrEnum):

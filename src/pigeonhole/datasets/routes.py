@@ -82,7 +82,8 @@ def _image_public(image: DatasetImage) -> ImagePublic:
     return ImagePublic(id=image.id, label=image.label, sha256=image.sha256, width=image.width, height=image.height,
                        format=image.format, size_bytes=image.size_bytes, split=image.split,
                        original_name=image.original_name, source_url=image.source_url, created_at=image.created_at,
-                       thumbnail_url=f"/api/v1/datasets/{image.dataset_id}/images/{image.id}/thumbnail")
+                       thumbnail_url=f"/api/v1/datasets/{image.dataset_id}/images/{image.id}/thumbnail",
+                       label_kept=image.label_kept)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetDetail)
@@ -169,6 +170,13 @@ def list_images(dataset: ReadableDataset, principal: Reader, service: ReadServic
 def move_image(dataset: WritableDataset, image_id: str, body: ImageMove, service: WriteService) -> ImagePublic:
     """Move an image to another class (relabel it)."""
     return _image_public(service.move_image(dataset, image_id, body.label))
+
+
+@router.post("/{dataset_id}/images/{image_id}/keep-label", response_model=ImagePublic)
+def keep_label(dataset: WritableDataset, image_id: str, service: WriteService) -> ImagePublic:
+    """The image's label is right although it was flagged as suspect: it is not flagged again unless the label
+    changes."""
+    return _image_public(service.keep_label(dataset, image_id))
 
 
 @router.delete("/{dataset_id}/images/{image_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -76,6 +76,7 @@ class ImagePublic(BaseModel):
     source_url: str | None
     created_at: datetime
     thumbnail_url: str
+    label_kept: bool = False  # flagged as a suspected mislabel, looked at, and kept
 
 
 class ImageMove(BaseModel):

@@ -115,7 +115,14 @@ class DatasetService:
         if repo.image_exists(self.db, image.dataset_id, label, image.sha256):
             raise Conflict(f"Class '{label}' already holds this same image.", code="duplicate_image")
         image.label = label
+        image.label_kept = False  # a new label has not been looked at
         dataset.updated_at = utcnow()
+        return image
+
+    def keep_label(self, dataset: Dataset, image_id: str) -> DatasetImage:
+        """The owner has looked at a suspected label and it is right: stop flagging it (until it changes)."""
+        image = self.image(dataset, image_id)
+        image.label_kept = True
         return image
 
 

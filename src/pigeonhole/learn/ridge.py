@@ -153,6 +153,21 @@ def class_weights(counts: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, np.maximum(1.0, median / np.maximum(counts, 1.0)), 1.0)
 
 
+def _design(phi: np.ndarray, y: np.ndarray, classes: int,
+            ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The weighted, standardised, centred rows over sqrt(N) (``z``) and what undoes it, for the left-out
+    scores: (weight, total, root, z, onehot, mean)."""
+    weight = class_weights(np.bincount(y, minlength=classes))[y]
+    total = float(weight.sum())
+    mu = weight @ phi / total
+    sigma = feature_scale(weight @ ((phi - mu) ** 2) / total)
+    root = np.sqrt(weight)[:, None]
+    z = root * (phi - mu) / (sigma * np.sqrt(total))
+    onehot = np.eye(classes)[y]
+    mean = weight @ onehot / total
+    return weight, total, root, z, onehot, mean
+
+
 def left_out_scores(phi: np.ndarray, y: np.ndarray, classes: int,
                     alphas: Sequence[float]) -> Iterator[np.ndarray]:
     """For each alpha, the (N, K) scores each row gets from the ridge head refit without that row.
@@ -166,14 +181,7 @@ def left_out_scores(phi: np.ndarray, y: np.ndarray, classes: int,
     for weighted least squares: Z's rows are scaled by ``sqrt(w)``, the targets likewise, and the
     hat diagonal is ``w_i / N_w + z_i^T (Z^T Z + a I)^-1 z_i``.
     """
-    weight = class_weights(np.bincount(y, minlength=classes))[y]
-    total = float(weight.sum())
-    mu = weight @ phi / total
-    sigma = feature_scale(weight @ ((phi - mu) ** 2) / total)
-    root = np.sqrt(weight)[:, None]
-    z = root * (phi - mu) / (sigma * np.sqrt(total))
-    onehot = np.eye(classes)[y]
-    mean = weight @ onehot / total
+    weight, total, root, z, onehot, mean = _design(phi, y, classes)
     n = len(phi)
     if n <= z.shape[1]:  # Z = V sqrt(L) U^T: H - 11^T/N = V L/(L+a) V^T
         eigenvalues, basis = np.linalg.eigh(z @ z.T)
@@ -190,6 +198,20 @@ def left_out_scores(phi: np.ndarray, y: np.ndarray, classes: int,
         h = np.clip(squares @ g + weight / total, 0.0, 1.0 - 1e-9)[:, None]
         fitted = basis @ (g[:, None] * projected) / root + mean
         yield (fitted - h * onehot) / (1.0 - h)
+
+
+def left_out_scores_at(phi: np.ndarray, y: np.ndarray, classes: int, alpha: float) -> np.ndarray:
+    """:func:`left_out_scores` at one known alpha, by a Cholesky factor instead of an eigendecomposition: about
+    half the time where there are more rows than dimensions (the same numbers up to rounding)."""
+    n, d = phi.shape
+    if n <= d:
+        return next(left_out_scores(phi, y, classes, [alpha]))
+    weight, total, root, z, onehot, mean = _design(phi, y, classes)
+    inverse = np.linalg.inv(np.linalg.cholesky(z.T @ z + alpha * np.eye(d)))  # L^-1, L L^T = Z^T Z + a I
+    whitened = inverse @ z.T  # L^-1 Z^T: h_i = |column i|^2
+    h = np.clip((whitened * whitened).sum(0) + weight / total, 0.0, 1.0 - 1e-9)[:, None]
+    fitted = whitened.T @ (whitened @ (root * (onehot - mean))) / root + mean
+    return (fitted - h * onehot) / (1.0 - h)
 
 
 class RidgeProblem:

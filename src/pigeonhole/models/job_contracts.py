@@ -184,3 +184,31 @@ class BatchPredictJobResult(JobContract):
     images: int
     errors: int
     results: dict[str, str]
+
+
+# --- suspects ----------------------------------------------------------------------------------------------------
+
+class SuspectsJobParams(JobContract):
+    """What a suspects job row stores (``suspect_routes.check``): the dataset checked with a version's extractor."""
+
+    model_id: str
+    version: int
+    dataset_id: str
+
+
+class SuspectsPayload(SuspectsJobParams):
+    """What ``prepare`` hands the worker: the version's files and every labelled image of the dataset as
+    (image id, sha256, label, size)."""
+
+    onnx_key: str
+    head_key: str
+    images: list[tuple[str, str, str, int]]
+
+
+class SuspectsJobResult(JobContract):
+    """How many images were checked and flagged, and the blob with the ranked suspects (``suspects.result_key``)."""
+
+    images: int
+    flagged: int
+    key: str
+    seconds: float

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pigeonhole.learn.ridge import left_out_scores, left_out_scores_at
 from pigeonhole.learn.suspects import estimated_errors, find_suspects
 
 
@@ -58,3 +59,11 @@ def test_the_estimated_number_of_errors_counts_confident_disagreements() -> None
     # row 2 (labelled 0): only class 1 clears its threshold -> an error; row 4 (labelled 1): 0.6 < 0.667, 0.4 <
     # 0.583 -> not confident either way; the others agree with their label
     assert estimated_errors(probs, y) == 1
+
+
+@pytest.mark.parametrize("dim", [30, 400])
+def test_left_out_scores_at_one_alpha_equal_the_eigendecomposition_path(dim: int) -> None:
+    x, y = _clusters(dim=dim)
+    for alpha in (1e-3, 1.0, 100.0):
+        np.testing.assert_allclose(left_out_scores_at(x, y, 4, alpha), next(left_out_scores(x, y, 4, [alpha])),
+                                   atol=1e-9)

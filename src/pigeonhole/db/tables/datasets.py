@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pigeonhole.db.base import Base, CreatedMixin, IdMixin, UTCDateTime, utcnow
@@ -42,3 +42,6 @@ class DatasetImage(IdMixin, CreatedMixin, Base):
     split: Mapped[str] = mapped_column(String(5), nullable=False)  # train, val or test
     original_name: Mapped[str] = mapped_column(String(255), nullable=False)
     source_url: Mapped[str | None] = mapped_column(Text)
+    # The owner looked at this image's label when it was flagged as suspect and kept it: not flagged again until
+    # the label changes (moving the image clears it).
+    label_kept: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), nullable=False)

@@ -269,6 +269,27 @@ export interface paths {
         patch: operations["datasets-move_image"];
         trace?: never;
     };
+    "/api/v1/datasets/{dataset_id}/images/{image_id}/keep-label": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Keep Label
+         * @description The image's label is right although it was flagged as suspect: it is not flagged again unless the label
+         *     changes.
+         */
+        post: operations["datasets-keep_label"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/datasets/{dataset_id}/images/{image_id}/thumbnail": {
         parameters: {
             query?: never;
@@ -347,6 +368,32 @@ export interface paths {
         get: operations["datasets-export_dataset"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/datasets/{dataset_id}/suspects": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Suspects
+         * @description The images whose label looks wrong, most likely first (the same image under two labels before all).
+         *     Images deleted or moved since the check, and labels you kept, are left out.
+         */
+        get: operations["datasets-suspects"];
+        put?: never;
+        /**
+         * Check
+         * @description Look for images whose label looks wrong, with the model's active version (a job of seconds to minutes).
+         *     A check already under way for this dataset and model is returned instead of starting another.
+         */
+        post: operations["datasets-check"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1216,6 +1263,11 @@ export interface components {
             created_at: string;
             /** Thumbnail Url */
             thumbnail_url: string;
+            /**
+             * Label Kept
+             * @default false
+             */
+            label_kept: boolean;
         };
         /** ImportItem */
         ImportItem: {
@@ -1789,6 +1841,84 @@ export interface components {
              * @description affinity key to exercise placement
              */
             dataset_id?: string | null;
+        };
+        /** SuspectPublic */
+        SuspectPublic: {
+            /** Image Id */
+            image_id: string;
+            /** Sha256 */
+            sha256: string;
+            /**
+             * Label
+             * @description the image's label now
+             */
+            label: string;
+            /**
+             * Suggested Label
+             * @description the class a model that never saw the image prefers
+             */
+            suggested_label: string;
+            /**
+             * Confidence
+             * @description that model's probability for the suggestion
+             */
+            confidence: number;
+            /**
+             * Label Probability
+             * @description the same for the image's label
+             */
+            label_probability: number;
+            /**
+             * Conflict
+             * @description the same image is also in another class: one of its labels is wrong
+             */
+            conflict: boolean;
+            /** Thumbnail Url */
+            thumbnail_url: string;
+            /** Content Url */
+            content_url: string;
+        };
+        /** SuspectsCheck */
+        SuspectsCheck: {
+            /**
+             * Model Id
+             * @description the model whose extractor reads the images (any of yours)
+             */
+            model_id: string;
+        };
+        /** SuspectsPage */
+        SuspectsPage: {
+            /**
+             * State
+             * @description none: never checked with this model; checking: follow job_id; failed: see error
+             * @enum {string}
+             */
+            state: "none" | "checking" | "ready" | "failed";
+            /** Model Id */
+            model_id: string;
+            /** Version */
+            version?: number | null;
+            /** Job Id */
+            job_id?: string | null;
+            /** Error */
+            error?: string | null;
+            /** Checked At */
+            checked_at?: string | null;
+            /**
+             * Images Checked
+             * @default 0
+             */
+            images_checked: number;
+            /**
+             * Stale
+             * @description images were added, moved or deleted, or the model has a newer active version, since the check: check again to include them
+             * @default false
+             */
+            stale: boolean;
+            /** Items */
+            items: components["schemas"]["SuspectPublic"][];
+            /** Next Cursor */
+            next_cursor?: string | null;
         };
         /** TokenCreate */
         TokenCreate: {
@@ -3651,6 +3781,101 @@ export interface operations {
             };
         };
     };
+    "datasets-keep_label": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: string;
+                dataset_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ImagePublic"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     "datasets-thumbnail": {
         parameters: {
             query?: never;
@@ -4049,6 +4274,203 @@ export interface operations {
                 };
                 content: {
                     "application/zip": unknown;
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    "datasets-suspects": {
+        parameters: {
+            query: {
+                /** @description the model the check was made with */
+                model_id: string;
+                cursor?: string | null;
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                dataset_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SuspectsPage"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    "datasets-check": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                dataset_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SuspectsCheck"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobPublic"];
                 };
             };
             /** @description Bad request */
