@@ -97,3 +97,14 @@ def test_paging_and_bad_requests(app, alice: Account, new_client, tmp_path: Path
     add_version(app, no_head)  # a version made before heads were kept
     refused = alice.client.post(url, json={"model_id": no_head})
     assert refused.status_code == 422 and "Retrain" in refused.json()["detail"]
+
+
+def test_results_lost_from_the_store_read_as_never_checked(app, alice: Account, tmp_path: Path) -> None:
+    dataset_id = _dataset_with_mistakes(alice)
+    model_id = alice.client.post("/api/v1/models", json={"name": "m", "dataset_id": dataset_id}).json()["id"]
+    add_version(app, model_id, growable=True)
+    url = f"/api/v1/datasets/{dataset_id}/suspects"
+    result = run_job(app, alice.client.post(url, json={"model_id": model_id}).json()["id"], tmp_path)
+    app.state.blob_store.delete_key(result["key"])
+    assert alice.client.get(url, params={"model_id": model_id}).json() == {
+        **alice.client.get(url, params={"model_id": model_id}).json(), "state": "none", "items": []}

@@ -24,6 +24,7 @@ from pigeonhole.jobs.schemas import JobPublic, job_public
 from pigeonhole.jobs.service import create_job
 from pigeonhole.models.job_contracts import SuspectsJobParams, SuspectsJobResult
 from pigeonhole.models.service import ModelService
+from pigeonhole.storage.blob_types import BlobMissing
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 
@@ -112,7 +113,10 @@ def suspects(dataset: ReadableDataset, request: Request,
     if job.status != "succeeded" or job.result is None:
         return page
     outcome = SuspectsJobResult.model_validate(job.result)
-    stored = json.loads(request.app.state.blob_store.read_bytes(outcome.key))
+    try:
+        stored = json.loads(request.app.state.blob_store.read_bytes(outcome.key))
+    except (BlobMissing, FileNotFoundError):  # results lost (a store restored without them): never checked
+        return SuspectsPage(state="none", model_id=model.id, items=[])
     ids = [item["image_id"] for item in stored["items"]]
     now = {image_id: (label, kept) for image_id, label, kept in models.db.execute(
         select(DatasetImage.id, DatasetImage.label, DatasetImage.label_kept)
