@@ -277,13 +277,14 @@ def _collect_references(conn: Connection, work: Path) -> _References:
     present = set(inspect(conn).get_table_names())
     refs = _References(work / "content-refs.txt", [], [], [])
     refs.content.write_text("")
-    if "images" in present:
-        images = Table("images", metadata, autoload_with=conn)
-        query = (select(images.c.sha256, images.c.size_bytes).distinct().order_by(images.c.sha256)
-                 .execution_options(yield_per=5000))
-        with refs.content.open("w") as out:
-            for sha256, size in conn.execute(query):
-                out.write(f"{sha256} {size}\n")
+    with refs.content.open("w") as out:
+        for name in ("images", "pool_images"):  # labelled images, and those waiting for a label
+            if name in present:
+                table = Table(name, metadata, autoload_with=conn)
+                query = (select(table.c.sha256, table.c.size_bytes).distinct().order_by(table.c.sha256)
+                         .execution_options(yield_per=5000))
+                for sha256, size in conn.execute(query):
+                    out.write(f"{sha256} {size}\n")
     if "model_versions" in present:
         versions = Table("model_versions", metadata, autoload_with=conn)
         query = select(versions.c.model_id, versions.c.id, versions.c.onnx_key, versions.c.head_key,
@@ -351,6 +352,8 @@ def _copy_blobs(blobs: BlobStore, refs: _References, writer: _ArchiveWriter) -> 
     problems: list[str] = []
     count = total = 0
     for sha256, size in _content_refs(refs.content):
+        if BLOB_PREFIX + blob_key(sha256) in writer.members:  # in a dataset and in another's to-label pool
+            continue
         problem = _copy_content(blobs, sha256, size, writer)
         if problem:
             problems.append(problem)

@@ -78,15 +78,19 @@ def _world_of(owner: Account) -> dict[str, str]:
     with owner.client.app.state.session_factory() as db:  # jobs are created by other domains, not by a route
         job_id = create_job(db, owner.id, "selftest", {"steps": 1}, settings=owner.client.app.state.settings).id
         db.commit()
+    waiting = owner.client.post(f"/api/v1/datasets/{dataset_id}/uploads", data={"unlabelled": "true"},
+                                files=[("files", ("later.png", png_bytes(seed=1), "image/png"))])
+    assert waiting.json()["accepted"] == 1, waiting.text
+    pool_id = owner.client.get(f"/api/v1/datasets/{dataset_id}/pool").json()["items"][0]["id"]
     model_id = owner.client.post("/api/v1/models", json={"name": "A's model",
                                                          "dataset_id": trainable_dataset(owner)}).json()["id"]
     add_version(owner.client.app, model_id)
     return {"token_id": token_id, "dataset_id": dataset_id, "image_id": image_id, "name": "cats", "job_id": job_id,
-            "model_id": model_id, "v": "1"}
+            "model_id": model_id, "v": "1", "pool_id": pool_id}
 
 
 # node_id names a compute node, owned by no user: only admin routes take it (403 for others, tested above).
-KNOWN_PARAMETERS = {"token_id", "dataset_id", "image_id", "name", "job_id", "node_id", "model_id", "v"}
+KNOWN_PARAMETERS = {"token_id", "dataset_id", "image_id", "name", "job_id", "node_id", "model_id", "v", "pool_id"}
 
 
 @dataclass

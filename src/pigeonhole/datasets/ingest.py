@@ -24,7 +24,7 @@ from pigeonhole.datasets.labels import clean_label
 from pigeonhole.datasets.splits import assign_split
 from pigeonhole.datasets.thumbnails import Thumbnails
 from pigeonhole.db.base import utcnow
-from pigeonhole.db.tables import Dataset, DatasetImage
+from pigeonhole.db.tables import Dataset, DatasetImage, PoolImage
 from pigeonhole.errors import STORAGE_FULL_SENTENCE, PigeonholeError, StorageFull, is_storage_full
 from pigeonhole.settings import Settings
 from pigeonhole.storage.archives import ArchiveLimits, ArchiveRejected, EntryRejected, RejectedEntry, iter_zip
@@ -135,9 +135,12 @@ class Ingestor:
     """Adds files to one dataset. Not thread-safe: one per upload request or import job."""
 
     def __init__(self, db: Session, dataset: Dataset, *, settings: Settings, blobs: BlobStore | None,
-                 thumbnails: Thumbnails | None, autocommit: bool = True):
+                 thumbnails: Thumbnails | None, autocommit: bool = True, pool: str | None = None):
         """``blobs`` may be None when only :meth:`add_stored` is used; with ``autocommit`` False the
-        caller owns the transaction (the dispatcher ends a job in the same one)."""
+        caller owns the transaction (the dispatcher ends a job in the same one). With ``pool`` (the source:
+        ``upload`` or ``feedback``) images go to the dataset's to-label pool, without a label (zip folders are
+        ignored), and an image already in the dataset under any label, or in the pool, is a duplicate."""
+        self.pool = pool
         self.db = db
         self.dataset = dataset
         self.settings = settings
@@ -160,6 +163,8 @@ class Ingestor:
         fileobj.seek(0)
         if head in (ZIP_MAGIC, EMPTY_ZIP_MAGIC) or filename.lower().endswith(".zip"):
             self._add_archive(fileobj, filename, label)
+        elif self.pool is not None:
+            self.add_image(fileobj, filename, "")
         elif label is None or not label.strip():
             self.reject(filename, "This image has no class: choose a class for it, or upload a zip file with "
                                    "one folder per class.", "no_label")
@@ -167,9 +172,9 @@ class Ingestor:
             self.add_image(fileobj, filename, label)
 
     def add_image(self, stream: IO[bytes], name: str, label: str, source_url: str | None = None) -> bool:
-        """Store one image under ``label``; returns True when it was accepted."""
+        """Store one image under ``label`` (ignored for the pool); returns True when it was accepted."""
         try:
-            label = clean_label(label)
+            label = clean_label(label) if self.pool is None else ""
         except PigeonholeError as exc:
             self.reject(name, exc.detail, exc.code)
             return False
@@ -198,7 +203,7 @@ class Ingestor:
                 if isinstance(entry, RejectedEntry):
                     self.reject(entry.name, entry.reason, entry.code.value)
                 else:
-                    self.add_image(entry.stream, entry.name, entry.label)
+                    self.add_image(entry.stream, entry.name, entry.label or "")
         except ArchiveRejected as exc:
             self.reject(filename, exc.sentence, exc.code.value)
             return
@@ -248,7 +253,8 @@ class Ingestor:
 
     def _admissible(self, sha256: str, size: int, name: str, label: str) -> bool:
         """Not a duplicate and within quota; reports why not."""
-        if repo.image_exists(self.db, self.dataset.id, label, sha256):
+        if (repo.in_pool_or_dataset(self.db, self.dataset.id, sha256) if self.pool is not None
+                else repo.image_exists(self.db, self.dataset.id, label, sha256)):
             self.report.duplicates += 1
             return False
         if (self._used_bytes + size > self.settings.quota_bytes_per_user
@@ -259,6 +265,22 @@ class Ingestor:
         return True
 
     def _record(self, stored: StoredImage, label: str) -> None:
+        if self.pool is not None:
+            self.db.add(PoolImage(dataset_id=self.dataset.id, owner_id=self.dataset.owner_id, sha256=stored.sha256,
+                                  size_bytes=stored.size, width=stored.width, height=stored.height,
+                                  format=stored.format, mode=stored.mode, original_name=stored.name,
+                                  source=self.pool))
+        else:
+            self._record_labelled(stored, label)
+        self.db.flush()  # a second copy in this same upload is then seen as a duplicate
+        self._used_bytes += stored.size
+        self._used_images += 1
+        self.report.accepted += 1
+        self._uncommitted += 1
+        if self._uncommitted >= COMMIT_EVERY:
+            self._commit()
+
+    def _record_labelled(self, stored: StoredImage, label: str) -> None:
         count, has_val, has_test = self._classes.get(label, (0, False, False))
         split = assign_split(stored.sha256, class_count_before=count, class_has_val=has_val, class_has_test=has_test)
         self._classes[label] = (count + 1, has_val or split == "val", has_test or split == "test")
@@ -267,14 +289,7 @@ class Ingestor:
             size_bytes=stored.size, width=stored.width, height=stored.height, format=stored.format,
             mode=stored.mode, split=split, original_name=stored.name, source_url=stored.source_url,
         ))
-        self.db.flush()  # a second copy in this same upload is then seen as a duplicate
-        self._used_bytes += stored.size
-        self._used_images += 1
-        self.report.accepted += 1
         self.report.labels.add(label)
-        self._uncommitted += 1
-        if self._uncommitted >= COMMIT_EVERY:
-            self._commit()
 
     def reject(self, name: str, reason: str, code: str) -> None:
         """Report a file that was refused before it reached this ingestor (e.g. an unreachable URL)."""

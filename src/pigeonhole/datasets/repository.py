@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Select, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from pigeonhole.db.tables import Dataset, DatasetImage, Job
+from pigeonhole.db.tables import Dataset, DatasetImage, Job, PoolImage
 
 
 def datasets_readable_by(owner_id: str) -> Select[tuple[Dataset]]:
@@ -66,10 +66,12 @@ def image_exists(db: Session, dataset_id: str, label: str, sha256: str) -> bool:
 
 
 def owner_usage(db: Session, owner_id: str) -> tuple[int, int]:
-    """(bytes, images) stored by a user, for quotas."""
+    """(bytes, images) stored by a user, for quotas: labelled images and those waiting for a label."""
     size, count = db.execute(select(func.coalesce(func.sum(DatasetImage.size_bytes), 0), func.count())
                              .where(DatasetImage.owner_id == owner_id)).one()
-    return int(size), int(count)
+    pool_size, pool_count = db.execute(select(func.coalesce(func.sum(PoolImage.size_bytes), 0), func.count())
+                                       .where(PoolImage.owner_id == owner_id)).one()
+    return int(size) + int(pool_size), int(count) + int(pool_count)
 
 
 def label_conflicts(db: Session, dataset_id: str) -> int:
@@ -97,7 +99,16 @@ def delete_label(db: Session, dataset_id: str, label: str) -> int:
 
 
 def sha_is_referenced(db: Session, sha256: str) -> bool:
-    return db.scalar(select(DatasetImage.id).where(DatasetImage.sha256 == sha256).limit(1)) is not None
+    return (db.scalar(select(DatasetImage.id).where(DatasetImage.sha256 == sha256).limit(1)) is not None
+            or db.scalar(select(PoolImage.id).where(PoolImage.sha256 == sha256).limit(1)) is not None)
+
+
+def in_pool_or_dataset(db: Session, dataset_id: str, sha256: str) -> bool:
+    """The same bytes are waiting for a label in this dataset, or already labelled there (any class)."""
+    return (db.scalar(select(PoolImage.id).where(PoolImage.dataset_id == dataset_id, PoolImage.sha256 == sha256)
+                      .limit(1)) is not None
+            or db.scalar(select(DatasetImage.id).where(DatasetImage.dataset_id == dataset_id,
+                                                      DatasetImage.sha256 == sha256).limit(1)) is not None)
 
 
 FETCH_FAILURE_CODES = frozenset({"unreachable", "timeout", "http_error", "not_an_image", "too_large",

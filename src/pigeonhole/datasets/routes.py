@@ -15,6 +15,7 @@ from pigeonhole.api.schemas import ListPage
 from pigeonhole.datasets import repository as repo
 from pigeonhole.datasets.imports import import_params
 from pigeonhole.datasets.ingest import Ingestor
+from pigeonhole.datasets.pool import discard_pool_image, label_pool_image, pool_image, pool_of
 from pigeonhole.datasets.schemas import (
     ClassCount,
     ClassRename,
@@ -26,13 +27,16 @@ from pigeonhole.datasets.schemas import (
     ImageMove,
     ImagePublic,
     ImportRequest,
+    PoolImagePublic,
+    PoolLabel,
     UploadRejection,
     UploadResult,
 )
 from pigeonhole.datasets.service import DatasetService, export_zip
 from pigeonhole.datasets.thumbnails import MEDIA_TYPE
 from pigeonhole.db.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, paginate
-from pigeonhole.db.tables import Dataset, DatasetImage
+from pigeonhole.db.tables import Dataset, DatasetImage, PoolImage
+from pigeonhole.errors import Unprocessable
 from pigeonhole.extractors import present_extractors
 from pigeonhole.jobs.schemas import JobPublic, job_public
 from pigeonhole.jobs.service import create_job
@@ -125,15 +129,21 @@ def delete_dataset(dataset: WritableDataset, request: Request, service: WriteSer
 def upload(dataset: WritableDataset, request: Request, service: WriteService,
            files: list[UploadFile] = File(description="images, or zip files with one folder per class"),
            label: str | None = Form(None, description="the class of the uploaded images (not needed for zips)"),
+           unlabelled: bool = Form(False, description="images to label later: they wait in the dataset's to-label "
+                                                      "pool (zip folders are ignored)"),
            ) -> UploadResult:
-    """Add images: single images with a ``label``, or zip archives holding one folder per class.
+    """Add images: single images with a ``label``, or zip archives holding one folder per class; or, with
+    ``unlabelled``, images to label later.
 
     Every file is either accepted, reported as a duplicate, or rejected with a reason; files
     accepted before a rejected one are kept.
     """
+    if unlabelled and label:
+        raise Unprocessable("Images to label later have no class yet: leave out 'label', or 'unlabelled'.",
+                            code="label_and_unlabelled")
     state = request.app.state
     ingestor = Ingestor(service.db, dataset, settings=state.settings, blobs=state.blob_store,
-                        thumbnails=state.thumbnails)
+                        thumbnails=state.thumbnails, pool="upload" if unlabelled else None)
     for upload_file in files:
         ingestor.add_upload(upload_file.file, upload_file.filename or "upload", label)
     report = ingestor.finish()
@@ -237,3 +247,54 @@ def export_dataset(dataset: ReadableDataset, request: Request, principal: Reader
     return StreamingResponse(chunks(), media_type="application/zip",
                              headers={"Content-Disposition": f'attachment; filename="{filename}.zip"'})
 
+
+
+def _pool_public(row: PoolImage) -> PoolImagePublic:
+    base = f"/api/v1/datasets/{row.dataset_id}/pool/{row.id}"
+    return PoolImagePublic(id=row.id, sha256=row.sha256, width=row.width, height=row.height,
+                           original_name=row.original_name, source=row.source, created_at=row.created_at,
+                           thumbnail_url=f"{base}/thumbnail", content_url=f"{base}/content")
+
+
+@router.get("/{dataset_id}/pool", response_model=ListPage[PoolImagePublic])
+def list_pool(dataset: ReadableDataset, principal: Reader, service: ReadService, cursor: str | None = None,
+              limit: int = Query(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)) -> ListPage[PoolImagePublic]:
+    """The images waiting for a label, newest first (``…/queue`` orders them by what a label would teach)."""
+    page = paginate(service.db, pool_of(principal.user_id, dataset.id), PoolImage.id, cursor=cursor, limit=limit)
+    return ListPage(items=[_pool_public(r) for r in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/{dataset_id}/pool/{pool_id}/thumbnail", response_class=Response,
+            responses={200: {"content": {MEDIA_TYPE: {}}}})
+def pool_thumbnail(dataset: ReadableDataset, pool_id: str, principal: Reader, request: Request,
+                   service: ReadService) -> Response:
+    """A small preview of a waiting image (longer side 128 px)."""
+    row = pool_image(service.db, principal.user_id, dataset, pool_id)
+    data = request.app.state.thumbnails.get(row.sha256, row.size_bytes)
+    return Response(data, media_type=MEDIA_TYPE, headers={"Cache-Control": "private, max-age=86400"})
+
+
+@router.get("/{dataset_id}/pool/{pool_id}/content", response_class=Response)
+def pool_content(dataset: ReadableDataset, pool_id: str, principal: Reader, request: Request,
+                 service: ReadService) -> Response:
+    """A waiting image's file as uploaded."""
+    row = pool_image(service.db, principal.user_id, dataset, pool_id)
+    data = request.app.state.blob_store.read_blob(row.sha256, row.size_bytes)
+    return Response(data, media_type=f"image/{row.format.lower()}",
+                    headers={"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"})
+
+
+@router.post("/{dataset_id}/pool/{pool_id}/label", status_code=status.HTTP_201_CREATED, response_model=ImagePublic)
+def label_from_pool(dataset: WritableDataset, pool_id: str, body: PoolLabel, principal: Writer,
+                    service: WriteService) -> ImagePublic:
+    """Give a waiting image its class: it joins the dataset. If someone else labelled it first: 404."""
+    return _image_public(label_pool_image(service.db, principal.user_id, dataset, pool_id, body.label))
+
+
+@router.delete("/{dataset_id}/pool/{pool_id}", status_code=status.HTTP_204_NO_CONTENT)
+def discard_from_pool(dataset: WritableDataset, pool_id: str, principal: Writer, request: Request,
+                      service: WriteService) -> Response:
+    """"None of these": the image shows no class of the dataset and leaves the pool."""
+    discard_pool_image(service.db, principal.user_id, dataset, pool_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT,
+                    background=BackgroundTask(request.app.state.blob_sweeper.run_in_background))

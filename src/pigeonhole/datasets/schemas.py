@@ -79,6 +79,24 @@ class ImagePublic(BaseModel):
     label_kept: bool = False  # flagged as a suspected mislabel, looked at, and kept
 
 
+class PoolImagePublic(BaseModel):
+    """An image waiting for a label."""
+
+    id: str
+    sha256: str
+    width: int
+    height: int
+    original_name: str
+    source: str = Field(description="upload, or feedback (sent back from production as unsure)")
+    created_at: datetime
+    thumbnail_url: str
+    content_url: str
+
+
+class PoolLabel(BaseModel):
+    label: str = Field(min_length=1, max_length=100, description="the class the image shows")
+
+
 class ImageMove(BaseModel):
     label: Text = Field(max_length=400, description="the class to move the image to")
 

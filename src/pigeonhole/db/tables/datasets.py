@@ -45,3 +45,23 @@ class DatasetImage(IdMixin, CreatedMixin, Base):
     # The owner looked at this image's label when it was flagged as suspect and kept it: not flagged again until
     # the label changes (moving the image clears it).
     label_kept: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), nullable=False)
+
+
+class PoolImage(IdMixin, CreatedMixin, Base):
+    """An image waiting for a label: uploaded without one, or sent back from production as "unsure". It joins the
+    dataset (``images``) when someone labels it; nothing else (training, counts, health) sees it before."""
+
+    __tablename__ = "pool_images"
+    __table_args__ = (UniqueConstraint("dataset_id", "sha256", name="uq_pool_images_dataset_sha256"),)
+
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True,
+                                            nullable=False)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), index=True, nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    width: Mapped[int] = mapped_column(Integer, nullable=False)
+    height: Mapped[int] = mapped_column(Integer, nullable=False)
+    format: Mapped[str] = mapped_column(String(10), nullable=False)
+    mode: Mapped[str] = mapped_column(String(4), nullable=False)
+    original_name: Mapped[str] = mapped_column(String(255), nullable=False)
+    source: Mapped[str] = mapped_column(String(10), default="upload", nullable=False)  # upload or feedback
