@@ -294,8 +294,8 @@ def _collect_references(conn: Connection, work: Path) -> _References:
             refs.optional_prefixes.append(f"models/{model_id}/{version_id}")
     if "jobs" in present:
         jobs = Table("jobs", metadata, autoload_with=conn)
-        for (job_id,) in conn.execute(select(jobs.c.id).where(jobs.c.kind == "suspects")):
-            refs.optional_prefixes.append(f"suspects/{job_id}")  # a check's results (models/suspects.py)
+        for job_id, kind in conn.execute(select(jobs.c.id, jobs.c.kind).where(jobs.c.kind.in_(("suspects", "queue")))):
+            refs.optional_prefixes.append(f"{kind}/{job_id}")  # ranked lists (models/suspects.py, models/queue.py)
         for job_id, params in conn.execute(select(jobs.c.id, jobs.c.params).where(jobs.c.kind == "batch-predict")):
             refs.optional_prefixes.append(f"batch/{job_id}")
             if isinstance(params, dict) and params.get("zip_sha256") and SHA256_RE.match(str(params["zip_sha256"])):

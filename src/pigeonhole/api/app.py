@@ -29,6 +29,7 @@ from pigeonhole.db.engine import create_db_engine, create_session_factory
 from pigeonhole.db.migrate import upgrade
 from pigeonhole.jobs.routes import router as jobs_router
 from pigeonhole.models.predict import PredictionService
+from pigeonhole.models.queue_routes import router as queue_router
 from pigeonhole.models.routes import router as models_router
 from pigeonhole.models.suspect_routes import router as suspects_router
 from pigeonhole.serving.limits import RateLimiter
@@ -93,8 +94,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.blob_sweeper = BlobSweeper(session_factory, blobs, settings.blob_sweep_grace_s)
 
     install_error_handlers(app)
-    for router in (auth_router, tokens_router, datasets_router, suspects_router, models_router, jobs_router,
-                   usage_router, admin_router, ops_router):
+    for router in (auth_router, tokens_router, datasets_router, suspects_router, queue_router, models_router,
+                   jobs_router, usage_router, admin_router, ops_router):
         app.include_router(router)
     install_web(app)
 

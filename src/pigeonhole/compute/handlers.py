@@ -35,7 +35,7 @@ from pigeonhole.storage.cache import DiskCache
 # registered (whatever the import order); a listed module that does not exist (yet) is skipped.
 HANDLER_MODULES: list[str] = ["pigeonhole.compute.builtin", "pigeonhole.datasets.imports", "pigeonhole.models.training",
                               "pigeonhole.models.expansion", "pigeonhole.models.batch",
-                              "pigeonhole.models.suspects"]
+                              "pigeonhole.models.suspects", "pigeonhole.models.queue"]
 
 
 class Placement(StrEnum):

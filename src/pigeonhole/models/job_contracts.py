@@ -186,17 +186,17 @@ class BatchPredictJobResult(JobContract):
     results: dict[str, str]
 
 
-# --- suspects ----------------------------------------------------------------------------------------------------
+# --- suspects and the labelling queue: a dataset read with a version's extractor ------------------------------
 
-class SuspectsJobParams(JobContract):
-    """What a suspects job row stores (``suspect_routes.check``): the dataset checked with a version's extractor."""
+class AnalysisJobParams(JobContract):
+    """What a suspects or queue job row stores (``dataset_analyses.start``): the dataset read with a version."""
 
     model_id: str
     version: int
     dataset_id: str
 
 
-class SuspectsPayload(SuspectsJobParams):
+class SuspectsPayload(AnalysisJobParams):
     """What ``prepare`` hands the worker: the version's files and every labelled image of the dataset as
     (image id, sha256, label, size)."""
 
@@ -205,10 +205,19 @@ class SuspectsPayload(SuspectsJobParams):
     images: list[tuple[str, str, str, int]]
 
 
-class SuspectsJobResult(JobContract):
-    """How many images were checked and flagged, and the blob with the ranked suspects (``suspects.result_key``)."""
+class QueuePayload(AnalysisJobParams):
+    """What ``prepare`` hands the worker: the version's files and the images waiting for a label as
+    (pool id, sha256, size)."""
+
+    onnx_key: str
+    head_key: str
+    images: list[tuple[str, str, int]]
+
+
+class AnalysisJobResult(JobContract):
+    """How many images were read and listed, and the blob with the ranked list."""
 
     images: int
-    flagged: int
+    flagged: int  # suspects: images flagged; queue: images ranked
     key: str
     seconds: float

@@ -24,7 +24,7 @@ from pigeonhole.learn.grow import extractor_of
 from pigeonhole.learn.head import RidgeHead
 from pigeonhole.learn.suspects import find_suspects
 from pigeonhole.models import repository as repo
-from pigeonhole.models.job_contracts import SuspectsJobParams, SuspectsJobResult, SuspectsPayload
+from pigeonhole.models.job_contracts import AnalysisJobParams, AnalysisJobResult, SuspectsPayload
 from pigeonhole.storage.blobs import BlobStore
 
 
@@ -41,7 +41,7 @@ class SuspectsHandler(JobHandler):
     description = "find images whose label looks wrong"
 
     def prepare(self, db: Session, job: Job) -> dict[str, Any]:
-        params = SuspectsJobParams.model_validate(job.params)
+        params = AnalysisJobParams.model_validate(job.params)
         model = db.get(Model, params.model_id)
         version = repo.version(db, params.model_id, params.version) if model is not None else None
         if version is None:
@@ -85,5 +85,5 @@ class SuspectsHandler(JobHandler):
                                          "dataset_id": task.dataset_id, "images": len(task.images),
                                          "items": items}).encode())
         ctx.report(progress=1.0, stage=f"{len(items)} images to look at")
-        return SuspectsJobResult(images=len(task.images), flagged=len(items), key=key,
+        return AnalysisJobResult(images=len(task.images), flagged=len(items), key=key,
                                  seconds=round(time.monotonic() - started, 2)).model_dump()

@@ -501,6 +501,32 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/datasets/{dataset_id}/queue": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Queue
+         * @description The images waiting for a label, the most worth labelling first; those labelled or removed since the
+         *     ordering are left out.
+         */
+        get: operations["datasets-queue"];
+        put?: never;
+        /**
+         * Order
+         * @description Order the images waiting for a label by what a label would teach the model (its active version): a job
+         *     of seconds. One already under way for this dataset and model is returned instead of starting another.
+         */
+        post: operations["datasets-order"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/models": {
         parameters: {
             query?: never;
@@ -1097,6 +1123,14 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** AnalysisStart */
+        AnalysisStart: {
+            /**
+             * Model Id
+             * @description the model whose extractor reads the images (any of yours)
+             */
+            model_id: string;
+        };
         /** Body_datasets-upload */
         "Body_datasets-upload": {
             /**
@@ -1283,6 +1317,13 @@ export interface components {
              * @description set when the weights catalog itself cannot be read
              */
             problem?: string | null;
+        };
+        /** Guess */
+        Guess: {
+            /** Label */
+            label: string;
+            /** Confidence */
+            confidence: number;
         };
         /** Health */
         Health: {
@@ -1941,6 +1982,62 @@ export interface components {
             /** Confidence */
             confidence: number;
         };
+        /** QueueItem */
+        QueueItem: {
+            /** Pool Id */
+            pool_id: string;
+            /** Sha256 */
+            sha256: string;
+            /**
+             * Uncertainty
+             * @description 1 - the gap between the model's two likeliest classes
+             */
+            uncertainty: number;
+            /**
+             * Guesses
+             * @description the model's likeliest classes, likeliest first
+             */
+            guesses: components["schemas"]["Guess"][];
+            /** Thumbnail Url */
+            thumbnail_url: string;
+            /** Content Url */
+            content_url: string;
+        };
+        /** QueuePage */
+        QueuePage: {
+            /**
+             * State
+             * @description none: never ordered with this model; checking: follow job_id; failed: see error
+             * @enum {string}
+             */
+            state: "none" | "checking" | "ready" | "failed";
+            /** Model Id */
+            model_id: string;
+            /** Version */
+            version?: number | null;
+            /** Job Id */
+            job_id?: string | null;
+            /** Error */
+            error?: string | null;
+            /** Ordered At */
+            ordered_at?: string | null;
+            /**
+             * Waiting
+             * @description images waiting for a label now
+             * @default 0
+             */
+            waiting: number;
+            /**
+             * Stale
+             * @description images were added to the pool, or the model has a newer active version, since the ordering: order again to include them
+             * @default false
+             */
+            stale: boolean;
+            /** Items */
+            items: components["schemas"]["QueueItem"][];
+            /** Next Cursor */
+            next_cursor?: string | null;
+        };
         /** RefreshRequest */
         RefreshRequest: {
             /**
@@ -2029,14 +2126,6 @@ export interface components {
             thumbnail_url: string;
             /** Content Url */
             content_url: string;
-        };
-        /** SuspectsCheck */
-        SuspectsCheck: {
-            /**
-             * Model Id
-             * @description the model whose extractor reads the images (any of yours)
-             */
-            model_id: string;
         };
         /** SuspectsPage */
         SuspectsPage: {
@@ -5089,7 +5178,207 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["SuspectsCheck"];
+                "application/json": components["schemas"]["AnalysisStart"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobPublic"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    "datasets-queue": {
+        parameters: {
+            query: {
+                /** @description the model the queue was ordered with */
+                model_id: string;
+                cursor?: string | null;
+                limit?: number;
+                /** @description csv: the whole queue as a file */
+                format?: "json" | "csv";
+            };
+            header?: never;
+            path: {
+                dataset_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QueuePage"];
+                    "text/csv": unknown;
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    "datasets-order": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                dataset_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AnalysisStart"];
             };
         };
         responses: {
