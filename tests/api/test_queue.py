@@ -49,7 +49,7 @@ def test_the_queue_puts_what_the_model_doubts_first_and_follows_the_labelling(ap
                              json={"label": first["guesses"][0]["label"]}).status_code == 201
     after = alice.client.get(url, params={"model_id": model_id, "limit": 4}).json()
     assert first["pool_id"] not in [i["pool_id"] for i in after["items"]] and after["next_cursor"] == "4"
-    exported = alice.client.get(url, params={"model_id": model_id, "format": "csv"})
+    exported = alice.client.get(f"{url}/export", params={"model_id": model_id})
     rows = list(csv.DictReader(io.StringIO(exported.text)))
     assert exported.headers["content-type"].startswith("text/csv") and len(rows) == 9
     assert [r["pool_id"] for r in rows[:4]] == [i["pool_id"] for i in after["items"]]

@@ -271,3 +271,46 @@ def test_unknown_page_and_other_users(server: str, browser, shots: Path) -> None
     shot_path = shots / "13-unknown-model.png"
     page.screenshot(path=str(shot_path), full_page=True)
     context.close()
+
+
+def test_labelling_images_with_keys(server: str, browser, shots: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Images added without a class wait on the labelling page; number keys give them a class, N sets one aside."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1024, "height": 800}, base_url=server)
+    page = context.new_page()
+    page.goto("/signup")
+    page.get_by_label("Email").fill("labeller@example.com")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Create account").click()
+    expect(page).to_have_url(re.compile(r"/models$"))
+    csrf = {"X-CSRF-Token": next(c["value"] for c in context.cookies() if c["name"] == "pgh_csrf")}
+    dataset_id = context.request.post("/api/v1/datasets", headers=csrf, data={"name": "Colours"}).json()["id"]
+    for label, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        sent = context.request.post(f"/api/v1/datasets/{dataset_id}/uploads", headers=csrf, multipart={
+            "label": label, "files": {"name": f"{label}.png", "mimeType": "image/png", "buffer": _png(colour)}})
+        assert sent.json()["accepted"] == 1, sent.text()
+    waiting = []
+    for i, colour in enumerate([(200, 40, 40), (40, 40, 200), (120, 200, 60)]):
+        waiting.append(tmp_path / f"w{i}.png")
+        waiting[-1].write_bytes(_png(colour))
+
+    page.goto(f"/datasets/{dataset_id}")
+    page.get_by_role("link", name="Label images").click()
+    expect(page.get_by_test_id("nothing-to-label")).to_be_visible()
+    page.locator("input[type=file][accept='image/*']").set_input_files(waiting)
+    to_label = page.get_by_test_id("to-label")
+    expect(to_label).to_be_visible()
+    expect(page.get_by_test_id("label-summary")).to_contain_text("3 images waiting")
+    expect(to_label.get_by_role("group", name="Classes").get_by_role("button")).to_have_count(2)
+    page.screenshot(path=str(shots / "14-label-images.png"), full_page=True)
+    page.keyboard.press("1")  # the first class on screen
+    expect(page.get_by_test_id("label-summary")).to_contain_text("2 images waiting; 1 label given")
+    page.keyboard.press("n")  # none of these
+    expect(page.get_by_test_id("label-summary")).to_contain_text("1 image waiting; 1 label given")
+    page.keyboard.press("2")
+    expect(page.get_by_test_id("nothing-to-label")).to_be_visible()
+    counts = {c["name"]: c["count"] for c in context.request.get(f"/api/v1/datasets/{dataset_id}").json()["classes"]}
+    assert sum(counts.values()) == 4 and set(counts) == {"red", "blue"}
+    assert context.request.get(f"/api/v1/datasets/{dataset_id}/pool").json()["items"] == []
+    context.close()

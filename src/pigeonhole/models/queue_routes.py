@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel, Field
@@ -58,43 +58,46 @@ def order(dataset: WritableDataset, body: AnalysisStart, models: WriteModels) ->
     return job_public(start(models, "queue", dataset, body.model_id, "order images for labelling"))
 
 
-@router.get("/{dataset_id}/queue", response_model=QueuePage,
-            responses={200: {"content": {"text/csv": {}}}})
-def queue(dataset: ReadableDataset, request: Request, models: ReadModels,
-          model_id: str = Query(description="the model the queue was ordered with"), cursor: str | None = None,
-          limit: int = Query(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE),
-          format: Literal["json", "csv"] = Query("json", description="csv: the whole queue as a file"),
-          ) -> Response | QueuePage:
-    """The images waiting for a label, the most worth labelling first; those labelled or removed since the
-    ordering are left out."""
+def _ranked(dataset_id: str, request: Request, models: ReadModels, model_id: str,
+            ) -> tuple[QueuePage, list[dict[str, Any]]]:
+    """The page's facts and the ordered items still waiting (empty unless an ordering is ready)."""
     model = models.get(model_id)
-    job = latest(models, "queue", dataset.id, model.id)
+    job = latest(models, "queue", dataset_id, model.id)
     page = QueuePage(state="none", model_id=model.id, items=[])
     page.waiting = int(models.db.scalar(select(func.count()).select_from(PoolImage)
-                                        .where(PoolImage.dataset_id == dataset.id)) or 0)
-    read = None
-    if job is not None:
-        params = AnalysisJobParams.model_validate(job.params)
-        page.state, page.version, page.job_id = "checking", params.version, job.id
-        if job.status in ("failed", "cancelled"):
-            page.state, page.error = "failed", job.error or f"The ordering was {job.status}."
-        elif job.status == "succeeded" and job.result is not None:
-            read = read_result(request.app.state.blob_store, job)
-            if read is None:
-                page.state = "none"
+                                        .where(PoolImage.dataset_id == dataset_id)) or 0)
+    if job is None:
+        return page, []
+    params = AnalysisJobParams.model_validate(job.params)
+    page.state, page.version, page.job_id = "checking", params.version, job.id
+    if job.status in ("failed", "cancelled"):
+        page.state, page.error = "failed", job.error or f"The ordering was {job.status}."
+        return page, []
+    if job.status != "succeeded" or job.result is None:
+        return page, []
+    read = read_result(request.app.state.blob_store, job)
     if read is None:
-        return _csv([]) if format == "csv" else page
-    outcome, stored = read
+        page.state = "none"
+        return page, []
+    _, stored = read
     ids = [item["pool_id"] for item in stored["items"]]
-    present = set(models.db.scalars(select(PoolImage.id).where(PoolImage.dataset_id == dataset.id,
+    present = set(models.db.scalars(select(PoolImage.id).where(PoolImage.dataset_id == dataset_id,
                                                                PoolImage.id.in_(ids)))) if ids else set()
     current = [item for item in stored["items"] if item["pool_id"] in present]
-    if format == "csv":
-        return _csv(current)
+    page.state, page.ordered_at = "ready", job.finished_at
+    page.stale = page.waiting > len(current) or model.active_version != page.version
+    return page, current
+
+
+@router.get("/{dataset_id}/queue", response_model=QueuePage)
+def queue(dataset: ReadableDataset, request: Request, models: ReadModels,
+          model_id: str = Query(description="the model the queue was ordered with"), cursor: str | None = None,
+          limit: int = Query(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)) -> QueuePage:
+    """The images waiting for a label, the most worth labelling first; those labelled or removed since the
+    ordering are left out."""
+    page, current = _ranked(dataset.id, request, models, model_id)
     start_at = int(cursor) if cursor and cursor.isdigit() else 0
     base = f"/api/v1/datasets/{dataset.id}/pool"
-    page.state, page.ordered_at = "ready", job.finished_at if job else None
-    page.stale = page.waiting > len(current) or model.active_version != page.version
     page.items = [QueueItem(**item, thumbnail_url=f"{base}/{item['pool_id']}/thumbnail",
                             content_url=f"{base}/{item['pool_id']}/content")
                   for item in current[start_at:start_at + limit]]
@@ -102,7 +105,14 @@ def queue(dataset: ReadableDataset, request: Request, models: ReadModels,
     return page
 
 
-def _csv(items: list[dict]) -> Response:
+@router.get("/{dataset_id}/queue/export", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
+def export_queue(dataset: ReadableDataset, request: Request, models: ReadModels,
+                 model_id: str = Query(description="the model the queue was ordered with")) -> Response:
+    """The whole queue as a CSV file, in order, for another labelling tool (empty until an ordering is ready)."""
+    return _csv(_ranked(dataset.id, request, models, model_id)[1])
+
+
+def _csv(items: list[dict[str, Any]]) -> Response:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["rank", "pool_id", "sha256", "uncertainty", "guess", "confidence", "second_guess",

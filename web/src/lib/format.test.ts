@@ -77,6 +77,7 @@ describe('routes', () => {
     expect(matchRoute('/datasets/')).toEqual({ page: 'datasets' })
     expect(matchRoute('/datasets/01abc')).toEqual({ page: 'dataset', id: '01abc' })
     expect(matchRoute('/datasets/01abc/review')).toEqual({ page: 'review', id: '01abc' })
+    expect(matchRoute('/datasets/01abc/label')).toEqual({ page: 'label', id: '01abc' })
     expect(matchRoute('/tokens')).toEqual({ page: 'tokens' })
     expect(matchRoute('/datasets/a/b')).toEqual({ page: 'notfound' })
     expect(matchRoute('/nope')).toEqual({ page: 'notfound' })

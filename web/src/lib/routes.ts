@@ -10,6 +10,7 @@ export type Route =
   | { page: 'datasets' }
   | { page: 'dataset'; id: string }
   | { page: 'review'; id: string }
+  | { page: 'label'; id: string }
   | { page: 'tokens' }
   | { page: 'usage' }
   | { page: 'admin' }
@@ -45,6 +46,7 @@ export function matchRoute(pathname: string): Route {
   }
   if (parts.length === 2 && first === 'datasets') return { page: 'dataset', id: second }
   if (parts.length === 3 && first === 'datasets' && parts[2] === 'review') return { page: 'review', id: second }
+  if (parts.length === 3 && first === 'datasets' && parts[2] === 'label') return { page: 'label', id: second }
   if (parts.length === 2 && first === 'models') return second === 'new' ? { page: 'newmodel' } : { page: 'model', id: second, tab: 'overview' }
   if (parts.length === 3 && first === 'models' && (MODEL_TABS as readonly string[]).includes(parts[2]) && parts[2] !== 'overview') {
     return { page: 'model', id: second, tab: parts[2] as ModelTab }
