@@ -28,6 +28,7 @@ from pigeonhole.datasets.thumbnails import Thumbnails
 from pigeonhole.db.engine import create_db_engine, create_session_factory
 from pigeonhole.db.migrate import upgrade
 from pigeonhole.jobs.routes import router as jobs_router
+from pigeonhole.models.feedback import router as feedback_router
 from pigeonhole.models.predict import PredictionService
 from pigeonhole.models.queue_routes import router as queue_router
 from pigeonhole.models.routes import router as models_router
@@ -95,7 +96,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
 
     install_error_handlers(app)
     for router in (auth_router, tokens_router, datasets_router, suspects_router, queue_router, models_router,
-                   jobs_router, usage_router, admin_router, ops_router):
+                   feedback_router, jobs_router, usage_router, admin_router, ops_router):
         app.include_router(router)
     install_web(app)
 

@@ -135,12 +135,14 @@ class Ingestor:
     """Adds files to one dataset. Not thread-safe: one per upload request or import job."""
 
     def __init__(self, db: Session, dataset: Dataset, *, settings: Settings, blobs: BlobStore | None,
-                 thumbnails: Thumbnails | None, autocommit: bool = True, pool: str | None = None):
+                 thumbnails: Thumbnails | None, autocommit: bool = True, pool: str | None = None,
+                 origin: str = "upload"):
         """``blobs`` may be None when only :meth:`add_stored` is used; with ``autocommit`` False the
         caller owns the transaction (the dispatcher ends a job in the same one). With ``pool`` (the source:
         ``upload`` or ``feedback``) images go to the dataset's to-label pool, without a label (zip folders are
         ignored), and an image already in the dataset under any label, or in the pool, is a duplicate."""
         self.pool = pool
+        self.origin = origin  # recorded on labelled images: upload, or feedback from production
         self.db = db
         self.dataset = dataset
         self.settings = settings
@@ -288,6 +290,7 @@ class Ingestor:
             dataset_id=self.dataset.id, owner_id=self.dataset.owner_id, label=label, sha256=stored.sha256,
             size_bytes=stored.size, width=stored.width, height=stored.height, format=stored.format,
             mode=stored.mode, split=split, original_name=stored.name, source_url=stored.source_url,
+            origin=self.origin,
         ))
         self.report.labels.add(label)
 

@@ -87,7 +87,7 @@ def _image_public(image: DatasetImage) -> ImagePublic:
                        format=image.format, size_bytes=image.size_bytes, split=image.split,
                        original_name=image.original_name, source_url=image.source_url, created_at=image.created_at,
                        thumbnail_url=f"/api/v1/datasets/{image.dataset_id}/images/{image.id}/thumbnail",
-                       label_kept=image.label_kept)
+                       label_kept=image.label_kept, origin=image.origin)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetDetail)

@@ -77,6 +77,7 @@ class ImagePublic(BaseModel):
     created_at: datetime
     thumbnail_url: str
     label_kept: bool = False  # flagged as a suspected mislabel, looked at, and kept
+    origin: str = Field("upload", description="upload, or feedback: sent back from production with this label")
 
 
 class PoolImagePublic(BaseModel):

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import math
 import threading
 import time
@@ -50,6 +51,13 @@ class InputImage:
     name: str | None
     data: bytes | None = None
     url: str | None = None
+
+
+def prediction_id(version: int, content: bytes | str) -> str:
+    """What a feedback call names a prediction by: the version that answered and the image (its sha256, or the
+    address it was read from)."""
+    data = content.encode() if isinstance(content, str) else content
+    return f"v{version}-{hashlib.sha256(data).hexdigest()[:32]}"
 
 
 async def read_inputs(request: Request, settings: Settings) -> list[InputImage]:

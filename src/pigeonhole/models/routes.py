@@ -26,7 +26,7 @@ from pigeonhole.learn.neighbours import MAX_NEIGHBOURS
 from pigeonhole.models import repository as repo
 from pigeonhole.models.batch import results_csv, results_keys
 from pigeonhole.models.job_contracts import BatchPredictJobParams
-from pigeonhole.models.predict import Target, read_inputs
+from pigeonhole.models.predict import Target, prediction_id, read_inputs
 from pigeonhole.models.schemas import (
     CautionRequest,
     ClassChange,
@@ -114,6 +114,7 @@ def model_public(model: Model, active: ModelVersion | None, training: bool = Fal
                        metrics=active.metrics if active else None, target_accuracy=model.target_accuracy,
                        time_budget_s=model.time_budget_s, preference=model.preference,  # type: ignore[arg-type]
                        job_id=model.job_id, auto_retrain=bool(model.auto_retrain),
+                       grow_after_feedback=model.grow_after_feedback or 0,
                        retrain_suggested=suggestion, notes=list((active.lineage or {}).get("notes") or []) if active
                        else [], created_at=model.created_at, updated_at=model.updated_at)
 
@@ -164,8 +165,10 @@ def get_model(model: ReadableModel, service: ReadService) -> ModelPublic:
 
 @router.patch("/{model_id}", response_model=ModelPublic)
 def update_model(model: WritableModel, body: ModelUpdate, service: WriteService) -> ModelPublic:
-    """Rename the model, or turn the automatic retrain on or off (``auto_retrain``)."""
-    return _public(service, service.update(model, name=body.name, auto_retrain=body.auto_retrain))
+    """Rename the model, turn the automatic retrain on or off (``auto_retrain``), or say after how many labelled
+    images from production (``POST …/feedback``) it grows by itself (``grow_after_feedback``, 0: never)."""
+    return _public(service, service.update(model, name=body.name, auto_retrain=body.auto_retrain,
+                                           grow_after_feedback=body.grow_after_feedback))
 
 
 @router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -410,4 +413,6 @@ async def predict(request: Request, target: Annotated[Target, Depends(_target)],
                                                           neighbours=neighbours)
     if neighbours:
         await asyncio.to_thread(_name_neighbours, request.app.state.session_factory, target.dataset_id, answers)
+    for answer, image in zip(answers, images, strict=True):  # what feedback refers to: this version, these bytes
+        answer["prediction_id"] = prediction_id(target.v, image.data if image.data is not None else image.url or "")
     return PredictionResult(model_id=target.model_id, version=target.v, predictions=answers)  # type: ignore[arg-type]

@@ -28,6 +28,9 @@ class ModelCreate(BaseModel):
 class ModelUpdate(BaseModel):
     name: Text | None = Field(default=None, max_length=400)
     auto_retrain: bool | None = None
+    grow_after_feedback: int | None = Field(default=None, ge=0, le=100_000, description="grow by itself once this "
+                                            "many images have come back from production with a label (0: only "
+                                            "when you ask)")
 
 
 class RetrainSuggestion(BaseModel):
@@ -85,6 +88,7 @@ class ModelPublic(BaseModel):
     preference: Preference
     job_id: str | None
     auto_retrain: bool = False
+    grow_after_feedback: int = 0
     retrain_suggested: RetrainSuggestion | None = Field(
         default=None, description="set when a retrain would likely do better than the class changes made "
         "since the last training; cleared once a newer training version exists")
@@ -117,6 +121,8 @@ class Prediction(BaseModel):
     neighbours: list[Neighbour] | None = Field(default=None, description="with neighbours=k: the k training "
                                                "images of the predicted class that look most alike")
     name: str | None = None
+    prediction_id: str | None = Field(default=None, description="send it with the image to "
+                                      "POST /models/{model_id}/feedback when this answer was wrong or unsure")
 
 
 class PredictionResult(BaseModel):
@@ -156,3 +162,10 @@ class CautionRequest(BaseModel):
 
 class RefreshRequest(BaseModel):
     classes: list[Text] | None = Field(default=None, description="classes whose images changed (default: all)")
+
+
+class FeedbackResult(BaseModel):
+    destination: Literal["dataset", "pool"] = Field(description="dataset: added with your label; pool: waiting for "
+                                                    "someone to label it")
+    duplicate: bool = Field(description="the same image was already there: nothing was added")
+    grow_job_id: str | None = Field(default=None, description="the model started growing with the feedback")

@@ -83,8 +83,10 @@ class ModelService:
         self._start_training(model, classes, kind="train")
         return model
 
-    def update(self, model: Model, *, name: str | None = None, auto_retrain: bool | None = None) -> Model:
-        """Change what the user may change without training: the name and the automatic retrain."""
+    def update(self, model: Model, *, name: str | None = None, auto_retrain: bool | None = None,
+               grow_after_feedback: int | None = None) -> Model:
+        """Change what the user may change without training: the name, the automatic retrain, and when feedback
+        from production makes the model grow."""
         if name is not None:
             name = name.strip()
             if not name or len(name) > 200:
@@ -92,6 +94,8 @@ class ModelService:
             model.name = name
         if auto_retrain is not None:
             model.auto_retrain = auto_retrain
+        if grow_after_feedback is not None:
+            model.grow_after_feedback = grow_after_feedback
         model.updated_at = utcnow()
         return model
 

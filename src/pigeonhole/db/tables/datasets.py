@@ -45,6 +45,8 @@ class DatasetImage(IdMixin, CreatedMixin, Base):
     # The owner looked at this image's label when it was flagged as suspect and kept it: not flagged again until
     # the label changes (moving the image clears it).
     label_kept: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), nullable=False)
+    # "feedback": sent back from production with the caller's label (POST /models/{id}/feedback)
+    origin: Mapped[str] = mapped_column(String(10), default="upload", server_default="upload", nullable=False)
 
 
 class PoolImage(IdMixin, CreatedMixin, Base):

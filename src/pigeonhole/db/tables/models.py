@@ -34,6 +34,9 @@ class Model(IdMixin, CreatedMixin, Base):
     # suggestion shown until a newer training version exists ({gap_points, reason}, or null).
     auto_retrain: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), nullable=False)
     retrain_suggested: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Grow by itself once this many images have come back from production with a label since the active version
+    # (0: only when the owner asks, POST /models/{id}/refresh).
+    grow_after_feedback: Mapped[int] = mapped_column(Integer, default=0, server_default="0", nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
 

@@ -594,7 +594,8 @@ export interface paths {
         head?: never;
         /**
          * Update Model
-         * @description Rename the model, or turn the automatic retrain on or off (``auto_retrain``).
+         * @description Rename the model, turn the automatic retrain on or off (``auto_retrain``), or say after how many labelled
+         *     images from production (``POST …/feedback``) it grows by itself (``grow_after_feedback``, 0: never).
          */
         patch: operations["models-update_model"];
         trace?: never;
@@ -850,6 +851,26 @@ export interface paths {
          *     image looks unlike the images the model was taught.
          */
         post: operations["models-predict"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/models/{model_id}/feedback": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Feedback
+         * @description Send back an image a prediction got wrong ("it is X", ``label``) or could not settle (``unsure``).
+         */
+        post: operations["models-feedback"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1183,6 +1204,30 @@ export interface components {
              */
             urls?: string | null;
         };
+        /** Body_models-feedback */
+        "Body_models-feedback": {
+            /**
+             * File
+             * @description the image the prediction was about
+             */
+            file: string;
+            /**
+             * Label
+             * @description what the image really shows
+             */
+            label?: string | null;
+            /**
+             * Unsure
+             * @description you cannot tell either: someone should label it
+             * @default false
+             */
+            unsure: boolean;
+            /**
+             * Prediction Id
+             * @description the answer's prediction_id
+             */
+            prediction_id?: string | null;
+        };
         /** CautionRequest */
         CautionRequest: {
             /**
@@ -1338,6 +1383,25 @@ export interface components {
              */
             problem?: string | null;
         };
+        /** FeedbackResult */
+        FeedbackResult: {
+            /**
+             * Destination
+             * @description dataset: added with your label; pool: waiting for someone to label it
+             * @enum {string}
+             */
+            destination: "dataset" | "pool";
+            /**
+             * Duplicate
+             * @description the same image was already there: nothing was added
+             */
+            duplicate: boolean;
+            /**
+             * Grow Job Id
+             * @description the model started growing with the feedback
+             */
+            grow_job_id?: string | null;
+        };
         /** Guess */
         Guess: {
             /** Label */
@@ -1436,6 +1500,12 @@ export interface components {
              * @default false
              */
             label_kept: boolean;
+            /**
+             * Origin
+             * @description upload, or feedback: sent back from production with this label
+             * @default upload
+             */
+            origin: string;
         };
         /** ImportItem */
         ImportItem: {
@@ -1819,6 +1889,11 @@ export interface components {
              * @default false
              */
             auto_retrain: boolean;
+            /**
+             * Grow After Feedback
+             * @default 0
+             */
+            grow_after_feedback: number;
             /** @description set when a retrain would likely do better than the class changes made since the last training; cleared once a newer training version exists */
             retrain_suggested?: components["schemas"]["RetrainSuggestion"] | null;
             /**
@@ -1843,6 +1918,11 @@ export interface components {
             name?: string | null;
             /** Auto Retrain */
             auto_retrain?: boolean | null;
+            /**
+             * Grow After Feedback
+             * @description grow by itself once this many images have come back from production with a label (0: only when you ask)
+             */
+            grow_after_feedback?: number | null;
         };
         /** Neighbour */
         Neighbour: {
@@ -1985,6 +2065,11 @@ export interface components {
             neighbours?: components["schemas"]["Neighbour"][] | null;
             /** Name */
             name?: string | null;
+            /**
+             * Prediction Id
+             * @description send it with the image to POST /models/{model_id}/feedback when this answer was wrong or unsure
+             */
+            prediction_id?: string | null;
         };
         /** PredictionResult */
         PredictionResult: {
@@ -7263,6 +7348,104 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["PredictionResult"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not allowed */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    "models-feedback": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                model_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "multipart/form-data": components["schemas"]["Body_models-feedback"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FeedbackResult"];
                 };
             };
             /** @description Bad request */
