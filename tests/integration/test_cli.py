@@ -152,3 +152,29 @@ def test_model_commands_from_folder_to_export(server: LiveServer, cli, tmp_path:
     assert read_input_spec(exported.read_bytes())["crop"] == "resize"
     missing = cli("model", "predict", model["id"], str(tmp_path / "nope.png"), extra_env=env)
     assert missing.returncode == 4
+
+    # the data itself: a dark image labelled "bright" is found, images to label later are ordered (and exported),
+    # and an image sent back from production joins the dataset
+    dataset_id = model["dataset_id"]
+    wrong = tmp_path / "wrong.png"
+    wrong.write_bytes(grey_png(38, 555))
+    assert cli("dataset", "upload", dataset_id, str(wrong), "--label", "bright", extra_env=env).returncode == 0
+    suspects = cli("dataset", "suspects", dataset_id, "--model", model["id"], "--json", extra_env=env)
+    assert suspects.returncode == 0, suspects.stderr
+    found = json.loads(suspects.stdout)["items"]
+    assert any(i["label"] == "bright" and i["suggested_label"] == "dark" for i in found), found
+    later = tmp_path / "later"
+    later.mkdir()
+    for i, level in enumerate((45, 128, 205)):
+        (later / f"{i}.png").write_bytes(grey_png(level, 600 + i))
+    uploaded = cli("dataset", "upload", dataset_id, str(later), "--unlabelled", "--json", extra_env=env)
+    assert uploaded.returncode == 0 and json.loads(uploaded.stdout)["accepted"] == 3, uploaded.stderr
+    queue_csv = tmp_path / "queue.csv"
+    suggested = cli("dataset", "suggestions", dataset_id, "--model", model["id"], "--export", str(queue_csv),
+                    "--json", extra_env=env)
+    assert suggested.returncode == 0, suggested.stderr
+    assert len(json.loads(suggested.stdout)["items"]) == 3 and len(queue_csv.read_text().splitlines()) == 4
+    sent = cli("model", "feedback", model["id"], str(probe), "--label", "bright", extra_env=env)
+    assert sent.returncode == 0 and "added to the dataset" in sent.stderr, sent.stderr
+    both = cli("model", "feedback", model["id"], str(probe), "--label", "dark", "--unsure", extra_env=env)
+    assert both.returncode == 2 and "either --label" in both.stderr

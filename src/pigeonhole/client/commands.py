@@ -142,7 +142,7 @@ def dataset_create(name: str, as_json: bool) -> None:
     _emit(created, as_json, lambda d: click.echo(d["id"]))
 
 
-def _upload(client: Client, dataset_id: str, source: Path, label: str | None) -> Any:
+def _upload(client: Client, dataset_id: str, source: Path, label: str | None, unlabelled: bool = False) -> Any:
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} files"),
                   TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task("Uploading", total=None)
@@ -150,9 +150,13 @@ def _upload(client: Client, dataset_id: str, source: Path, label: str | None) ->
         def progress(state: Any) -> None:
             bar.update(task, total=state.files_total, completed=state.files_done)
 
+        if source.is_dir() and unlabelled:
+            files = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
+            return _call(lambda: client.upload_files(dataset_id, files, progress=progress, unlabelled=True))
         if source.is_dir():
             return _call(lambda: client.upload_folder(dataset_id, source, progress=progress))
-        return _call(lambda: client.upload_files(dataset_id, [source], label=label, progress=progress))
+        return _call(lambda: client.upload_files(dataset_id, [source], label=label, progress=progress,
+                                                 unlabelled=unlabelled))
 
 
 def _report_upload(result: Any) -> None:
@@ -168,13 +172,18 @@ def _report_upload(result: Any) -> None:
 @click.argument("dataset_id")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--label", help="the class of a single image (folders and zips carry their classes)")
+@click.option("--unlabelled", is_flag=True, help="images to label later (folders' names are ignored): they wait "
+                                                 "in the dataset's to-label pool")
 @json_option
-def dataset_upload(dataset_id: str, source: Path, label: str | None, as_json: bool) -> None:
-    """Upload a folder (one sub-folder per class), a zip file, or one image with --label."""
+def dataset_upload(dataset_id: str, source: Path, label: str | None, unlabelled: bool, as_json: bool) -> None:
+    """Upload a folder (one sub-folder per class), a zip file, or one image with --label; or images to label
+    later with --unlabelled."""
     if not source.exists():
         raise CliError(f"There is nothing at {source}.", EXIT_NOT_FOUND)
+    if unlabelled and label:
+        raise CliError("Images to label later have no class yet: give --label or --unlabelled, not both.", 2)
     with _client() as client:
-        result = _upload(client, dataset_id, source, label)
+        result = _upload(client, dataset_id, source, label, unlabelled)
     _emit(result.__dict__, as_json, lambda _: _report_upload(result))
 
 
@@ -431,5 +440,7 @@ def usage(start: str | None, end: str | None, group_by: str, as_json: bool) -> N
 
 
 def register(main: click.Group) -> None:
+    from pigeonhole.client import data_commands  # noqa: F401  (adds its commands to the dataset and model groups)
+
     for command in (login, dataset, model, token, usage):
         main.add_command(command)

@@ -72,10 +72,11 @@ class Methods:
         return self._run(paged(f"/api/v1/datasets/{dataset_id}/images", clean_params({"label": label})))
 
     def upload_files(self, dataset_id: str, paths: Sequence[str | Path], label: str | None = None,
-                     progress: Callable[[UploadProgress], None] | None = None) -> Any:
-        """Upload images of one class (``label``), or zip files with one folder per class."""
+                     progress: Callable[[UploadProgress], None] | None = None, *, unlabelled: bool = False) -> Any:
+        """Upload images of one class (``label``), or zip files with one folder per class; with ``unlabelled``,
+        images (or zips, folders ignored) to label later: they wait in the dataset's to-label pool."""
         files = [(label or "", Path(p)) for p in paths]
-        return self._run(_upload(dataset_id, files, progress, with_label=label is not None))
+        return self._run(_upload(dataset_id, files, progress, with_label=label is not None, unlabelled=unlabelled))
 
     def upload_folder(self, dataset_id: str, folder: str | Path,
                       progress: Callable[[UploadProgress], None] | None = None) -> Any:
@@ -134,8 +135,10 @@ class Methods:
         """A label change only: the new version predicts exactly as before, under the new name."""
         return self._run(_one(Call("PATCH", f"/api/v1/models/{model_id}/classes/{name}", json={"name": new_name})))
 
-    def update_model(self, model_id: str, *, name: str | None = None, auto_retrain: bool | None = None) -> Any:
-        body = {k: v for k, v in (("name", name), ("auto_retrain", auto_retrain)) if v is not None}
+    def update_model(self, model_id: str, *, name: str | None = None, auto_retrain: bool | None = None,
+                     grow_after_feedback: int | None = None) -> Any:
+        body = {k: v for k, v in (("name", name), ("auto_retrain", auto_retrain),
+                                  ("grow_after_feedback", grow_after_feedback)) if v is not None}
         return self._run(_one(Call("PATCH", f"/api/v1/models/{model_id}", json=body)))
 
     def export_model(self, model_id: str, v: int, destination: str | Path) -> Any:
@@ -154,6 +157,47 @@ class Methods:
                                          content=data, idempotent=True), name))  # type: ignore[arg-type]
         return self._run(_one(Call("POST", f"/api/v1/models/{model_id}/predict", params=params, files=files,
                                    idempotent=True)))
+
+    def feedback(self, model_id: str, image: ImageInput, *, label: str | None = None, unsure: bool = False,
+                 prediction_id: str | None = None) -> Any:
+        """Send back an image a prediction got wrong (``label``: what it is) or could not settle (``unsure``)."""
+        data = clean_params({"label": label, "unsure": "true" if unsure else None, "prediction_id": prediction_id})
+        _, (name, content, kind) = _image_part(image, 0)
+        return self._run(_one(Call("POST", f"/api/v1/models/{model_id}/feedback", data=data,
+                                   files=[("file", (name, content, kind))])))
+
+    # --- data quality: suspected mislabels, the to-label pool and its queue ---------------------
+    def check_labels(self, dataset_id: str, model_id: str) -> Any:
+        """Start looking for images whose label looks wrong (a job); ``suspects`` reads the result."""
+        return self._run(_one(Call("POST", f"/api/v1/datasets/{dataset_id}/suspects", json={"model_id": model_id})))
+
+    def suspects(self, dataset_id: str, model_id: str) -> Any:
+        """The newest check with that model: state, and every suspect, most likely wrong first."""
+        return self._run(_all_pages(f"/api/v1/datasets/{dataset_id}/suspects", {"model_id": model_id}))
+
+    def keep_label(self, dataset_id: str, image_id: str) -> Any:
+        return self._run(_one(Call("POST", f"/api/v1/datasets/{dataset_id}/images/{image_id}/keep-label",
+                                   idempotent=True)))
+
+    def list_pool(self, dataset_id: str) -> Any:
+        return self._run(paged(f"/api/v1/datasets/{dataset_id}/pool"))
+
+    def label_image(self, dataset_id: str, pool_id: str, label: str) -> Any:
+        """Give an image waiting in the pool its class: it joins the dataset."""
+        return self._run(_one(Call("POST", f"/api/v1/datasets/{dataset_id}/pool/{pool_id}/label",
+                                   json={"label": label})))
+
+    def order_queue(self, dataset_id: str, model_id: str) -> Any:
+        """Order the images waiting for a label by what a label would teach the model (a job)."""
+        return self._run(_one(Call("POST", f"/api/v1/datasets/{dataset_id}/queue", json={"model_id": model_id})))
+
+    def queue(self, dataset_id: str, model_id: str) -> Any:
+        """The labelling queue: state, and every waiting image in order with the model's guesses."""
+        return self._run(_all_pages(f"/api/v1/datasets/{dataset_id}/queue", {"model_id": model_id}))
+
+    def export_queue(self, dataset_id: str, model_id: str, destination: str | Path) -> Any:
+        return self._run(_one(Call("GET", f"/api/v1/datasets/{dataset_id}/queue/export",
+                                   params={"model_id": model_id}, idempotent=True, download_to=Path(destination))))
 
     # --- jobs -----------------------------------------------------------------------------------
     def get_job(self, job_id: str) -> Any:
@@ -183,15 +227,28 @@ def _named(call: Call, name: str) -> Plan:
     return answer
 
 
+def _all_pages(path: str, params: dict[str, Any]) -> Plan:
+    """A paged answer that carries more than its items (a state): the first page with every page's items."""
+    first = yield Call("GET", path, params={**params, "limit": 200}, idempotent=True)
+    cursor = first.get("next_cursor")
+    while cursor:
+        page = yield Call("GET", path, params={**params, "limit": 200, "cursor": cursor}, idempotent=True)
+        first["items"] += page["items"]
+        cursor = page.get("next_cursor")
+    first["next_cursor"] = None
+    return first
+
+
 def _upload(dataset_id: str, files: list[tuple[str, Path]], progress: Callable[[UploadProgress], None] | None,
-            *, with_label: bool) -> Plan:
+            *, with_label: bool, unlabelled: bool = False) -> Plan:
     state = UploadProgress(files_total=len(files), bytes_total=sum(p.stat().st_size for _, p in files))
     for label, paths in upload_batches(files):
         handles = [p.open("rb") for p in paths]
         try:
             parts = [("files", (p.name, h, "application/octet-stream")) for p, h in zip(paths, handles, strict=True)]
-            answer = yield Call("POST", f"/api/v1/datasets/{dataset_id}/uploads", files=parts,
-                                data={"label": label} if with_label and label else None, idempotent=True)
+            data = {"unlabelled": "true"} if unlabelled else {"label": label} if with_label and label else None
+            answer = yield Call("POST", f"/api/v1/datasets/{dataset_id}/uploads", files=parts, data=data,
+                                idempotent=True)
         finally:
             for handle in handles:
                 handle.close()
