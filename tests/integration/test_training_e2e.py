@@ -62,7 +62,7 @@ def test_train_predict_export_and_grow(server: LiveServer, tmp_path: Path) -> No
                                  preference="fast")
         pressed = time.monotonic()
         job = pgh.wait_for_job(model["job_id"], poll_s=1, timeout_s=240)
-        assert job["status"] == "succeeded", job
+        assert job["status"] == "succeeded", (job["error"], job["log_tail"][-3000:])
         current = pgh.get_model(model["id"])
         assert current["status"] == "ready" and current["active_version"] is not None
         version = pgh.get_version(model["id"], current["active_version"])
