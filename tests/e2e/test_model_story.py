@@ -1,8 +1,9 @@
 """The issue's whole story in a real browser against a real server that really trains:
 
 sign up → a new model from a small set of real photos uploaded as folders → watch training → try an image →
-add a class, rename it and see the new versions → versions, the API panel → create and revoke a token → the admin
-page lists the local compute node and the jobs. A screenshot of each step lands in the test-output folder
+add a class, rename it and see the new versions → versions, the API panel → check the labels and fix a planted
+mistake → label images waiting for a class and get a new version → create and revoke a token → the admin page
+lists the local compute node and the jobs. A screenshot of each step lands in the test-output folder
 (``model-*.png``).
 
 It needs the shared real photos and pretrained weights (``../shared``); without them it is skipped.
@@ -48,8 +49,10 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     extra = _photos(root / "extra", FLOWERS / "train.zip", {"sunflower": 8})
     probe = _photos(root / "probe", FLOWERS / "test.zip", {"daisy": 1})
     planted = _photos(root / "planted", FLOWERS / "train.zip", {"sunflower": 1}, skip=8)
+    unlabelled = _photos(root / "unlabelled", FLOWERS / "test.zip", {"daisy": 2, "dandelion": 1}, skip=1)
     return {"first": first, "extra": extra / "sunflower", "probe": next((probe / "daisy").iterdir()),
-            "planted": next((planted / "sunflower").iterdir())}
+            "planted": next((planted / "sunflower").iterdir()),
+            "unlabelled": sorted(p for folder in unlabelled.iterdir() for p in folder.iterdir())}
 
 
 def test_from_sign_up_to_a_grown_model(server: str, browser, shots: Path, photos: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
@@ -254,7 +257,7 @@ def test_from_sign_up_to_a_grown_model(server: str, browser, shots: Path, photos
                       if i["original_name"] == "planted.jpg")
     assert any(i["image_id"] == planted_id and i["suggested_label"] == "sunflowers" for i in found["items"]), found
     expect(suspect.get_by_role("heading", name=re.compile(r"Image 1 of \d+"))).to_be_attached()
-    shot("11-check-labels")
+    shot("12-check-labels")
     first = found["items"][0]
     page.keyboard.press("u")
     expect(page.get_by_test_id("review-summary")).to_contain_text("1 decision made")
@@ -262,6 +265,28 @@ def test_from_sign_up_to_a_grown_model(server: str, browser, shots: Path, photos
     assert next(i for i in images if i["id"] == first["image_id"])["label"] == first["suggested_label"]
     page.get_by_role("button", name="Update the model with these fixes").click()
     expect(page.get_by_text("Updating the model with your fixes")).to_be_visible()
+
+    # Label images: three photos without a class, ordered by the model; S skips to the next, a number key labels,
+    # and "Update the model now" makes a new version with the labels.
+    page.goto(f"/datasets/{dataset_id}")
+    page.get_by_role("link", name="Label images").click()
+    expect(page).to_have_url(re.compile(rf"/datasets/{dataset_id}/label"))
+    page.locator("input[type=file][accept='image/*']").set_input_files(photos["unlabelled"])
+    to_label = page.get_by_test_id("to-label")
+    # first in upload order, then in the model's order with its guesses, once the ordering job has run
+    expect(to_label.get_by_text(re.compile(r"The model guesses"))).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
+    expect(to_label.get_by_role("heading", name="Image 1 of 3")).to_be_attached()
+    shot("13-label-images")
+    page.keyboard.press("s")
+    expect(to_label.get_by_role("heading", name="Image 2 of 3")).to_be_attached()
+    before = context.request.get(f"/api/v1/models/{model_id}").json()["active_version"]
+    page.keyboard.press("1")
+    expect(page.get_by_test_id("label-summary")).to_contain_text("2 images waiting; 1 label given")
+    page.get_by_role("button", name="Update the model now").click()
+    deadline = time.monotonic() + TRAIN_TIMEOUT_MS / 1000
+    while context.request.get(f"/api/v1/models/{model_id}").json()["active_version"] == before:
+        assert time.monotonic() < deadline, "no new version with the new label"
+        time.sleep(1)
 
     # 12. A token, created (shown once) and revoked.
     main_nav.get_by_role("link", name="API tokens").click()
@@ -272,7 +297,7 @@ def test_from_sign_up_to_a_grown_model(server: str, browser, shots: Path, photos
     page.get_by_role("button", name="Revoke Flower sorter").click()
     page.get_by_role("dialog").get_by_role("button", name="Revoke token").click()
     expect(page.get_by_text("Revoked “Flower sorter”. It no longer works.")).to_be_visible()
-    shot("12-token-revoked")
+    shot("14-token-revoked")
 
     # 13. Admin: the local compute node with its resources, and every job.
     main_nav.get_by_role("link", name="Admin").click()
@@ -284,7 +309,7 @@ def test_from_sign_up_to_a_grown_model(server: str, browser, shots: Path, photos
     expect(jobs.get_by_role("cell", name="Changing classes").first).to_be_visible()  # adding, then renaming
     nodes.get_by_role("button", name=re.compile("^Drain")).click()
     expect(nodes.get_by_text("draining")).to_be_visible()
-    shot("13-admin")
+    shot("15-admin")
     nodes.get_by_role("button", name=re.compile("^Undrain")).click()
     expect(nodes.get_by_role("button", name=re.compile("^Drain"))).to_be_visible()
 
@@ -295,7 +320,7 @@ def test_from_sign_up_to_a_grown_model(server: str, browser, shots: Path, photos
     small.goto(f"/models/{model_id}")
     expect(small.get_by_test_id("accuracy")).to_be_visible()
     small.wait_for_load_state("networkidle")
-    small.screenshot(path=str(shots / "model-14-phone.png"), full_page=True)
+    small.screenshot(path=str(shots / "model-16-phone.png"), full_page=True)
     phone.close()
 
     assert not [e for e in errors if "401" not in e and "404" not in e], errors

@@ -10,7 +10,8 @@ that is right three times in four also "prefers another class" for a quarter of 
 images. So the number flagged is estimated as confident learning does (Northcutt et al. 2021, cleanlab's
 method), from these left-out probabilities: each class's threshold is the mean probability its own images
 give it, and an image counts as mislabelled when the most probable class above its threshold is not its
-label. That many images, the least likely under their label first, are flagged. (A second pass, refitting
+label. That many images, the least likely under their label first (by the left-out scores' margin between the
+label and the best other class), are flagged. (A second pass, refitting
 without the first pass's suspects, was measured and found no more: benchmarks/label_errors.py.)
 
 The ranking puts first the same content under two labels (an image uploaded into two classes: one of them
@@ -42,6 +43,7 @@ class Suspect:
     confidence: float
     given_probability: float
     conflict: bool = False
+    margin: float = 0.0  # the left-out ridge score of the label minus the suggestion's: the ranking key
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class SuspectReport:
     suspects: list[Suspect]
     alpha: float
     temperature: float
+    ranking: np.ndarray  # every image, the least likely label first (conflicts aside)
 
 
 def _choose(phi: np.ndarray, y: np.ndarray, classes: int, alphas: Sequence[float]) -> tuple[float, np.ndarray]:
@@ -99,17 +102,19 @@ def find_suspects(phi: np.ndarray, y: np.ndarray, classes: int, *, content: Sequ
         conflicted = np.array([len(labels_of[sha]) > 1 for sha in content], dtype=bool)
 
     rows = np.arange(len(y))
-    others = probs.copy()
+    others = scores.copy()
     others[rows, y] = -np.inf
     suggested = others.argmax(1)
     given_p = probs[rows, y]
     best_other = probs[rows, suggested]
-    gap = given_p - best_other
+    # Ranked by the ridge scores' own margin: calibrating first (a softmax) ranked worse, since the temperature
+    # squeezes the margins of the images the head is least sure of (benchmarks/label_errors.py).
+    gap = scores[rows, y] - scores[rows, suggested]
     ranked = np.argsort(gap, kind="stable")
     flagged = conflicted.copy()
     worst = ranked[: estimated_errors(probs, y)]
     flagged[worst[gap[worst] < 0]] = True
     order = np.lexsort((gap, ~conflicted))  # conflicts first, then the least likely label
     suspects = [Suspect(int(i), int(y[i]), int(suggested[i]), float(best_other[i]), float(given_p[i]),
-                        bool(conflicted[i])) for i in order if flagged[i]]
-    return SuspectReport(probs, suspects, float(alpha), float(temperature))
+                        bool(conflicted[i]), float(gap[i])) for i in order if flagged[i]]
+    return SuspectReport(probs, suspects, float(alpha), float(temperature), ranked)

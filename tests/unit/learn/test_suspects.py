@@ -30,9 +30,9 @@ def test_flipped_labels_are_found_with_the_true_class_suggested(dim: int) -> Non
     for s in report.suspects:
         if s.index in set(flipped.tolist()):
             assert s.suggested == y[s.index] and s.given == noisy[s.index]
-        assert s.confidence > s.given_probability
-    gaps = [s.confidence - s.given_probability for s in report.suspects]
-    assert gaps == sorted(gaps, reverse=True), "the most likely wrong first"
+        assert s.confidence > s.given_probability and s.margin < 0
+    margins = [s.margin for s in report.suspects]
+    assert margins == sorted(margins), "the most likely wrong first"
     np.testing.assert_allclose(report.probabilities.sum(1), 1.0)
 
 
