@@ -3,7 +3,7 @@
 Why not only the confidence. A model that has never seen a cat still puts all its probability on one of its
 own classes, often confidently: the largest probability (max-softmax) is the weakest known detector of
 things outside the training classes. Distance-based detectors do better, and the head already holds what
-they need: per-class sums and Grams give the class means, the shared within-class covariance and the
+they need: per-class sums and the summed Gram give the class means, the shared within-class covariance and the
 total covariance exactly, so a detector built from them follows adding and removing classes exactly too.
 
 Candidates (higher raw score = more familiar):
@@ -109,7 +109,7 @@ class Moments:
 
 
 class Scatter:
-    """Means and covariances from per-class counts, sums and Grams; metrics for any shrinkage from one
+    """Means and covariances from per-class counts and sums and the summed Gram; metrics for any shrinkage from one
     eigendecomposition of each covariance.
 
     Given the rows themselves (``rows``, one array per class), and fewer rows than dimensions, each covariance is
@@ -119,7 +119,7 @@ class Scatter:
     pixel features (3,072 dimensions at 32 px) then costs milliseconds instead of seconds.
     """
 
-    def __init__(self, counts: np.ndarray, sums: np.ndarray, grams: Sequence[np.ndarray] | None = None,
+    def __init__(self, counts: np.ndarray, sums: np.ndarray, gram: np.ndarray | None = None,
                  rows: Sequence[np.ndarray] | None = None) -> None:
         counts = np.asarray(counts, dtype=np.float64)
         total = float(counts.sum())
@@ -133,8 +133,7 @@ class Scatter:
             self._factor["within"] = np.vstack([r - m for r, m in zip(rows, self.means, strict=True)]) * scale
             self._factor["total"] = (np.vstack(rows) - self.centre) * scale
         else:
-            assert grams is not None, "a scatter needs the class Grams or the rows"
-            gram = np.sum(grams, axis=0)
+            assert gram is not None, "a scatter needs the summed Gram or the rows"
             self._covariance["within"] = (gram - (self.means.T * counts) @ self.means) / total
             self._covariance["total"] = (gram - total * np.outer(self.centre, self.centre)) / total
         self._eig: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -102,6 +102,40 @@ class ClassStats:
     def gram_matrix(self) -> np.ndarray:
         return self.rows.T @ self.rows if self.rows is not None else self.gram.copy()
 
+    def copy(self) -> ClassStats:
+        """Independent statistics. The rows are shared: they are only ever replaced, never changed in place."""
+        other = ClassStats(len(self.sum), self._dense_after)
+        other.sum, other.count, other.rows = self.sum.copy(), self.count, self.rows
+        other.gram = self.gram.copy() if self.gram is not None else None
+        return other
+
+
+_GRAM_CHUNK = 4096  # rows per product when summing Grams: one large product, never all rows copied at once
+
+
+def summed_gram(stats: Sequence[ClassStats], dim: int) -> np.ndarray:
+    """``sum_c G_c``: the rows of every factored class in a few large products, plus the dense Grams.
+
+    Never one D x D matrix per class: at 1,000 classes of 1,280 dimensions those would take 13 GB.
+    """
+    gram = np.zeros((dim, dim))
+    chunk: list[np.ndarray] = []
+    held = 0
+    for s in stats:
+        if s.gram is not None:
+            gram += s.gram
+        elif s.rows is not None and len(s.rows):
+            chunk.append(s.rows)
+            held += len(s.rows)
+            if held >= _GRAM_CHUNK:
+                block = np.vstack(chunk)
+                gram += block.T @ block
+                chunk, held = [], 0
+    if chunk:
+        block = np.vstack(chunk)
+        gram += block.T @ block
+    return gram
+
 
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
@@ -117,21 +151,53 @@ def calibrated_nll(scores: np.ndarray, y: np.ndarray, beta: float) -> float:
 
 
 def fit_temperature(scores: np.ndarray, y: np.ndarray, lo: float = 1e-4, hi: float = 1e2) -> float:
-    """Temperature T minimising validation NLL of softmax(scores / T), golden section on log T."""
-    a, b = np.log(lo), np.log(hi)
-    g = (np.sqrt(5) - 1) / 2
-    c, d = b - g * (b - a), a + g * (b - a)
-    fc, fd = calibrated_nll(scores, y, np.exp(-c)), calibrated_nll(scores, y, np.exp(-d))
-    for _ in range(80):
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - g * (b - a)
-            fc = calibrated_nll(scores, y, np.exp(-c))
+    """Temperature T in [lo, hi] minimising the NLL of softmax(scores / T).
+
+    The NLL is convex in beta = 1/T, with derivative ``mean(E_p[s] - s_y)`` and second derivative
+    ``mean(Var_p[s])``, so Newton's method inside a shrinking bracket finds it in a handful of passes over the
+    scores (golden-section search took 80, which at 1,000 classes and 12,500 validation images was 11 s per
+    ridge strength). A bisection step (in log scale) replaces any Newton step that leaves the bracket, and
+    beta doubles while Newton's steps do not shrink and no upper bound is known. It stops where no beta in the
+    bracket can lower the NLL by more than 1e-12 (scores that separate the classes: the first beta at which the
+    NLL is 0 to that precision, so the least confident of the equally good temperatures).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    own = scores[np.arange(len(y)), y]
+    a, b = 1.0 / hi, 1.0 / lo
+
+    def slopes(beta: float) -> tuple[float, float]:
+        z = beta * scores
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        expected = (p * scores).sum(axis=1)
+        variance = (p * scores * scores).sum(axis=1) - expected**2
+        return float((expected - own).mean()), float(np.clip(variance, 0.0, None).mean())
+
+    beta, previous = min(max(1.0, a), b), np.inf
+    for _ in range(100):
+        first, second = slopes(beta)
+        if first > 0:  # the NLL rises here: the minimum is at a smaller beta
+            b = beta
+            if first * (beta - a) <= 1e-12:  # convex: no beta in the bracket is better by more than this
+                break
         else:
-            a, c, fc = c, d, fd
-            d = a + g * (b - a)
-            fd = calibrated_nll(scores, y, np.exp(-d))
-    return float(np.exp((a + b) / 2))
+            a = beta
+            if -first * (b - beta) <= 1e-12:  # e.g. separable scores: the NLL only approaches 0 towards b
+                break
+        step = first / second if second > _EPS else np.inf
+        following = beta - step
+        if first <= 0 and b == 1.0 / lo and abs(step) >= 0.5 * previous:
+            # Newton is not converging and no upper bound is known yet: double. Where the scores separate the
+            # classes the NLL falls exponentially, and Newton's steps stay the same small size all the way to hi.
+            following = max(following, 2.0 * beta)
+        previous = abs(step)
+        if not a < following < b:
+            following = float(np.sqrt(a * b))  # the bracket spans decades: halve it in log scale
+        if abs(following - beta) <= 1e-9 * beta or b <= a * (1 + 1e-9):
+            beta = following
+            break
+        beta = following
+    return float(1.0 / min(max(beta, 1.0 / hi), 1.0 / lo))
 
 
 def feature_scale(var: np.ndarray) -> np.ndarray:
@@ -228,25 +294,25 @@ class RidgeProblem:
     so a head held as rows and one held densely give the same weights up to rounding.
     """
 
-    def __init__(self, stats: Sequence[ClassStats], dim: int) -> None:
+    def __init__(self, stats: Sequence[ClassStats], dim: int, gram: np.ndarray | None = None) -> None:
+        """``gram``: ``sum_c G_c`` of these statistics when the caller keeps it (:class:`RidgeHead` does), so a
+        solve does not sum 100,000 rows again; only classes weighted other than 1 are added to it."""
         counts = np.array([s.count for s in stats], dtype=np.float64)
         weights = class_weights(counts)
         n = counts * weights  # weighted counts, sums and Grams (module docstring, "Small classes")
         total = float(n.sum())
         sums = np.stack([s.sum for s in stats], axis=1) * weights  # (D, K)
         mu = sums.sum(axis=1) / total
-        held = [(s.rows, w) for s, w in zip(stats, weights, strict=True) if s.rows is not None and len(s.rows)]
-        rows = np.vstack([r for r, _ in held]) if held else np.zeros((0, dim))
-        row_w = np.concatenate([np.full(len(r), w) for r, w in held]) if held else np.zeros(0)
-        self.dual = all(s.rows is not None for s in stats) and len(rows) < dim
-        gram = None
+        self.dual = self.is_dual(stats, dim)
         if self.dual:
+            rows = np.vstack([s.rows for s in stats if s.rows is not None])
+            row_w = np.concatenate([np.full(s.count, w) for s, w in zip(stats, weights, strict=True)])
             gram_diag = np.einsum("ij,ij->j", rows, rows * row_w[:, None])
         else:
-            gram = rows.T @ (rows * row_w[:, None])
+            gram = summed_gram(stats, dim) if gram is None else gram.copy()
             for s, w in zip(stats, weights, strict=True):
-                if s.gram is not None:
-                    gram += w * s.gram
+                if w != 1.0:
+                    gram += (w - 1.0) * s.gram_matrix()
             gram_diag = np.diag(gram)
         sigma = feature_scale((gram_diag - total * mu * mu) / total)
         self.mu, self.sigma, self.n, self.total = mu, sigma, n, total
@@ -259,10 +325,14 @@ class RidgeProblem:
                 start += s.count
             self.matrix = self.z @ self.z.T
         else:
-            assert gram is not None
             scatter = gram - total * np.outer(mu, mu)
             self.matrix = scatter / (total * np.outer(sigma, sigma))
             self.rhs = (sums - np.outer(mu, n)) / (total * sigma[:, None])
+
+    @staticmethod
+    def is_dual(stats: Sequence[ClassStats], dim: int) -> bool:
+        """Whether these statistics are solved in the dual form (class docstring): no summed Gram needed."""
+        return all(s.rows is not None for s in stats) and sum(s.count for s in stats) < dim
 
     def _unstandardise(self, wz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         w = wz / self.sigma[:, None]

@@ -303,7 +303,7 @@ def _choose_on_validation(ctx: JobContext, head: RidgeHead, manifest: list[Image
     head does not hold; the final head then holds train + validation images of every class. Returns the head,
     its manifest, the chooser's answers on the validation images (never held) and the drift estimate."""
     val_items, val_labels = validation
-    chooser = RidgeHead.from_bytes(head.to_bytes())
+    chooser = head.copy()
     if manifest is not None:
         held = [r for r in manifest if r[2] == "val" and r[1] in chooser.classes]
         if held:

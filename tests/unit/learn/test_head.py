@@ -39,6 +39,7 @@ def test_incremental_equals_refit(flower_features, config: HeadConfig, dense_aft
     inc.add(*_subset(x, labels, "dandelion"))
     inc.add(*_subset(x, labels, "rose", slice(0, 10)))  # part of a class
     inc.add(*_subset(x, labels, "tulip"))  # add class
+    inc.gram()  # from here on the summed Gram is kept up to date by every change below
     inc.remove_class("dandelion")  # remove class
     inc.add(*_subset(x, labels, "rose", slice(10, None)))  # add images to a class
     inc.add(*_subset(x2, labels2, "daisy", slice(0, 5)))  # images that will be removed again
@@ -52,6 +53,10 @@ def test_incremental_equals_refit(flower_features, config: HeadConfig, dense_aft
 
     assert inc.classes == refit.classes == ["daisy", "rose", "tulip", "sunflower"]
     assert inc.counts == refit.counts
+    assert _rel(inc.gram(), refit.gram()) < 1e-12
+    copied = inc.copy()
+    copied.remove_class("tulip")
+    assert inc.classes == refit.classes and _rel(inc.gram(), refit.gram()) < 1e-12  # a copy is independent
     for alpha in (1e-3, 1.0):
         inc.solve(alpha)
         refit.solve(alpha)

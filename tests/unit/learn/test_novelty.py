@@ -110,7 +110,7 @@ def test_a_scatter_from_rows_gives_the_metrics_of_one_from_grams(dim: int) -> No
     rows = [rng.normal(c, 1.0 + c, (n, dim)) @ rng.normal(size=(dim, dim)) / dim for c, n in enumerate((30, 45, 25))]
     counts = np.array([len(r) for r in rows], dtype=np.float64)
     sums = np.stack([r.sum(0) for r in rows])
-    from_grams = novelty.Scatter(counts, sums, [r.T @ r for r in rows]).moments(3.0)
+    from_grams = novelty.Scatter(counts, sums, sum(r.T @ r for r in rows)).moments(3.0)
     from_rows = novelty.Scatter(counts, sums, rows=rows).moments(3.0)
     probe = rng.normal(size=(7, dim))
     for a, b in ((from_grams.within, from_rows.within), (from_grams.total, from_rows.total)):
