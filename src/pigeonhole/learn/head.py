@@ -97,11 +97,12 @@ class FeatureMap:
             raise ValueError(f"expected features of shape (N, {self.input_dim}), got {x.shape}")
         unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)
         base = unit if self.config.l2_normalize else x
-        if self.projection is None:
-            return base
-        w, b = self.projection
-        rff = np.sqrt(2.0 / w.shape[1]) * np.cos(unit @ w + b)
-        return np.hstack([base, rff])
+        if self.projection is not None:
+            w, b = self.projection
+            base = np.hstack([base, np.sqrt(2.0 / w.shape[1]) * np.cos(unit @ w + b)])
+        # Rounded to float32 (the precision of the features and of the exported graph), so that the rows a head
+        # holds are saved at half the size without losing a bit (100,000 images: 490 MB instead of 980).
+        return base.astype(np.float32).astype(np.float64)
 
 
 class RidgeHead:
@@ -262,7 +263,9 @@ class RidgeHead:
         solutions = dict(zip(alphas, self._problem().path(alphas), strict=True))
         # Accuracy first: only the strengths tied for the best need a temperature (a second each at 1,000
         # classes and 12,500 validation images), to break the tie by calibrated NLL.
-        accuracy = {a: float(((phi @ w + b).argmax(axis=1) == y).mean()) for a, (w, b) in solutions.items()}
+        phi32 = phi.astype(np.float32)  # ranking only: half the time of float64, and the map's precision anyway
+        accuracy = {a: float(((phi32 @ w.astype(np.float32) + b).argmax(axis=1) == y).mean())
+                    for a, (w, b) in solutions.items()}
         top = max(accuracy.values())
         tied = [a for a in alphas if accuracy[a] >= top - 1e-12]
         info = self._calibrate(((a, phi @ solutions[a][0] + solutions[a][1]) for a in tied), y)
@@ -410,7 +413,10 @@ class RidgeHead:
         for i, name in enumerate(self.classes):
             s = self._stats[name]
             arrays[f"sum_{i}"] = s.sum
-            arrays[f"rows_{i}" if s.rows is not None else f"gram_{i}"] = s.rows if s.rows is not None else s.gram
+            if s.rows is not None:
+                arrays[f"rows_{i}"] = _compact(s.rows)
+            else:
+                arrays[f"gram_{i}"] = s.gram
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         return buffer.getvalue()
@@ -434,7 +440,7 @@ class RidgeHead:
                 stats.sum = npz[f"sum_{i}"].copy()
                 stats.count = int(meta["counts"][i])
                 if f"rows_{i}" in npz:
-                    stats.rows = npz[f"rows_{i}"].copy()
+                    stats.rows = npz[f"rows_{i}"].astype(np.float64)
                 else:
                     stats.rows, stats.gram = None, npz[f"gram_{i}"].copy()
                 head._stats[name] = stats
@@ -448,3 +454,10 @@ class RidgeHead:
             if "gram" in npz:
                 head._gram = npz["gram"].copy()
         return head
+
+
+def _compact(rows: np.ndarray) -> np.ndarray:
+    """The rows as float32 when that loses nothing (rows made by the map always; a head saved before the map
+    rounded keeps float64)."""
+    small = rows.astype(np.float32)
+    return small if np.array_equal(small, rows) else rows

@@ -207,7 +207,7 @@ def left_out_distances(base: np.ndarray, moments: Moments, own: np.ndarray, coun
     return d, k0**2 * scale * (q0 + k0 * q0**2 / np.maximum(total - k0 * q0, 1.0))
 
 
-def raw_scores(kind: str, logits: np.ndarray, temperature: float, base: np.ndarray,
+def raw_scores(kind: str, logits: np.ndarray, temperature: float, base: np.ndarray | None,
                moments: Moments | None, own: np.ndarray | None = None, counts: np.ndarray | None = None,
                ) -> np.ndarray:
     """Higher = more familiar. ``logits`` are the head's scores already divided by the temperature.
@@ -220,7 +220,7 @@ def raw_scores(kind: str, logits: np.ndarray, temperature: float, base: np.ndarr
     if kind == "energy":
         m = logits.max(axis=1)
         return temperature * (m + np.log(np.exp(logits - m[:, None]).sum(axis=1)))
-    if kind != "relative_mahalanobis" or moments is None:
+    if kind != "relative_mahalanobis" or moments is None or base is None:
         raise ValueError(f"unknown detector {kind!r}")
     if own is not None and counts is not None:
         return relative(*left_out_distances(base, moments, own, counts))
@@ -319,8 +319,8 @@ def choose(logits: np.ndarray, temperature: float, base: np.ndarray, y: np.ndarr
                 if c not in refits:
                     refits[c] = refit(int(c))
                 seen_logits, new_logits = refits[c]
-                aucs.append(auroc(raw_scores(kind, seen_logits, temperature, base[known], None),
-                                  raw_scores(kind, new_logits, temperature, base[unknown], None)))
+                aucs.append(auroc(raw_scores(kind, seen_logits, temperature, None, None),
+                                  raw_scores(kind, new_logits, temperature, None, None)))
         results[name] = float(np.mean(aucs))
     if results:
         best = max(results, key=lambda name: (round(results[name], 6), -list(full).index(name)))

@@ -16,6 +16,10 @@ from pigeonhole.learn import novelty
 from pigeonhole.learn.head import RidgeHead
 from pigeonhole.learn.ridge import left_out_scores
 
+# Known images scored by each head solved without a simulated class (validation images, spread evenly): the AUROC
+# against that class's few images is as well measured from 2,000 as from 12,000, at a sixth of the cost.
+SIMULATION_KNOWN = 2000
+
 
 def choose_unknown(head: RidgeHead, features: np.ndarray, labels: Sequence[str], *, left_out: bool,
                    caution: float = novelty.DEFAULT_CAUTION) -> dict[str, Any]:
@@ -58,12 +62,15 @@ def choose_unknown(head: RidgeHead, features: np.ndarray, labels: Sequence[str],
 def _without(head: RidgeHead, c: int, phi: np.ndarray, y: np.ndarray, left_out: bool,
              ) -> tuple[np.ndarray, np.ndarray]:
     """Held-out logits from the head solved without class c: of the other classes' images (left out in turn
-    when ``left_out``: the head holds exactly ``phi``) and of class c's images."""
+    when ``left_out``: the head holds exactly ``phi``; else at most ``SIMULATION_KNOWN`` of them) and of class
+    c's images."""
     sub = head.without_class(head.classes[c])
     known = y != c
     if left_out:
         remap = np.cumsum(np.arange(len(head.classes)) != c) - 1
         seen = next(left_out_scores(phi[known], remap[y[known]], len(sub.classes), [head.alpha]))
     else:
-        seen = phi[known] @ sub.weights + sub.bias
+        rows = np.flatnonzero(known)
+        rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), SIMULATION_KNOWN)).round().astype(int)]
+        seen = phi[rows] @ sub.weights + sub.bias
     return seen / head.temperature, (phi[~known] @ sub.weights + sub.bias) / head.temperature

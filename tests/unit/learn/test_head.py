@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
@@ -247,6 +249,15 @@ def test_serialise_rename_and_guards(flower_features) -> None:
     np.testing.assert_array_equal(restored.predict_proba(val[0]), head.predict_proba(val[0]))
     restored.solve()
     assert _rel(restored.weights, head.weights) < 1e-12
+
+    # rows held as a factor are saved as float32 without losing a bit (the map rounds to float32)
+    small = RidgeHead(train[0].shape[1])
+    small.add(*train)
+    with np.load(io.BytesIO(small.to_bytes())) as saved:
+        assert saved["rows_0"].dtype == np.float32
+    reloaded = RidgeHead.from_bytes(small.to_bytes())
+    for name in small.classes:
+        np.testing.assert_array_equal(reloaded._stats[name].rows, small._stats[name].rows)
 
     before = head.weights.copy()
     head.rename_class("rose", "roses")

@@ -1,0 +1,167 @@
+"""Scale: 1,000 classes and 100,000 images (issue 29).
+
+The set is rendered here (``_glyphs.py``: 1,000 CJK characters, 100 images each, 64-96 px JPEGs; needs
+``apt-get install fonts-wqy-zenhei``) and kept in ``--work`` as a zip with one folder per class.
+
+Stages (``--stage``, several allowed, comma-separated):
+
+- ``data``: render the set (seeded; made once).
+- ``head``: the ridge head alone at 1,000 classes, on the features of the extractor a fresh install has
+  (EfficientNet-Lite0 from the package, frozen, its smallest size; computed once and cached). The images are split
+  by content hash as the product splits them. It times what an expand job does to the head when a class of 100
+  images is added to 999 and when one is removed (the same calls, in the same order: copy, add, choose the ridge
+  strength and temperature on validation, choose the unknown detector, add the validation images, solve, answer
+  the test images, save, build the graph), the size of the saved head, and the process's peak memory.
+
+    .venv/bin/python benchmarks/scale.py --stage data,head [--classes 1000] [--per-class 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _glyphs  # noqa: E402
+
+from pigeonhole.datasets.splits import hash_split  # noqa: E402
+from pigeonhole.learn.backbones import available_specs  # noqa: E402
+from pigeonhole.learn.data import sha256_bytes  # noqa: E402
+from pigeonhole.learn.features import ImageItem, compute_features, pretrained_onnx_extractor  # noqa: E402
+from pigeonhole.learn.head import RidgeHead  # noqa: E402
+from pigeonhole.learn.unknown import choose_unknown  # noqa: E402
+from pigeonhole.learn.weights import WeightsCatalog  # noqa: E402
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Laps:
+    """Seconds per step, printed as they happen."""
+
+    def __init__(self, title: str) -> None:
+        self.title, self.laps, self.started = title, {}, time.perf_counter()
+
+    def __call__(self, name: str, step: Callable[[], Any]) -> Any:
+        t = time.perf_counter()
+        out = step()
+        self.laps[name] = time.perf_counter() - t
+        return out
+
+    def report(self) -> float:
+        total = time.perf_counter() - self.started
+        print(f"  {self.title}: {total:.2f} s (" + ", ".join(f"{k} {v:.2f}" for k, v in self.laps.items()) + ")",
+              flush=True)
+        return total
+
+
+def glyph_features(archive: Path, cache: Path) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """split -> (features, labels) of every image, with the fresh install's extractor at its smallest size."""
+    if cache.exists():
+        saved = np.load(cache)
+        return {s: (saved[f"{s}_x"], saved[f"{s}_y"].tolist()) for s in ("train", "val", "test")}
+    spec = next(s for s in available_specs(WeightsCatalog(cache.parent / "no-weights"))
+                if s.id == "efficientnet_lite0")
+    extractor = pretrained_onnx_extractor(spec.at_size(spec.sizes[0]), WeightsCatalog(cache.parent / "no-weights"))
+    items: dict[str, list[tuple[bytes, str]]] = {"train": [], "val": [], "test": []}
+    with zipfile.ZipFile(archive) as zf:
+        for name in zf.namelist():
+            data = zf.read(name)
+            items[hash_split(sha256_bytes(data))].append((data, name.split("/")[0]))
+    t = time.perf_counter()
+    out = {}
+    for split, rows in items.items():
+        x = compute_features([ImageItem.from_bytes(d) for d, _ in rows], extractor)
+        out[split] = (x, [label for _, label in rows])
+    print(f"scale: features of {sum(len(v) for v in items.values())} images in {time.perf_counter() - t:.0f} s "
+          f"({spec.id} {spec.sizes[0]} px)", flush=True)
+    np.savez(cache, **{f"{s}_x": x for s, (x, _) in out.items()},
+             **{f"{s}_y": np.array(y) for s, (_, y) in out.items()})
+    return out
+
+
+def _rows(data: tuple[np.ndarray, list[str]], keep: Callable[[str], bool]) -> tuple[np.ndarray, list[str]]:
+    x, labels = data
+    index = [i for i, label in enumerate(labels) if keep(label)]
+    return x[index], [labels[i] for i in index]
+
+
+def change(head: RidgeHead, val: tuple[np.ndarray, list[str]], test: tuple[np.ndarray, list[str]],
+           new: tuple[np.ndarray, list[str]] | None, remove: str | None, title: str) -> tuple[RidgeHead, float]:
+    """What an expand job does to the head (``models/expansion.py``, choosing on validation images)."""
+    laps = Laps(title)
+    chooser = laps("copy", head.copy)
+    grown = head.copy()
+    if remove is not None:
+        laps("remove", lambda: (chooser.remove_class(remove), grown.remove_class(remove)))
+    if new is not None:
+        laps("add", lambda: (chooser.add(*new), grown.add(*new)))
+    known = set(chooser.classes)
+    vx, vy = _rows(val, lambda label: label in known)
+    info = laps("fit", lambda: chooser.fit(vx, vy))
+    laps("unknown", lambda: choose_unknown(chooser, vx, vy, left_out=False))
+    for key in ("alpha", "temperature", "threshold", "threshold_precision", "threshold_coverage", "detector"):
+        setattr(grown, key, getattr(chooser, key))
+    if new is not None:
+        fresh = _rows(val, lambda label: label in set(new[1]))
+        laps("add val", lambda: grown.add(*fresh))
+    laps("solve", grown.solve)
+    tx, ty = _rows(test, lambda label: label in known)
+    probs = laps("answer test", lambda: (grown.predict_proba(tx), grown.familiarity(tx)))[0]
+    saved = laps("save", grown.to_bytes)
+    laps("graph", grown.to_module)
+    total = laps.report()
+    accuracy = float((np.array(grown.classes)[probs.argmax(axis=1)] == np.array(ty)).mean())
+    print(f"    test top-1 {100 * accuracy:.2f} % on {len(ty)} images, validation {100 * info['val_accuracy']:.2f} %, "
+          f"alpha {grown.alpha:g}, detector {grown.detector.kind if grown.detector else None}, "
+          f"head file {len(saved) / 2**20:.0f} MiB", flush=True)
+    return grown, total
+
+
+def head_stage(archive: Path, work: Path) -> None:
+    data = glyph_features(archive, work / f"{archive.stem}-lite0.npz")
+    train, val, test = data["train"], data["val"], data["test"]
+    classes = sorted(set(train[1]))
+    last = classes[-1]
+    print(f"scale head: {len(classes)} classes, {len(train[1])} train / {len(val[1])} val / {len(test[1])} test "
+          f"images, {train[0].shape[1]} features", flush=True)
+    laps = Laps(f"a head of {len(classes) - 1} classes from scratch (training's last step)")
+    head = RidgeHead(train[0].shape[1])
+    laps("add", lambda: head.add(*_rows(train, lambda label: label != last)))
+    head, _ = change(head, val, test, None, None, f"settings of the {len(classes) - 1}-class head")
+    laps.report()
+    new = _rows(train, lambda label: label == last)
+    grown, added = change(head, val, test, new, None, f"add a class of {len(new[1])} training images")
+    _, removed = change(grown, val, test, None, classes[0], "remove a class")
+    print(f"scale head: add {added:.2f} s, remove {removed:.2f} s; peak memory {peak_rss_mib():.0f} MiB", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--stage", default="data,head")
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--per-class", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/pigeonhole-scale"))
+    args = parser.parse_args()
+    stages = set(args.stage.split(","))
+    archive = args.work / f"glyphs-{args.classes}x{args.per_class}-s{args.seed}.zip"
+    t = time.perf_counter()
+    _glyphs.write_zip(archive, args.classes, args.per_class, args.seed)
+    print(f"scale data: {archive} ({archive.stat().st_size / 2**20:.0f} MiB) ready in {time.perf_counter() - t:.0f} s",
+          flush=True)
+    if "head" in stages:
+        head_stage(archive, args.work)
+
+
+if __name__ == "__main__":
+    main()
