@@ -3,7 +3,7 @@
 The set is rendered here (``_glyphs.py``: 1,000 CJK characters, 100 images each, 64-96 px JPEGs; needs
 ``apt-get install fonts-wqy-zenhei``) and kept in ``--work`` as a zip with one folder per class.
 
-Stages (``--stage``, several allowed, comma-separated):
+Stages (``--stage``, several allowed, comma-separated; ``ingest`` and ``postgres`` are in ``scale_db.py``):
 
 - ``data``: render the set (seeded; made once).
 - ``head``: the ridge head alone at 1,000 classes, on the features of the extractor a fresh install has
@@ -13,7 +13,11 @@ Stages (``--stage``, several allowed, comma-separated):
   strength and temperature on validation, choose the unknown detector, add the validation images, solve, answer
   the test images, save, build the graph), the size of the saved head, and the process's peak memory.
 
+- ``ingest``: upload the set through the HTTP API of a real server (SQLite, the embedded default).
+- ``postgres``: the same upload to a server on PostgreSQL, then a 1,000,000-row dataset there.
+
     .venv/bin/python benchmarks/scale.py --stage data,head [--classes 1000] [--per-class 100]
+    .venv/bin/python benchmarks/scale.py --stage postgres [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _glyphs  # noqa: E402
+import scale_db  # noqa: E402
+from _server import start_server  # noqa: E402
 
+from pigeonhole.client import Client  # noqa: E402
 from pigeonhole.datasets.splits import hash_split  # noqa: E402
 from pigeonhole.learn.backbones import available_specs  # noqa: E402
 from pigeonhole.learn.data import sha256_bytes  # noqa: E402
@@ -152,6 +159,8 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/pigeonhole-scale"))
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="a PostgreSQL server's URL (the stage creates its own database there)")
     args = parser.parse_args()
     stages = set(args.stage.split(","))
     archive = args.work / f"glyphs-{args.classes}x{args.per_class}-s{args.seed}.zip"
@@ -161,6 +170,24 @@ def main() -> None:
           flush=True)
     if "head" in stages:
         head_stage(archive, args.work)
+    if "ingest" in stages or "postgres" in stages:
+        service_stages(archive, args.work, args.postgres if "postgres" in stages else None)
+
+
+def service_stages(archive: Path, work: Path, postgres: str | None) -> None:
+    """Ingest the set through the API (on PostgreSQL when given), then the 1,000,000-row dataset there."""
+    url = scale_db.fresh_database(postgres, "pgh_scale") if postgres else None
+    server = start_server({"PIGEONHOLE_DATABASE_URL": url} if url else None)
+    try:
+        client = Client(server.base, server.token, timeout_s=600)
+        dataset = scale_db.ingest(client, scale_db.unpack(archive, work / archive.stem), server.peak_rss_mib)
+        if url is not None:
+            million = scale_db.make_rows(url, dataset["id"])
+            with server.client() as http:
+                scale_db.pages(http, million)
+            scale_db.explain(url, million)
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

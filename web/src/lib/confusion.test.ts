@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { cellColour, cellInk, mixUps, normalise, readConfusion } from './confusion'
+import { cellColour, cellInk, mixUps, normalise, readConfusion, type Confusion } from './confusion'
 
 const metrics = {
   confusion: {
@@ -21,6 +21,13 @@ describe('confusion matrix', () => {
     expect(readConfusion({ confusion: { labels: ['a', 'b'], matrix: [[1, 2], [3, 4]] } })?.columns).toEqual(['a', 'b'])
   })
 
+  it('reads the non-zero cells newer versions store, and refuses cells outside the grid', () => {
+    const sparse = { labels: ['ants', 'bees'], columns: ['ants', 'bees', 'unknown'], cells: [[0, 0, 8], [0, 1, 1], [0, 2, 1]] }
+    expect(readConfusion({ confusion: sparse })).toEqual(readConfusion(metrics))
+    expect(readConfusion({ confusion: { ...sparse, cells: [[2, 0, 1]] } })).toBeNull()
+    expect(readConfusion({ confusion: { ...sparse, cells: [[0, 0]] } })).toBeNull()
+  })
+
   it('normalises each row to shares of the true class, empty rows to zero', () => {
     const cells = normalise(readConfusion(metrics)!)
     expect(cells[0].map((c) => c.share)).toEqual([0.8, 0.1, 0.1])
@@ -38,7 +45,9 @@ describe('confusion matrix', () => {
   })
 
   it('lists the mix-ups, largest first', () => {
-    const c = { labels: ['a', 'b', 'c'], columns: ['a', 'b', 'c'], matrix: [[5, 2, 0], [4, 1, 0], [1, 0, 9]] }
+    const c = readConfusion({
+      confusion: { labels: ['a', 'b', 'c'], columns: ['a', 'b', 'c'], matrix: [[5, 2, 0], [4, 1, 0], [1, 0, 9]] },
+    }) as Confusion
     expect(mixUps(c)).toEqual([
       { actual: 'b', predicted: 'a', count: 4, share: 0.8 },
       { actual: 'a', predicted: 'b', count: 2, share: 2 / 7 },

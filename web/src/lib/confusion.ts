@@ -1,10 +1,15 @@
 // The confusion matrix as a heatmap: each row (a true class) as fractions, so big and small classes
-// read alike, plus the mix-ups in words.
+// read alike, plus the mix-ups in words. Versions store only the non-zero cells (`cells`: [row, column, count]);
+// older ones the whole `matrix`. Past GRID_LIMIT classes a grid cannot be read: the page lists the most
+// confused pairs instead.
+
+export const GRID_LIMIT = 25
 
 export interface Confusion {
   labels: string[]
   columns: string[]
-  matrix: number[][]
+  /** Non-zero cells, [row, column, count]. */
+  cells: [number, number, number][]
 }
 
 export interface Cell {
@@ -14,22 +19,48 @@ export interface Cell {
   correct: boolean
 }
 
-/** Read the `confusion` entry of version metrics, or null when it is missing or malformed. */
-export function readConfusion(metrics: Record<string, unknown> | null | undefined): Confusion | null {
-  const c = metrics?.confusion as Partial<Confusion> | undefined
-  if (!c || !Array.isArray(c.labels) || !Array.isArray(c.matrix)) return null
-  const columns = Array.isArray(c.columns) ? c.columns : c.labels
-  if (c.matrix.length !== c.labels.length || c.matrix.some((row) => !Array.isArray(row) || row.length !== columns.length)) {
-    return null
-  }
-  return { labels: c.labels, columns, matrix: c.matrix }
+function isCell(cell: unknown, rows: number, columns: number): cell is [number, number, number] {
+  return (
+    Array.isArray(cell) &&
+    cell.length === 3 &&
+    cell.every((n) => Number.isInteger(n) && n >= 0) &&
+    cell[0] < rows &&
+    cell[1] < columns
+  )
 }
 
+/** Read the `confusion` entry of version metrics, or null when it is missing or malformed. */
+export function readConfusion(metrics: Record<string, unknown> | null | undefined): Confusion | null {
+  const c = metrics?.confusion as { labels?: unknown; columns?: unknown; matrix?: unknown; cells?: unknown } | undefined
+  if (!c || !Array.isArray(c.labels)) return null
+  const labels = c.labels as string[]
+  const columns = (Array.isArray(c.columns) ? c.columns : labels) as string[]
+  if (Array.isArray(c.cells)) {
+    if (!c.cells.every((cell) => isCell(cell, labels.length, columns.length))) return null
+    return { labels, columns, cells: c.cells as [number, number, number][] }
+  }
+  if (!Array.isArray(c.matrix)) return null
+  const matrix = c.matrix as unknown[]
+  if (matrix.length !== labels.length || matrix.some((row) => !Array.isArray(row) || row.length !== columns.length)) {
+    return null
+  }
+  const cells: [number, number, number][] = []
+  ;(matrix as number[][]).forEach((row, i) => row.forEach((count, j) => count && cells.push([i, j, count])))
+  return { labels, columns, cells }
+}
+
+function rowTotals(c: Confusion): number[] {
+  const totals = c.labels.map(() => 0)
+  for (const [i, , count] of c.cells) totals[i] += count
+  return totals
+}
+
+/** The full grid (for GRID_LIMIT classes or fewer). */
 export function normalise(c: Confusion): Cell[][] {
-  return c.matrix.map((row, i) => {
-    const total = row.reduce((n, v) => n + v, 0)
-    return row.map((count, j) => ({ count, share: total ? count / total : 0, correct: c.columns[j] === c.labels[i] }))
-  })
+  const totals = rowTotals(c)
+  const grid = c.labels.map((label) => c.columns.map((column) => ({ count: 0, share: 0, correct: column === label })))
+  for (const [i, j, count] of c.cells) grid[i][j] = { ...grid[i][j], count, share: totals[i] ? count / totals[i] : 0 }
+  return grid
 }
 
 /** Background colour of a cell: green for right answers, red for mistakes, stronger for larger shares. */
@@ -53,13 +84,12 @@ export interface MixUp {
 
 /** The most frequent mistakes, largest first ("bees taken for wasps 3 times"). */
 export function mixUps(c: Confusion, limit = 3): MixUp[] {
-  const cells = normalise(c)
+  const totals = rowTotals(c)
   const out: MixUp[] = []
-  c.labels.forEach((actual, i) =>
-    c.columns.forEach((predicted, j) => {
-      const cell = cells[i][j]
-      if (!cell.correct && cell.count > 0) out.push({ actual, predicted, count: cell.count, share: cell.share })
-    }),
-  )
+  for (const [i, j, count] of c.cells) {
+    if (count > 0 && c.columns[j] !== c.labels[i]) {
+      out.push({ actual: c.labels[i], predicted: c.columns[j], count, share: totals[i] ? count / totals[i] : 0 })
+    }
+  }
   return out.sort((a, b) => b.count - a.count || b.share - a.share).slice(0, limit)
 }
