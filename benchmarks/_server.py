@@ -60,8 +60,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(extra_env: dict[str, str] | None = None) -> Server:
-    data_dir = Path(tempfile.mkdtemp(prefix="pgh-bench-"))
+def start_server(extra_env: dict[str, str] | None = None, data_dir: Path | None = None) -> Server:
+    """``data_dir``: the server's data directory (kept between runs by the caller); default a new one."""
+    if data_dir is None:
+        data_dir = Path(tempfile.mkdtemp(prefix="pgh-bench-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     env = {**os.environ, "PIGEONHOLE_DATA_DIR": str(data_dir), **(extra_env or {})}
     process = subprocess.Popen([str(PIGEONHOLE), "serve", "--port", str(port), "--log-level", "warning"], env=env)
@@ -77,7 +80,9 @@ def start_server(extra_env: dict[str, str] | None = None) -> Server:
         process.kill()
         raise RuntimeError("the server did not become ready")
     with httpx.Client(base_url=base) as browser:
-        browser.post("/api/v1/auth/signup", json={"email": "bench@example.com", "password": "benchmark password"})
+        account = {"email": "bench@example.com", "password": "benchmark password"}
+        if browser.post("/api/v1/auth/signup", json=account).status_code != 201:  # a database kept from a run
+            browser.post("/api/v1/auth/login", json=account).raise_for_status()
         token = browser.post("/api/v1/tokens", json={"name": "bench"},
                              headers={"X-CSRF-Token": browser.cookies["pgh_csrf"]}).json()["token"]
     return Server(base=base, process=process, token=token, data_dir=data_dir)

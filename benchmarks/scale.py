@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import sys
 import time
 import zipfile
@@ -161,6 +162,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/pigeonhole-scale"))
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="a PostgreSQL server's URL (the stage creates its own database there)")
+    parser.add_argument("--reuse", action="store_true", help="keep the PostgreSQL database of an earlier run")
     args = parser.parse_args()
     stages = set(args.stage.split(","))
     archive = args.work / f"glyphs-{args.classes}x{args.per_class}-s{args.seed}.zip"
@@ -171,20 +173,30 @@ def main() -> None:
     if "head" in stages:
         head_stage(archive, args.work)
     if "ingest" in stages or "postgres" in stages:
-        service_stages(archive, args.work, args.postgres if "postgres" in stages else None)
+        service_stages(archive, args.work, args.postgres if "postgres" in stages else None, args.reuse)
 
 
-def service_stages(archive: Path, work: Path, postgres: str | None) -> None:
-    """Ingest the set through the API (on PostgreSQL when given), then the 1,000,000-row dataset there."""
-    url = scale_db.fresh_database(postgres, "pgh_scale") if postgres else None
-    server = start_server({"PIGEONHOLE_DATABASE_URL": url} if url else None)
+def service_stages(archive: Path, work: Path, postgres: str | None, reuse: bool) -> None:
+    """Ingest the set through the API (on PostgreSQL when given), then the 1,000,000-row dataset there. With
+    ``reuse``, the database and data directory of an earlier run are kept."""
+    url = None
+    if postgres:
+        url = postgres.rsplit("/", 1)[0] + "/pgh_scale" if reuse else scale_db.fresh_database(postgres, "pgh_scale")
+    # the million rows and the 100,000 uploaded are more than the default quota of images per user
+    data_dir = work / ("server-postgres" if url else "server-sqlite")
+    if not reuse and data_dir.exists():
+        shutil.rmtree(data_dir)
+    server = start_server({"PIGEONHOLE_QUOTA_IMAGES_PER_USER": "5000000",
+                           **({"PIGEONHOLE_DATABASE_URL": url} if url else {})}, data_dir)
     try:
         client = Client(server.base, server.token, timeout_s=600)
-        dataset = scale_db.ingest(client, scale_db.unpack(archive, work / archive.stem), server.peak_rss_mib)
+        folder = scale_db.unpack(archive, work / archive.stem)
+        kept = {d["name"]: d["id"] for d in client.list_datasets()} if reuse else {}
+        dataset = {"id": kept["glyphs"]} if "glyphs" in kept else scale_db.ingest(client, folder, server.peak_rss_mib)
         if url is not None:
-            million = scale_db.make_rows(url, dataset["id"])
+            million = kept.get("a million rows") or scale_db.make_rows(url, dataset["id"])
             with server.client() as http:
-                scale_db.pages(http, million)
+                scale_db.pages(http, million, folder, dataset["id"])
             scale_db.explain(url, million)
     finally:
         server.stop()

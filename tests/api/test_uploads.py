@@ -10,6 +10,7 @@ import zipfile
 
 import pytest
 
+from pigeonhole.datasets.service import export_zip
 from pigeonhole.storage.blobs import BlobStore
 from tests.api.conftest import Account
 from tests.api.datasets_helpers import all_images, snapshot, upload
@@ -126,6 +127,25 @@ def test_export_then_upload_again_gives_the_same_classes_and_hashes(alice: Accou
     original = sorted((i["label"], i["sha256"]) for i in all_images(alice, seeded))
     copied = sorted((i["label"], i["sha256"]) for i in all_images(alice, copy_id))
     assert original == copied
+
+
+def test_export_sends_each_image_as_it_is_read(app, alice: Account, seeded: str) -> None:
+    """A million-image export must not be built whole before its first byte: the zip streams image by image."""
+    opened: list[str] = []
+    store: BlobStore = app.state.blob_store
+
+    class Counting:
+        def open_blob(self, sha256: str, size: int):  # type: ignore[no-untyped-def]
+            opened.append(sha256)
+            return store.open_blob(sha256, size)
+
+    chunks = export_zip(app.state.session_factory, Counting(), alice.id, seeded)  # type: ignore[arg-type]
+    first = next(chunks)
+    assert first.startswith(b"PK") and len(opened) == 1
+    whole = first + b"".join(chunks)
+    with zipfile.ZipFile(io.BytesIO(whole)) as archive:
+        assert len(archive.namelist()) == len(opened) == len(all_images(alice, seeded)) > 1
+        assert archive.testzip() is None
 
 
 def test_real_photos_from_a_shared_archive(alice: Account) -> None:

@@ -236,15 +236,10 @@ def delete_class(dataset: WritableDataset, name: str, request: Request, service:
 def export_dataset(dataset: ReadableDataset, request: Request, principal: Reader,
                    service: ReadService) -> StreamingResponse:
     """Download the dataset as a zip with one folder per class (it uploads back as it is)."""
-    archive = export_zip(service.db, request.app.state.blob_store, principal.user_id, dataset.id)
-
-    def chunks():  # type: ignore[no-untyped-def]
-        with archive:
-            while chunk := archive.read(1024 * 1024):
-                yield chunk
-
+    chunks = export_zip(request.app.state.session_factory, request.app.state.blob_store, principal.user_id,
+                        dataset.id)
     filename = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset.name)[:80] or "dataset"
-    return StreamingResponse(chunks(), media_type="application/zip",
+    return StreamingResponse(chunks, media_type="application/zip",
                              headers={"Content-Disposition": f'attachment; filename="{filename}.zip"'})
 
 

@@ -23,9 +23,11 @@ class DatasetImage(IdMixin, CreatedMixin, Base):
 
     __tablename__ = "images"
     __table_args__ = (
-        # The same bytes twice in one class are stored once: a duplicate.
-        UniqueConstraint("dataset_id", "label", "sha256", name="uq_images_dataset_label_sha256"),
-        Index("ix_images_dataset_label", "dataset_id", "label"),
+        # The same bytes twice in one class are stored once: a duplicate. Bytes first: a dataset's images in
+        # sha256 order are then read from the index alone (images filed under several classes, at a million rows).
+        UniqueConstraint("dataset_id", "sha256", "label", name="uq_images_dataset_sha256_label"),
+        Index("ix_images_dataset_label_id", "dataset_id", "label", "id"),  # a class's pages, newest first
+        Index("ix_images_dataset_id", "dataset_id", "id"),  # a dataset's pages, newest first
         Index("ix_images_sha256", "sha256"),
     )
 
