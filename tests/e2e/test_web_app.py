@@ -314,3 +314,33 @@ def test_labelling_images_with_keys(server: str, browser, shots: Path, tmp_path:
     assert sum(counts.values()) == 4 and set(counts) == {"red", "blue"}
     assert context.request.get(f"/api/v1/datasets/{dataset_id}/pool").json()["items"] == []
     context.close()
+
+
+def test_a_dataset_of_300_classes_finds_a_class_by_name(server: str, browser, shots: Path) -> None:  # type: ignore[no-untyped-def]
+    """Hundreds of classes (a parts catalogue): the class list scrolls, and a search box finds one by name."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1024, "height": 800}, base_url=server)
+    page = context.new_page()
+    page.goto("/signup")
+    page.get_by_label("Email").fill("catalogue@example.com")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Create account").click()
+    expect(page).to_have_url(re.compile(r"/models$"))
+    csrf = {"X-CSRF-Token": next(c["value"] for c in context.cookies() if c["name"] == "pgh_csrf")}
+    dataset_id = context.request.post("/api/v1/datasets", headers=csrf, data={"name": "Parts"}).json()["id"]
+    files = {f"part {k:03d}/{k}.png": _png((k % 256, (7 * k) % 256, (13 * k) % 256)) for k in range(300)}
+    sent = context.request.post(f"/api/v1/datasets/{dataset_id}/uploads", headers=csrf, multipart={
+        "files": {"name": "parts.zip", "mimeType": "application/zip", "buffer": _zip_of(files)}})
+    assert sent.json()["accepted"] == 300, sent.text()
+
+    page.goto(f"/datasets/{dataset_id}")
+    classes = page.get_by_role("navigation", name="Classes")
+    expect(classes.get_by_role("button", name=re.compile(r"^part \d{3}"))).to_have_count(300)
+    classes.get_by_role("searchbox", name="Find a class").fill("PART 12")
+    expect(classes.get_by_role("button", name=re.compile(r"^part \d{3}"))).to_have_count(10)  # 120 to 129
+    expect(classes.get_by_role("status")).to_have_text("10 of 300")
+    classes.get_by_role("button", name=re.compile(r"^part 125")).click()
+    expect(page.get_by_role("heading", name=re.compile("“part 125”"))).to_be_visible()
+    page.screenshot(path=str(shots / "15-300-classes.png"), full_page=False)
+    context.close()
