@@ -1,4 +1,5 @@
 // The labelling page's keys (pure, so it is unit-tested): number keys pick a class, S skips, N says "none of these".
+import { filterByName } from './classFilter'
 
 export type LabelAction = { kind: 'class'; index: number } | { kind: 'skip' } | { kind: 'none' }
 
@@ -26,3 +27,14 @@ export function classKey(index: number): string | null {
 
 /** After how many new labels the model is updated and the queue ordered again. */
 export const GROW_EVERY = 10
+
+/** The classes given a button (and so a number key): all of them up to `limit`; past that the model's guesses first,
+ * then the others in order, or, while the person searches, the classes whose name matches. */
+export function classesOnScreen(classes: string[], guesses: string[], query: string, limit = 10): string[] {
+  if (classes.length <= limit) return classes
+  if (query.trim()) return filterByName(classes, query, (name) => name).slice(0, limit)
+  const known = new Set(classes)
+  const first = guesses.filter((name) => known.has(name))
+  const rest = classes.filter((name) => !first.includes(name))
+  return [...first, ...rest].slice(0, limit)
+}
