@@ -15,6 +15,8 @@ Stages (``--stage``, several allowed, comma-separated; ``ingest`` and ``postgres
 
 - ``ingest``: upload the set through the HTTP API of a real server (SQLite, the embedded default).
 - ``postgres``: the same upload to a server on PostgreSQL, then a 1,000,000-row dataset there.
+- ``train``: after the upload, a model of 999 classes with a 15-minute budget, then add the last class and remove
+  one, then predict (``scale_train.py``).
 
     .venv/bin/python benchmarks/scale.py --stage data,head [--classes 1000] [--per-class 100]
     .venv/bin/python benchmarks/scale.py --stage postgres [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
@@ -37,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _glyphs  # noqa: E402
 import scale_db  # noqa: E402
+import scale_train  # noqa: E402
 from _server import start_server  # noqa: E402
 
 from pigeonhole.client import Client  # noqa: E402
@@ -162,7 +165,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/pigeonhole-scale"))
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="a PostgreSQL server's URL (the stage creates its own database there)")
-    parser.add_argument("--reuse", action="store_true", help="keep the PostgreSQL database of an earlier run")
+    parser.add_argument("--reuse", action="store_true", help="keep the database and data of an earlier run")
+    parser.add_argument("--budget", type=int, default=900, help="the training stage's time budget, seconds")
     args = parser.parse_args()
     stages = set(args.stage.split(","))
     archive = args.work / f"glyphs-{args.classes}x{args.per_class}-s{args.seed}.zip"
@@ -172,11 +176,12 @@ def main() -> None:
           flush=True)
     if "head" in stages:
         head_stage(archive, args.work)
-    if "ingest" in stages or "postgres" in stages:
-        service_stages(archive, args.work, args.postgres if "postgres" in stages else None, args.reuse)
+    if stages & {"ingest", "postgres", "train"}:
+        service_stages(archive, args.work, args.postgres if "postgres" in stages else None, args.reuse,
+                       args.budget if "train" in stages else 0)
 
 
-def service_stages(archive: Path, work: Path, postgres: str | None, reuse: bool) -> None:
+def service_stages(archive: Path, work: Path, postgres: str | None, reuse: bool, train_budget: int) -> None:
     """Ingest the set through the API (on PostgreSQL when given), then the 1,000,000-row dataset there. With
     ``reuse``, the database and data directory of an earlier run are kept."""
     url = None
@@ -198,8 +203,18 @@ def service_stages(archive: Path, work: Path, postgres: str | None, reuse: bool)
             with server.client() as http:
                 scale_db.pages(http, million, folder, dataset["id"])
             scale_db.explain(url, million)
+        if train_budget:
+            test_zip = _glyphs.write_zip(work / "glyphs-held-out-s1.zip", len(kept_classes(client, dataset["id"])), 3,
+                                         seed=1)
+            with server.client() as http:
+                scale_train.train_and_grow(client, http, dataset["id"], kept_classes(client, dataset["id"]), test_zip,
+                                           train_budget)
     finally:
         server.stop()
+
+
+def kept_classes(client: Client, dataset_id: str) -> list[str]:
+    return [c["name"] for c in client.get_dataset(dataset_id)["classes"]]
 
 
 if __name__ == "__main__":
