@@ -47,6 +47,15 @@ def class_stats(db: Session, dataset_id: str) -> list[ClassStats]:
             for label, count, val, test in rows]
 
 
+def class_state(db: Session, dataset_id: str, label: str) -> tuple[int, bool, bool]:
+    """(images, has a validation image, has a test image) of one class: what the split rule needs."""
+    count, val, test = db.execute(
+        select(func.count(), func.sum(case((DatasetImage.split == "val", 1), else_=0)),
+               func.sum(case((DatasetImage.split == "test", 1), else_=0)))
+        .where(DatasetImage.dataset_id == dataset_id, DatasetImage.label == label)).one()
+    return int(count), bool(val), bool(test)
+
+
 def image_counts(db: Session, dataset_ids: list[str]) -> dict[str, tuple[int, int]]:
     """(images, classes) per dataset, in one query."""
     if not dataset_ids:
