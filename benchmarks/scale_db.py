@@ -75,6 +75,8 @@ def ingest(client: Client, folder: Path, server_rss: Any) -> dict[str, Any]:
           f"rejected in {seconds:.0f} s = {result.accepted / seconds:.0f} images/s; per tenth: "
           + " ".join(f"{r:.0f}" for r in tenths) + f"; slowest request {longest[0]:.2f} s; server peak RSS "
           f"{server_rss():.0f} MiB", flush=True)
+    for rejection in result.rejected[:3]:
+        print(f"  rejected: {rejection}", flush=True)
     return dataset
 
 

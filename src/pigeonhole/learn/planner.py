@@ -13,6 +13,9 @@ from pigeonhole.learn.memory import DatasetTraits, ModelMemory
 
 SMALL_SIDE = 48  # images at most this small (median shorter side) take the small-image route
 PROBE_PER_CLASS = 60  # the anytime probe of a large set trains its head on this many images per class
+# ...but on no more than this many images in all (down to PROBE_MIN_PER_CLASS a class): at 1,000 classes of 80 training
+# images the probe took every image, and the first served version came after all 80,000 had been through the network.
+PROBE_IMAGES, PROBE_MIN_PER_CLASS = 3000, 5
 PIXEL_PROBE_PER_CLASS = 300  # raw-pixel probes of large sets: the random-feature head grows with rows
 # Pretrained photo extractors in the order the ladder takes them when their files are here: the first present is
 # the anytime probe and the one fine-tuned. MobileNetV2 (an operator's, or torchvision's fetched) has the recipe
@@ -38,6 +41,11 @@ def finetune_config(extractor: str) -> CandidateConfig:
                           augment="photo", patience=3, bf16=True),
     )
 
+
+
+def probe_per_class(classes: int) -> int:
+    """Training images per class of the anytime probe (``PROBE_PER_CLASS``, fewer when there are many classes)."""
+    return min(PROBE_PER_CLASS, max(PROBE_MIN_PER_CLASS, PROBE_IMAGES // max(classes, 1)))
 
 class Planner:
     """The queue of candidates: the ladder first, remembered recipes put ahead of it once the probe has measured
@@ -140,7 +148,8 @@ class Planner:
                 lr=3e-3, batch_size=64, augment="photo", patience=4, bf16=True))]
         first = photo[0]
         n_train = len(ctx.splits["train"])
-        probe_cap = PROBE_PER_CLASS if n_train > PROBE_PER_CLASS * len(ctx.classes) * 1.5 else 0
+        per_class = probe_per_class(len(ctx.classes))
+        probe_cap = per_class if n_train > per_class * len(ctx.classes) * 1.5 else 0
         first_at = [CandidateConfig("frozen", first, 160, max_train_per_class=probe_cap)]
         if probe_cap:
             first_at.append(CandidateConfig("frozen", first, 160))

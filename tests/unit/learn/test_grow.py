@@ -75,6 +75,8 @@ def test_removing_a_class_and_growing_again(version: tuple[bytes, RidgeHead]) ->
     again = rebuild_model(grown, head)  # a grown file grows again the same way
     pixels = np.stack([np.asarray(grey(30, 5))[None]])
     np.testing.assert_allclose(probabilities(grown, pixels), probabilities(again, pixels), atol=1e-6)
+    # every version grown from the file shares its extractor, so its features are cached under one key
+    assert extractor_of(grown).key == extractor_of(again).key == extractor_of(model_bytes).key
 
 
 def test_a_file_without_features_cannot_grow() -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pigeonhole.learn.head import RidgeHead
+from pigeonhole.learn.planner import probe_per_class
 from pigeonhole.learn.ridge import calibrated_nll, fit_temperature
 from pigeonhole.learn.unknown import choose_unknown
 
@@ -76,3 +77,9 @@ def test_scores_that_separate_the_classes_take_the_least_confident_perfect_tempe
     temperature = fit_temperature(scores, y)
     assert calibrated_nll(scores, y, 1.0 / temperature) < 1e-11
     assert temperature > 0.01  # not pushed to the bound (1e-4): nothing lowers the NLL any further
+
+
+def test_the_anytime_probe_of_many_classes_stays_small() -> None:
+    """The first served version of 1,000 classes must not wait for 80,000 images to pass through the network."""
+    assert probe_per_class(5) == 60 and probe_per_class(100) == 30
+    assert probe_per_class(1000) == 5 and probe_per_class(5000) == 5
