@@ -17,6 +17,7 @@ Stages (``--stage``, several allowed, comma-separated; ``ingest`` and ``postgres
 - ``postgres``: the same upload to a server on PostgreSQL, then a 1,000,000-row dataset there.
 - ``train``: after the upload, a model of 999 classes with a 15-minute budget, then add the last class and remove
   one, then predict (``scale_train.py``).
+- ``web``: the pages in Chromium, timed until usable (``scale_web.py``; with ``--reuse`` after ``train``).
 
     .venv/bin/python benchmarks/scale.py --stage data,head [--classes 1000] [--per-class 100]
     .venv/bin/python benchmarks/scale.py --stage postgres [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _glyphs  # noqa: E402
 import scale_db  # noqa: E402
 import scale_train  # noqa: E402
+import scale_web  # noqa: E402
 from _server import start_server  # noqa: E402
 
 from pigeonhole.client import Client  # noqa: E402
@@ -176,12 +178,13 @@ def main() -> None:
           flush=True)
     if "head" in stages:
         head_stage(archive, args.work)
-    if stages & {"ingest", "postgres", "train"}:
+    if stages & {"ingest", "postgres", "train", "web"}:
         service_stages(archive, args.work, args.postgres if "postgres" in stages else None, args.reuse,
-                       args.budget if "train" in stages else 0)
+                       args.budget if "train" in stages else 0, "web" in stages)
 
 
-def service_stages(archive: Path, work: Path, postgres: str | None, reuse: bool, train_budget: int) -> None:
+def service_stages(archive: Path, work: Path, postgres: str | None, reuse: bool, train_budget: int,
+                   web: bool = False) -> None:
     """Ingest the set through the API (on PostgreSQL when given), then the 1,000,000-row dataset there. With
     ``reuse``, the database and data directory of an earlier run are kept."""
     url = None
@@ -209,6 +212,9 @@ def service_stages(archive: Path, work: Path, postgres: str | None, reuse: bool,
             with server.client() as http:
                 scale_train.train_and_grow(client, http, dataset["id"], kept_classes(client, dataset["id"]), test_zip,
                                            train_budget)
+        if web:
+            models = client.list_models()
+            scale_web.pages(server.base, dataset["id"], models[0]["id"] if models else None, work)
     finally:
         server.stop()
 

@@ -10,7 +10,8 @@ import zipfile
 
 import pytest
 
-from pigeonhole.datasets.service import export_zip
+from pigeonhole.datasets.service import MISSING_FILE, export_zip
+from pigeonhole.storage.blob_types import BlobMissing
 from pigeonhole.storage.blobs import BlobStore
 from tests.api.conftest import Account
 from tests.api.datasets_helpers import all_images, snapshot, upload
@@ -146,6 +147,26 @@ def test_export_sends_each_image_as_it_is_read(app, alice: Account, seeded: str)
     with zipfile.ZipFile(io.BytesIO(whole)) as archive:
         assert len(archive.namelist()) == len(opened) == len(all_images(alice, seeded)) > 1
         assert archive.testzip() is None
+
+
+def test_an_export_lists_the_images_storage_lost(app, alice: Account, seeded: str) -> None:
+    """Once the download has started no error status can be sent: an image whose file is gone is named in the
+    archive instead, and the rest arrives whole."""
+    images = all_images(alice, seeded)
+    store: BlobStore = app.state.blob_store
+    lost = images[0]["sha256"]
+
+    class Losing:
+        def open_blob(self, sha256: str, size: int):  # type: ignore[no-untyped-def]
+            if sha256 == lost:
+                raise BlobMissing(f"blob {sha256} is missing")
+            return store.open_blob(sha256, size)
+
+    whole = b"".join(export_zip(app.state.session_factory, Losing(), alice.id, seeded))  # type: ignore[arg-type]
+    with zipfile.ZipFile(io.BytesIO(whole)) as archive:
+        names = archive.namelist()
+        assert MISSING_FILE in names and len(names) == len(images)  # the others, and the note
+        assert lost[:10] in archive.read(MISSING_FILE).decode()
 
 
 def test_real_photos_from_a_shared_archive(alice: Account) -> None:

@@ -20,6 +20,7 @@ from pigeonhole.datasets.labels import clean_label
 from pigeonhole.db.base import utcnow
 from pigeonhole.db.tables import Dataset, DatasetImage
 from pigeonhole.errors import Conflict, NotFound, Unprocessable
+from pigeonhole.storage.blob_types import BlobError
 from pigeonhole.storage.blobs import BlobStore
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ class _Spout(io.RawIOBase):
 
 
 EXPORT_ROWS_PER_FETCH = 1000
+MISSING_FILE = "MISSING-FILES.txt"
 
 
 def export_zip(session_factory: sessionmaker[Session], blobs: BlobStore, owner_id: str,
@@ -159,6 +161,7 @@ def export_zip(session_factory: sessionmaker[Session], blobs: BlobStore, owner_i
     again gives the same classes and the same image bytes.
     """
     spout = _Spout()
+    missing: list[str] = []
     statement = (select(DatasetImage.label, DatasetImage.original_name, DatasetImage.sha256, DatasetImage.size_bytes)
                  .where(DatasetImage.owner_id == owner_id, DatasetImage.dataset_id == dataset_id)
                  .order_by(DatasetImage.label, DatasetImage.id).execution_options(yield_per=EXPORT_ROWS_PER_FETCH))
@@ -168,13 +171,23 @@ def export_zip(session_factory: sessionmaker[Session], blobs: BlobStore, owner_i
             stem = PurePosixPath(original_name.replace("\\", "/")).name or "image"
             base, ext = os.path.splitext(stem)
             arcname = f"{label}/{base[:80]}-{sha256[:10]}{ext[:8] or '.img'}"
-            with blobs.open_blob(sha256, size) as source, archive.open(arcname, "w") as target:
+            try:
+                source = blobs.open_blob(sha256, size)
+            except BlobError as exc:  # the download has started: say so inside the archive instead of breaking it
+                log.warning("export of dataset %s: %s", dataset_id, exc)
+                missing.append(arcname)
+                continue
+            with source, archive.open(arcname, "w") as target:
                 while chunk := source.read(1024 * 1024):
                     target.write(chunk)
                     if (part := spout.take()):
                         yield part
             if (part := spout.take()):
                 yield part
+        if missing:
+            archive.writestr(MISSING_FILE, "These images of the dataset could not be read from storage and are not "
+                             "in this archive (an administrator can check with `pigeonhole doctor`):\n"
+                             + "\n".join(missing) + "\n")
     yield spout.take()
 
 
