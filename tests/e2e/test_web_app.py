@@ -53,6 +53,21 @@ def _zip_of(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+def _signed_up(browser, server: str, email: str, height: int = 800):  # type: ignore[no-untyped-def]
+    """A new browser context of a person who has just signed up (on their models page), and its CSRF header."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1024, "height": height}, base_url=server)
+    page = context.new_page()
+    page.goto("/signup")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Create account").click()
+    expect(page).to_have_url(re.compile(r"/models$"))
+    csrf = {"X-CSRF-Token": next(c["value"] for c in context.cookies() if c["name"] == "pgh_csrf")}
+    return context, page, csrf
+
+
 def test_sign_up_to_admin(server: str, browser, shots: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
@@ -252,13 +267,7 @@ def test_unknown_page_and_other_users(server: str, browser, shots: Path) -> None
     """A second person signs up: no Admin link, an empty space of their own; unknown pages say so."""
     from playwright.sync_api import expect
 
-    context = browser.new_context(viewport={"width": 1024, "height": 768}, base_url=server)
-    page = context.new_page()
-    page.goto("/signup")
-    page.get_by_label("Email").fill("second@example.com")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Create account").click()
-    expect(page).to_have_url(re.compile(r"/models$"))
+    context, page, _ = _signed_up(browser, server, "second@example.com", height=768)
     expect(page.get_by_role("heading", name="No models yet")).to_be_visible()
     expect(page.get_by_role("link", name="Admin")).to_have_count(0)
     expect(page.get_by_text("You are the administrator")).to_have_count(0)
@@ -277,14 +286,7 @@ def test_labelling_images_with_keys(server: str, browser, shots: Path, tmp_path:
     """Images added without a class wait on the labelling page; number keys give them a class, N sets one aside."""
     from playwright.sync_api import expect
 
-    context = browser.new_context(viewport={"width": 1024, "height": 800}, base_url=server)
-    page = context.new_page()
-    page.goto("/signup")
-    page.get_by_label("Email").fill("labeller@example.com")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Create account").click()
-    expect(page).to_have_url(re.compile(r"/models$"))
-    csrf = {"X-CSRF-Token": next(c["value"] for c in context.cookies() if c["name"] == "pgh_csrf")}
+    context, page, csrf = _signed_up(browser, server, "labeller@example.com")
     dataset_id = context.request.post("/api/v1/datasets", headers=csrf, data={"name": "Colours"}).json()["id"]
     for label, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
         sent = context.request.post(f"/api/v1/datasets/{dataset_id}/uploads", headers=csrf, multipart={
@@ -320,14 +322,7 @@ def test_a_dataset_of_300_classes_finds_a_class_by_name(server: str, browser, sh
     """Hundreds of classes (a parts catalogue): the class list scrolls, and a search box finds one by name."""
     from playwright.sync_api import expect
 
-    context = browser.new_context(viewport={"width": 1024, "height": 800}, base_url=server)
-    page = context.new_page()
-    page.goto("/signup")
-    page.get_by_label("Email").fill("catalogue@example.com")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Create account").click()
-    expect(page).to_have_url(re.compile(r"/models$"))
-    csrf = {"X-CSRF-Token": next(c["value"] for c in context.cookies() if c["name"] == "pgh_csrf")}
+    context, page, csrf = _signed_up(browser, server, "catalogue@example.com")
     dataset_id = context.request.post("/api/v1/datasets", headers=csrf, data={"name": "Parts"}).json()["id"]
     files = {f"part {k:03d}/{k}.png": _png((k % 256, (7 * k) % 256, (13 * k) % 256)) for k in range(300)}
     sent = context.request.post(f"/api/v1/datasets/{dataset_id}/uploads", headers=csrf, multipart={
