@@ -91,14 +91,14 @@ def measure_speed(model: bytes, input_spec: InputSpec, *, threads: int | None = 
 
 
 def run_model(model: bytes | Any, pixels: np.ndarray, *, threads: int | None = None,
-              batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, familiarity) of an exported model (bytes or an open session) on uint8 pixels."""
+              batch: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probabilities, familiarity, features) of an exported model (bytes or an open session) on uint8 pixels."""
     session = open_session(model, intra_op_threads=threads) if isinstance(model, bytes) else model
-    outs = [session.run(["probabilities", "familiarity"], {INPUT_NAME: pixels[s : s + batch]})
-            for s in range(0, len(pixels), batch)]
+    names = ["probabilities", "familiarity", "features"]
+    outs = [session.run(names, {INPUT_NAME: pixels[s : s + batch]}) for s in range(0, len(pixels), batch)]
     if not outs:
-        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.float32)
-    return np.concatenate([p for p, _ in outs]), np.concatenate([f for _, f in outs])
+        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
+    return tuple(np.concatenate([o[i] for o in outs]) for i in range(3))  # type: ignore[return-value]
 
 
 def split_metrics(

@@ -17,7 +17,7 @@ from pigeonhole.learn.budget import Budget, Costs
 from pigeonhole.learn.candidates import CandidateConfig
 from pigeonhole.learn.clock import Clock
 from pigeonhole.learn.data import ImageSource, PixelStore, TrainingImage, TrainingSet
-from pigeonhole.learn.features import FeatureCache
+from pigeonhole.learn.features import node_feature_cache
 from pigeonhole.learn.mirror import SIDE as MIRROR_SIDE
 from pigeonhole.learn.mirror import MirrorCheck, check_mirror
 from pigeonhole.learn.search_types import Reporter, Scored, SearchConfig
@@ -49,7 +49,7 @@ class SearchContext:
         self.notes: list[str] = []  # plain sentences for the user about how this model was built (card, job)
         self.frozen_done: set[tuple[str, int, str]] = set()  # (extractor, size, crop) whose features are all cached
         self.cache = (
-            FeatureCache(Path(config.cache_dir) / "features", config.cache_bytes) if config.cache_dir else None
+            node_feature_cache(config.cache_dir, config.cache_bytes) if config.cache_dir else None
         )
         self.source = source
         self.pixels = PixelStore(source, self.cache, threads=config.threads)

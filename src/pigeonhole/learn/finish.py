@@ -11,6 +11,7 @@ from pigeonhole.learn.artifacts import make_card, measure_speed, run_model, spli
 from pigeonhole.learn.backbones import ExtractorSpec, resolve_weights
 from pigeonhole.learn.candidates import CandidateConfig, extract_features, extractor_classes
 from pigeonhole.learn.context import SearchContext
+from pigeonhole.learn.grow import remember_features
 from pigeonhole.learn.neighbours import NeighbourIndex
 from pigeonhole.learn.search_types import CandidateResult, Scored
 from pigeonhole.learn.unknown import choose_unknown
@@ -45,9 +46,13 @@ def finish(ctx: SearchContext, scored: Scored, leaderboard: list[dict[str, Any]]
     keys = ctx.keys(eval_split)
     answers = run_model(model, ctx.pixel_fn(config)(keys), threads=ctx.config.threads) if keys else None
     metrics = (
-        split_metrics(*answers, ctx.labels(eval_split), keys, ctx.classes, head.threshold)
+        split_metrics(*answers[:2], ctx.labels(eval_split), keys, ctx.classes, head.threshold)
         if answers is not None else {}
     )
+    if ctx.cache is not None:  # the version's first class change then finds every feature it needs
+        remember_features(ctx.cache, model, train_keys + ctx.keys("val"), np.vstack([train_f, val_f]))
+        if answers is not None:
+            remember_features(ctx.cache, model, keys, answers[2])
     metrics["split"] = eval_split
     metrics["val_accuracy"] = scored.val_accuracy
     metrics["val_measured_on"] = LEFT_OUT if scored.val_in_head else "validation images"

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from pigeonhole.compute.handlers import JobContext, JobFailed, JobHandler, Placement, Resources, register
 from pigeonhole.db.tables import Job, PoolImage
-from pigeonhole.learn.features import FeatureCache, ImageItem, compute_features
+from pigeonhole.learn.features import ImageItem, compute_features, node_feature_cache
 from pigeonhole.learn.grow import extractor_of
 from pigeonhole.learn.head import RidgeHead
 from pigeonhole.learn.labelling import labelling_order
@@ -62,7 +62,7 @@ class QueueHandler(JobHandler):
             head = RidgeHead.from_bytes(blobs.read_bytes(task.head_key))
             if head.weights is None:
                 head.solve()
-            cache = FeatureCache(Path(ctx.cache_dir) / "learn" / "grow", max(1 << 26, int(ctx.cache_max_bytes) // 4))
+            cache = node_feature_cache(Path(ctx.cache_dir) / "learn", max(1 << 26, int(ctx.cache_max_bytes)))
             ctx.report(progress=0.1, stage=f"Reading {len(task.images)} images waiting for a label")
             try:
                 features = compute_features([ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from pigeonhole.compute.handlers import JobContext, JobFailed, JobHandler, Placement, Resources, register
 from pigeonhole.db.tables import DatasetImage, Job, Model
-from pigeonhole.learn.features import FeatureCache, ImageItem, compute_features
+from pigeonhole.learn.features import ImageItem, compute_features, node_feature_cache
 from pigeonhole.learn.grow import extractor_of
 from pigeonhole.learn.head import RidgeHead
 from pigeonhole.learn.suspects import find_suspects
@@ -63,7 +63,7 @@ class SuspectsHandler(JobHandler):
         ctx.report(progress=0.05, stage="Loading the model")
         extractor = extractor_of(blobs.read_bytes(task.onnx_key), threads=2)
         head = RidgeHead.from_bytes(blobs.read_bytes(task.head_key))
-        cache = FeatureCache(Path(ctx.cache_dir) / "learn" / "grow", max(1 << 26, int(ctx.cache_max_bytes) // 4))
+        cache = node_feature_cache(Path(ctx.cache_dir) / "learn", max(1 << 26, int(ctx.cache_max_bytes)))
         ctx.report(progress=0.1, stage=f"Reading {len(task.images)} images")
         try:
             features = compute_features([ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))

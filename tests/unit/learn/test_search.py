@@ -21,6 +21,8 @@ from pigeonhole.learn.candidates import CandidateConfig
 from pigeonhole.learn.clock import VirtualClock
 from pigeonhole.learn.data import MappingSource, TrainingImage, TrainingSet, sha256_bytes
 from pigeonhole.learn.export import INPUT_NAME, open_session
+from pigeonhole.learn.features import ImageItem, compute_features, node_feature_cache
+from pigeonhole.learn.grow import extractor_of
 from pigeonhole.learn.head import RidgeHead
 from pigeonhole.learn.memory import InMemoryStore, ModelMemory
 from pigeonhole.learn.neighbours import NeighbourIndex
@@ -126,6 +128,18 @@ def test_first_candidate_is_fast_valid_and_complete(small_flowers, shared_weight
     # the features of the images the head holds, for "it looks like these"
     index = NeighbourIndex.from_bytes(files["neighbours"].read_bytes())
     assert len(index) == held and set(index.shas) == {i.key for i in ts.split("train") + ts.split("val")}
+
+    # the first class change finds every image's features in the node's cache under the file's extractor, the
+    # held ones exactly as the head holds them, the test ones as the file computes them
+    model_bytes = files["model"].read_bytes()
+    extractor = extractor_of(model_bytes)
+    cache = node_feature_cache(tmp_path / "cache", 1 << 30)
+    every = [i.key for split in ("train", "val", "test") for i in ts.split(split)]
+    found = cache.get_many([extractor.feature_key(k) for k in every])
+    assert len(found) == len(set(every))
+    test_keys = [i.key for i in ts.split("test")]
+    computed = compute_features([ImageItem(k, (lambda k=k: source.open(k))) for k in test_keys], extractor)
+    np.testing.assert_allclose(np.stack([found[extractor.feature_key(k)] for k in test_keys]), computed, atol=1e-5)
 
 
 def test_target_met_stops_early_and_is_reproducible(small_flowers, shared_weights, tmp_path) -> None:
