@@ -108,11 +108,12 @@ def test_a_full_database_disk_answers_507_and_keeps_the_data(tiny_disk: Path, tm
         client.headers["X-CSRF-Token"] = client.cookies["pgh_csrf"]
         kept = client.post("/api/v1/datasets", json={"name": "kept"}).json()["id"]
         filler = tiny_disk / "filler"
-        with filler.open("wb") as out:  # take every remaining byte of the disk
+        # Take every remaining byte of the disk, unbuffered: a buffered file would try its last block again when
+        # closed and fail there, outside the loop.
+        with filler.open("wb", buffering=0) as out:
             try:
                 while True:
                     out.write(b"\0" * 65536)
-                    out.flush()
             except OSError:
                 pass
         answers = [client.post("/api/v1/datasets", json={"name": f"new {i} " + "x" * 150}) for i in range(200)]
