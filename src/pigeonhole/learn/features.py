@@ -191,7 +191,6 @@ class OnnxExtractor:
         return FeatureKey(image_sha256, self.key, self.input_spec.height, self.input_spec.crop)
 
 
-
 def node_feature_cache(learn_dir: Path, max_bytes: int) -> FeatureCache:
     """The node's feature cache, ``<learn_dir>/features``. A training's search and the later jobs of its versions
     (growing, suspected labels, the labelling queue) share it: the features a training computed under a version's

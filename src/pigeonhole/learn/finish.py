@@ -50,9 +50,10 @@ def finish(ctx: SearchContext, scored: Scored, leaderboard: list[dict[str, Any]]
         if answers is not None else {}
     )
     if ctx.cache is not None:  # the version's first class change then finds every feature it needs
-        remember_features(ctx.cache, model, train_keys + ctx.keys("val"), np.vstack([train_f, val_f]))
+        known_keys, known = train_keys + ctx.keys("val"), [train_f, val_f]
         if answers is not None:
-            remember_features(ctx.cache, model, keys, answers[2])
+            known_keys, known = known_keys + keys, [*known, answers[2]]
+        remember_features(ctx.cache, model, known_keys, np.vstack(known))
     metrics["split"] = eval_split
     metrics["val_accuracy"] = scored.val_accuracy
     metrics["val_measured_on"] = LEFT_OUT if scored.val_in_head else "validation images"

@@ -166,9 +166,7 @@ def fit_temperature(scores: np.ndarray, y: np.ndarray, lo: float = 1e-4, hi: flo
     a, b = 1.0 / hi, 1.0 / lo
 
     def slopes(beta: float) -> tuple[float, float]:
-        z = beta * scores
-        p = np.exp(z - z.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
+        p = softmax(beta * scores)
         expected = (p * scores).sum(axis=1)
         variance = (p * scores * scores).sum(axis=1) - expected**2
         return float((expected - own).mean()), float(np.clip(variance, 0.0, None).mean())

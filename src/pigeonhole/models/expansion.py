@@ -98,7 +98,7 @@ def _measure(ctx: JobContext, payload: ExpandPayload, blobs: BlobStore, model_by
                         accuracy_with_unknown=point["right_overall"], threshold=head.threshold)
         return base
     ctx.report(progress=0.3, stage="Measuring the version at the new caution")
-    cache = node_feature_cache(Path(ctx.cache_dir) / "learn", max(1 << 26, int(ctx.cache_max_bytes)))
+    cache = node_feature_cache(Path(ctx.cache_dir) / "learn", int(ctx.cache_max_bytes))
     features = compute_features([ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))
                                  for sha, _, _, size in tests], extractor_of(model_bytes, threads=2), cache)
     metrics = split_metrics(head.predict_proba(features), head.familiarity(features), [r[1] for r in tests],
@@ -360,7 +360,7 @@ def _grow(ctx: JobContext, payload: ExpandPayload, blobs: BlobStore, model_bytes
     """
     extractor = extractor_of(model_bytes, threads=2)
     clock.lap("load")
-    cache = node_feature_cache(Path(ctx.cache_dir) / "learn", max(1 << 26, int(ctx.cache_max_bytes)))
+    cache = node_feature_cache(Path(ctx.cache_dir) / "learn", int(ctx.cache_max_bytes))
     images = payload.images
 
     def items(split: str, labels: set[str] | None = None) -> tuple[list[ImageItem], list[str], list[str]]:

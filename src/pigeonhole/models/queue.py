@@ -62,7 +62,7 @@ class QueueHandler(JobHandler):
             head = RidgeHead.from_bytes(blobs.read_bytes(task.head_key))
             if head.weights is None:
                 head.solve()
-            cache = node_feature_cache(Path(ctx.cache_dir) / "learn", max(1 << 26, int(ctx.cache_max_bytes)))
+            cache = node_feature_cache(Path(ctx.cache_dir) / "learn", int(ctx.cache_max_bytes))
             ctx.report(progress=0.1, stage=f"Reading {len(task.images)} images waiting for a label")
             try:
                 features = compute_features([ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))

@@ -63,7 +63,7 @@ class SuspectsHandler(JobHandler):
         ctx.report(progress=0.05, stage="Loading the model")
         extractor = extractor_of(blobs.read_bytes(task.onnx_key), threads=2)
         head = RidgeHead.from_bytes(blobs.read_bytes(task.head_key))
-        cache = node_feature_cache(Path(ctx.cache_dir) / "learn", max(1 << 26, int(ctx.cache_max_bytes)))
+        cache = node_feature_cache(Path(ctx.cache_dir) / "learn", int(ctx.cache_max_bytes))
         ctx.report(progress=0.1, stage=f"Reading {len(task.images)} images")
         try:
             features = compute_features([ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))
