@@ -26,6 +26,7 @@ from _server import start_server  # noqa: E402
 from train import accuracy  # noqa: E402
 
 from pigeonhole.client import Client  # noqa: E402
+from pigeonhole.learn import head_file
 from pigeonhole.learn.data import sha256_bytes  # noqa: E402
 from pigeonhole.learn.features import ImageItem, compute_features  # noqa: E402
 from pigeonhole.learn.grow import extractor_of  # noqa: E402
@@ -63,7 +64,7 @@ def head_config(blob_dir: Path, model_id: str) -> HeadConfig:
     found = next((blob_dir / "models" / model_id).glob("*/head.npz"), None)
     if found is None:
         raise SystemExit(f"no head statistics stored for model {model_id} under {blob_dir}")
-    return RidgeHead.from_bytes(found.read_bytes()).config
+    return head_file.read(str(found.relative_to(blob_dir)), lambda key: (blob_dir / key).read_bytes()).config
 
 
 def refit_accuracy(onnx: bytes, pgh: Client, http: httpx.Client, dataset_id: str, classes: list[str],

@@ -13,6 +13,7 @@ import pytest
 
 from pigeonhole.db.tables import Job, Model, ModelVersion
 from pigeonhole.ids import new_id
+from pigeonhole.learn import head_file
 from pigeonhole.learn.features import ImageItem, compute_features
 from pigeonhole.learn.finish import LEFT_OUT
 from pigeonhole.learn.grow import extractor_of, rebuild_model
@@ -322,7 +323,7 @@ def test_on_a_small_set_growing_chooses_as_training_does_and_gives_back_the_orig
     blobs = app.state.blob_store
     with app.state.session_factory() as db:
         rows_by_v = {r.v: r for r in db.query(ModelVersion).filter_by(model_id=model_id)}
-        heads = {v: RidgeHead.from_bytes(blobs.read_bytes(r.head_key)) for v, r in rows_by_v.items()}
+        heads = {v: head_file.read(r.head_key, blobs.read_bytes) for v, r in rows_by_v.items()}
         model_bytes = blobs.read_bytes(rows_by_v[2].onnx_key)
     assert rows_by_v[2].metrics["val_measured_on"] == LEFT_OUT
     extractor = extractor_of(model_bytes)
@@ -352,7 +353,7 @@ def test_growing_a_trained_version_equals_a_refit_from_scratch(app, alice: Accou
     blobs = app.state.blob_store
     with app.state.session_factory() as db:
         grown_row = db.query(ModelVersion).filter_by(model_id=model_id, v=2).one()
-        grown = RidgeHead.from_bytes(blobs.read_bytes(grown_row.head_key))
+        grown = head_file.read(grown_row.head_key, blobs.read_bytes)
         model_bytes = blobs.read_bytes(grown_row.onnx_key)
     extractor = extractor_of(model_bytes)
     rows = [(i["sha256"], i["label"], i["split"], i["size_bytes"]) for i in all_images(alice, dataset_id)]
@@ -384,7 +385,7 @@ def test_a_new_caution_is_a_new_version_without_retraining(app, alice: Account, 
     blobs = app.state.blob_store
     with app.state.session_factory() as db:
         rows = {r.v: r for r in db.query(ModelVersion).filter_by(model_id=model_id)}
-        heads = {v: RidgeHead.from_bytes(blobs.read_bytes(rows[v].head_key)) for v in (2, 3)}
+        heads = {v: head_file.read(rows[v].head_key, blobs.read_bytes) for v in (2, 3)}
     np.testing.assert_array_equal(heads[2].weights, heads[3].weights)  # the same model, another cut
     # the figures the model page previews for 20 % (v2's curve) are what the new version measures
     point = next(p for p in before["metrics"]["caution_curve"] if p["caution"] == 0.2)
@@ -452,7 +453,7 @@ def _manifest_matches_head(app, model_id: str, v: int) -> bool:  # type: ignore[
     blobs = app.state.blob_store
     with app.state.session_factory() as db:
         row = db.query(ModelVersion).filter_by(model_id=model_id, v=v).one()
-        key, head = row.lineage.get("manifest_key"), RidgeHead.from_bytes(blobs.read_bytes(row.head_key))
+        key, head = row.lineage.get("manifest_key"), head_file.read(row.head_key, blobs.read_bytes)
     return key is not None and _load_manifest(blobs, key, head) is not None
 
 
@@ -498,7 +499,7 @@ def test_renaming_a_class_changes_its_label_only(app, alice: Account, grown_setu
     blobs = app.state.blob_store
     with app.state.session_factory() as db:
         row = db.query(ModelVersion).filter_by(model_id=model_id, v=3).one()
-        grown, model_bytes = RidgeHead.from_bytes(blobs.read_bytes(row.head_key)), blobs.read_bytes(row.onnx_key)
+        grown, model_bytes = head_file.read(row.head_key, blobs.read_bytes), blobs.read_bytes(row.onnx_key)
     extractor = extractor_of(model_bytes)
     rows = [(i["sha256"], i["label"], i["split"], i["size_bytes"]) for i in all_images(alice, dataset_id)]
     reference = _reference_head(blobs, extractor, rows, ["black", "bright", "mid"])

@@ -22,11 +22,9 @@ familiarity is the largest probability and its threshold a confidence, as it alw
 
 from __future__ import annotations
 
-import io
-import json
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,7 +44,6 @@ if TYPE_CHECKING:
     from pigeonhole.learn.head_graph import HeadGraph
 
 DEFAULT_ALPHAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
-_FORMAT_VERSION = 1
 _EPS = 1e-12
 
 
@@ -389,75 +386,15 @@ class RidgeHead:
 
     # ---- serialisation ------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        meta = {
-            "format": _FORMAT_VERSION,
-            "input_dim": self.input_dim,
-            "config": asdict(self.config),
-            "dense_after": self.dense_after,
-            "classes": self.classes,
-            "counts": [self._stats[c].count for c in self.classes],
-            "alpha": self.alpha,
-            "temperature": self.temperature,
-            "threshold": self.threshold,
-            "threshold_precision": self.threshold_precision,
-            "threshold_coverage": self.threshold_coverage,
-            "detector": self.detector.to_meta() if self.detector is not None else None,
-        }
-        arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
-        if self.map.projection is not None:
-            arrays["proj_w"], arrays["proj_b"] = self.map.projection
-        if self.weights is not None and self.bias is not None:
-            arrays["weights"], arrays["bias"] = self.weights, self.bias
-        if self._gram is not None:  # loading 100,000 rows need not sum them again
-            arrays["gram"] = self._gram
-        for i, name in enumerate(self.classes):
-            s = self._stats[name]
-            arrays[f"sum_{i}"] = s.sum
-            if s.rows is not None:
-                arrays[f"rows_{i}"] = _compact(s.rows)
-            else:
-                arrays[f"gram_{i}"] = s.gram
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        return buffer.getvalue()
+        """The head's file (``head_file``: rows unchanged since they were read stay where they are)."""
+        from pigeonhole.learn import head_file
+
+        return head_file.dump(self)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> RidgeHead:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            meta = json.loads(npz["meta"].tobytes().decode())
-            if meta.get("format") != _FORMAT_VERSION:
-                raise ValueError(f"unsupported head format {meta.get('format')!r}")
-            config = HeadConfig(**meta["config"])
-            projection = (npz["proj_w"], npz["proj_b"]) if "proj_w" in npz else None
-            head = cls(
-                meta["input_dim"],
-                config,
-                dense_after=meta["dense_after"],
-                feature_map=FeatureMap(meta["input_dim"], config, projection),
-            )
-            for i, name in enumerate(meta["classes"]):
-                stats = ClassStats(head.map.dim, head.dense_after)
-                stats.sum = npz[f"sum_{i}"].copy()
-                stats.count = int(meta["counts"][i])
-                if f"rows_{i}" in npz:
-                    stats.rows = npz[f"rows_{i}"].astype(np.float64)
-                else:
-                    stats.rows, stats.gram = None, npz[f"gram_{i}"].copy()
-                head._stats[name] = stats
-                head.classes.append(name)
-            for key in ("alpha", "temperature", "threshold", "threshold_precision", "threshold_coverage"):
-                setattr(head, key, meta[key])
-            if meta.get("detector"):
-                head.detector = novelty.Detector.from_meta(meta["detector"])
-            if "weights" in npz:
-                head.weights, head.bias = npz["weights"].copy(), npz["bias"].copy()
-            if "gram" in npz:
-                head._gram = npz["gram"].copy()
-        return head
+    def from_bytes(cls, data: bytes, *, key: str | None = None,
+                   read: Callable[[str], Any] | None = None) -> RidgeHead:
+        """A head from its file; ``key`` and ``read`` as in ``head_file.load``."""
+        from pigeonhole.learn import head_file
 
-
-def _compact(rows: np.ndarray) -> np.ndarray:
-    """The rows as float32 when that loses nothing (rows made by the map always; a head saved before the map
-    rounded keeps float64)."""
-    small = rows.astype(np.float32)
-    return small if np.array_equal(small, rows) else rows
+        return head_file.load(data, key=key, read=read)

@@ -29,6 +29,7 @@ median (flowers5, hymenoptera, MNIST) solve exactly as before.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +76,8 @@ class ClassStats:
         self.rows: np.ndarray | None = np.zeros((0, dim))
         self.gram: np.ndarray | None = None
         self._dense_after = dense_after
+        # where the rows were read from (``head_file``), so an unchanged class is not written again
+        self.origin: Any = None
 
     def add(self, phi: np.ndarray) -> None:
         self.sum += phi.sum(axis=0)
@@ -100,12 +103,15 @@ class ClassStats:
         self.count -= len(phi)
 
     def gram_matrix(self) -> np.ndarray:
-        return self.rows.T @ self.rows if self.rows is not None else self.gram.copy()
+        if self.rows is None:
+            return self.gram.copy()
+        rows = np.asarray(self.rows, dtype=np.float64)  # rows read from a file are float32: sum in float64
+        return rows.T @ rows
 
     def copy(self) -> ClassStats:
         """Independent statistics. The rows are shared: they are only ever replaced, never changed in place."""
         other = ClassStats(len(self.sum), self._dense_after)
-        other.sum, other.count, other.rows = self.sum.copy(), self.count, self.rows
+        other.sum, other.count, other.rows, other.origin = self.sum.copy(), self.count, self.rows, self.origin
         other.gram = self.gram.copy() if self.gram is not None else None
         return other
 
@@ -128,11 +134,11 @@ def summed_gram(stats: Sequence[ClassStats], dim: int) -> np.ndarray:
             chunk.append(s.rows)
             held += len(s.rows)
             if held >= _GRAM_CHUNK:
-                block = np.vstack(chunk)
+                block = np.vstack(chunk).astype(np.float64, copy=False)
                 gram += block.T @ block
                 chunk, held = [], 0
     if chunk:
-        block = np.vstack(chunk)
+        block = np.vstack(chunk).astype(np.float64, copy=False)
         gram += block.T @ block
     return gram
 
@@ -303,7 +309,7 @@ class RidgeProblem:
         mu = sums.sum(axis=1) / total
         self.dual = self.is_dual(stats, dim)
         if self.dual:
-            rows = np.vstack([s.rows for s in stats if s.rows is not None])
+            rows = np.vstack([s.rows for s in stats if s.rows is not None]).astype(np.float64, copy=False)
             row_w = np.concatenate([np.full(s.count, w) for s, w in zip(stats, weights, strict=True)])
             gram_diag = np.einsum("ij,ij->j", rows, rows * row_w[:, None])
         else:

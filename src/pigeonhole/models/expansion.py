@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from pigeonhole.compute.handlers import JobContext, JobFailed, JobHandler, Placement, Resources, register
 from pigeonhole.db.tables import DatasetImage, Job, Model, ModelVersion
 from pigeonhole.ids import new_id
+from pigeonhole.learn import head_file
 from pigeonhole.learn.artifacts import measure_speed, split_metrics, unknown_facts
 from pigeonhole.learn.evaluate import recall_gap, rename_classes
 from pigeonhole.learn.features import FeatureCache, ImageItem, compute_features, node_feature_cache
@@ -192,7 +193,7 @@ class ExpandHandler(JobHandler):
         blobs = BlobStore(ctx.blob_url)
         ctx.report(progress=0.05, stage="Loading the current model")
         model_bytes = blobs.read_bytes(task.onnx_key)
-        head = RidgeHead.from_bytes(blobs.read_bytes(task.head_key))
+        head = head_file.read(task.head_key, blobs.map_bytes)
         manifest = _load_manifest(blobs, task.manifest_key, head)  # checked against the old names
         rename = task.rename
         manifest = _rename(head, manifest, rename)

@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 
 from pigeonhole.compute.handlers import JobContext, JobFailed, JobHandler, Placement, Resources, register
 from pigeonhole.db.tables import Job, PoolImage
+from pigeonhole.learn import head_file
 from pigeonhole.learn.features import ImageItem, compute_features, node_feature_cache
 from pigeonhole.learn.grow import extractor_of
-from pigeonhole.learn.head import RidgeHead
 from pigeonhole.learn.labelling import labelling_order
 from pigeonhole.models import repository as repo
 from pigeonhole.models.job_contracts import AnalysisJobParams, AnalysisJobResult, QueuePayload
@@ -59,7 +59,7 @@ class QueueHandler(JobHandler):
         if task.images:
             ctx.report(progress=0.05, stage="Loading the model")
             extractor = extractor_of(blobs.read_bytes(task.onnx_key), threads=2)
-            head = RidgeHead.from_bytes(blobs.read_bytes(task.head_key))
+            head = head_file.read(task.head_key, blobs.map_bytes)
             if head.weights is None:
                 head.solve()
             cache = node_feature_cache(Path(ctx.cache_dir) / "learn", int(ctx.cache_max_bytes))

@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 
 from pigeonhole.compute.handlers import JobContext, JobFailed, JobHandler, Placement, Resources, register
 from pigeonhole.db.tables import DatasetImage, Job, Model
+from pigeonhole.learn import head_file
 from pigeonhole.learn.features import ImageItem, compute_features, node_feature_cache
 from pigeonhole.learn.grow import extractor_of
-from pigeonhole.learn.head import RidgeHead
 from pigeonhole.learn.suspects import find_suspects
 from pigeonhole.models import repository as repo
 from pigeonhole.models.job_contracts import AnalysisJobParams, AnalysisJobResult, SuspectsPayload
@@ -62,7 +62,7 @@ class SuspectsHandler(JobHandler):
         blobs = BlobStore(ctx.blob_url)
         ctx.report(progress=0.05, stage="Loading the model")
         extractor = extractor_of(blobs.read_bytes(task.onnx_key), threads=2)
-        head = RidgeHead.from_bytes(blobs.read_bytes(task.head_key))
+        head = head_file.read(task.head_key, blobs.map_bytes)
         cache = node_feature_cache(Path(ctx.cache_dir) / "learn", int(ctx.cache_max_bytes))
         ctx.report(progress=0.1, stage=f"Reading {len(task.images)} images")
         try:

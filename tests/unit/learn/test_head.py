@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 
@@ -253,10 +251,9 @@ def test_serialise_rename_and_guards(flower_features) -> None:
     # rows held as a factor are saved as float32 without losing a bit (the map rounds to float32)
     small = RidgeHead(train[0].shape[1])
     small.add(*train)
-    with np.load(io.BytesIO(small.to_bytes())) as saved:
-        assert saved["rows_0"].dtype == np.float32
     reloaded = RidgeHead.from_bytes(small.to_bytes())
     for name in small.classes:
+        assert reloaded._stats[name].rows.dtype == np.float32
         np.testing.assert_array_equal(reloaded._stats[name].rows, small._stats[name].rows)
 
     before = head.weights.copy()
