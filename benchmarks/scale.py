@@ -9,14 +9,15 @@ Stages (``--stage``, several allowed, comma-separated; ``ingest`` and ``postgres
 - ``head``: the ridge head alone at 1,000 classes, on the features of the extractor a fresh install has
   (EfficientNet-Lite0 from the package, frozen, its smallest size; computed once and cached). The images are split
   by content hash as the product splits them. It times what an expand job does to the head when a class of 100
-  images is added to 999 and when one is removed (the same calls, in the same order: copy, add, choose the ridge
-  strength and temperature on validation, choose the unknown detector, add the validation images, solve, answer
-  the test images, save, build the graph), the size of the saved head, and the process's peak memory.
+  images is added to 999 and when one is removed (the same calls, in the same order: read the last version's head
+  file, change it, keep the settings or choose them on validation, solve, answer the test images, save, build the
+  graph), the size of each saved head file, and the process's peak memory.
 
 - ``ingest``: upload the set through the HTTP API of a real server (SQLite, the embedded default).
 - ``postgres``: the same upload to a server on PostgreSQL, then a 1,000,000-row dataset there.
-- ``train``: after the upload, a model of 999 classes with a 15-minute budget, then add the last class and remove
-  one, then predict (``scale_train.py``).
+- ``train``: after the upload, a model of 999 classes with a 15-minute budget, then add the last class, remove one
+  and add it back, then predict (``scale_train.py``). With ``--reuse``, a model an earlier run trained is grown again
+  instead.
 - ``web``: the pages in Chromium, timed until usable (``scale_web.py``; with ``--reuse`` after ``train``).
 
     .venv/bin/python benchmarks/scale.py --stage data,head [--classes 1000] [--per-class 100]
@@ -46,12 +47,14 @@ from _server import start_server  # noqa: E402
 
 from pigeonhole.client import Client  # noqa: E402
 from pigeonhole.datasets.splits import hash_split  # noqa: E402
+from pigeonhole.learn import head_file  # noqa: E402
 from pigeonhole.learn.backbones import available_specs  # noqa: E402
 from pigeonhole.learn.data import sha256_bytes  # noqa: E402
 from pigeonhole.learn.features import ImageItem, compute_features, pretrained_onnx_extractor  # noqa: E402
 from pigeonhole.learn.head import RidgeHead  # noqa: E402
 from pigeonhole.learn.unknown import choose_unknown  # noqa: E402
 from pigeonhole.learn.weights import WeightsCatalog  # noqa: E402
+from pigeonhole.models.expansion import keeps_settings  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -108,36 +111,48 @@ def _rows(data: tuple[np.ndarray, list[str]], keep: Callable[[str], bool]) -> tu
     return x[index], [labels[i] for i in index]
 
 
-def change(head: RidgeHead, val: tuple[np.ndarray, list[str]], test: tuple[np.ndarray, list[str]],
-           new: tuple[np.ndarray, list[str]] | None, remove: str | None, title: str) -> tuple[RidgeHead, float]:
-    """What an expand job does to the head (``models/expansion.py``, choosing on validation images)."""
+def change(store: dict[str, bytes], val: tuple[np.ndarray, list[str]], test: tuple[np.ndarray, list[str]],
+           new: tuple[np.ndarray, list[str]] | None, remove: str | None, title: str, *, choose: bool = False) -> float:
+    """What an expand job does to the head (``models/expansion.py``): read the last version's head file, change it,
+    keep the settings when one class in a hundred or more changes (else choose them again on validation images),
+    solve, answer the test images, save (only new rows are written), build the graph. The new file goes into
+    ``store``. ``choose``: choose the settings whatever the change (a new head's first settings)."""
     laps = Laps(title)
-    chooser = laps("copy", head.copy)
-    grown = head.copy()
+    key = f"v{len(store)}"
+    grown = laps("load", lambda: head_file.read(key, store.__getitem__))
+    changed = int(new is not None) + int(remove is not None)
+    kept = not choose and keeps_settings(len(grown.classes), changed, True)
     if remove is not None:
-        laps("remove", lambda: (chooser.remove_class(remove), grown.remove_class(remove)))
-    if new is not None:
-        laps("add", lambda: (chooser.add(*new), grown.add(*new)))
-    known = set(chooser.classes)
-    vx, vy = _rows(val, lambda label: label in known)
-    info = laps("fit", lambda: chooser.fit(vx, vy))
-    laps("unknown", lambda: choose_unknown(chooser, vx, vy, left_out=False))
-    for key in ("alpha", "temperature", "threshold", "threshold_precision", "threshold_coverage", "detector"):
-        setattr(grown, key, getattr(chooser, key))
-    if new is not None:
-        fresh = _rows(val, lambda label: label in set(new[1]))
-        laps("add val", lambda: grown.add(*fresh))
+        laps("remove", lambda: grown.remove_class(remove))
+    fresh = _rows(val, lambda label: label in set(new[1])) if new is not None else None
+    if kept:
+        if new is not None and fresh is not None:
+            laps("add", lambda: grown.add(np.vstack([new[0], fresh[0]]), new[1] + fresh[1]))
+    else:
+        chooser = laps("copy", grown.copy)
+        if new is not None:
+            laps("add", lambda: (chooser.add(*new), grown.add(*new)))
+        known = set(chooser.classes)
+        vx, vy = _rows(val, lambda label: label in known)
+        laps("fit", lambda: chooser.fit(vx, vy))
+        laps("unknown", lambda: choose_unknown(chooser, vx, vy, left_out=False))
+        for attribute in ("alpha", "temperature", "threshold", "threshold_precision", "threshold_coverage",
+                          "detector"):
+            setattr(grown, attribute, getattr(chooser, attribute))
+        if fresh is not None:
+            laps("add val", lambda: grown.add(*fresh))
     laps("solve", grown.solve)
-    tx, ty = _rows(test, lambda label: label in known)
-    probs = laps("answer test", lambda: (grown.predict_proba(tx), grown.familiarity(tx)))[0]
+    tx, ty = _rows(test, lambda label: label in set(grown.classes))
+    probs = laps("answer test", lambda: grown.answers(tx))[0]
     saved = laps("save", grown.to_bytes)
+    store[f"v{len(store) + 1}"] = saved
     laps("graph", grown.to_module)
     total = laps.report()
     accuracy = float((np.array(grown.classes)[probs.argmax(axis=1)] == np.array(ty)).mean())
-    print(f"    test top-1 {100 * accuracy:.2f} % on {len(ty)} images, validation {100 * info['val_accuracy']:.2f} %, "
+    print(f"    test top-1 {100 * accuracy:.2f} % on {len(ty)} images, settings {'kept' if kept else 'chosen'}, "
           f"alpha {grown.alpha:g}, detector {grown.detector.kind if grown.detector else None}, "
-          f"head file {len(saved) / 2**20:.0f} MiB", flush=True)
-    return grown, total
+          f"head file {len(saved) / 2**20:.1f} MiB", flush=True)
+    return total
 
 
 def head_stage(archive: Path, work: Path) -> None:
@@ -150,11 +165,12 @@ def head_stage(archive: Path, work: Path) -> None:
     laps = Laps(f"a head of {len(classes) - 1} classes from scratch (training's last step)")
     head = RidgeHead(train[0].shape[1])
     laps("add", lambda: head.add(*_rows(train, lambda label: label != last)))
-    head, _ = change(head, val, test, None, None, f"settings of the {len(classes) - 1}-class head")
+    store = {"v0": laps("save", head.to_bytes)}
+    change(store, val, test, None, None, f"settings of the {len(classes) - 1}-class head", choose=True)
     laps.report()
     new = _rows(train, lambda label: label == last)
-    grown, added = change(head, val, test, new, None, f"add a class of {len(new[1])} training images")
-    _, removed = change(grown, val, test, None, classes[0], "remove a class")
+    added = change(store, val, test, new, None, f"add a class of {len(new[1])} training images")
+    removed = change(store, val, test, None, classes[0], "remove a class")
     print(f"scale head: add {added:.2f} s, remove {removed:.2f} s; peak memory {peak_rss_mib():.0f} MiB", flush=True)
 
 
@@ -209,9 +225,16 @@ def service_stages(archive: Path, work: Path, postgres: str | None, reuse: bool,
         if train_budget:
             test_zip = _glyphs.write_zip(work / "glyphs-held-out-s1.zip", len(kept_classes(client, dataset["id"])), 3,
                                          seed=1)
+            renders = scale_train.test_images(test_zip)
+            classes = kept_classes(client, dataset["id"])
+            trained = {m["name"]: m["id"] for m in client.list_models()} if reuse else {}
             with server.client() as http:
-                scale_train.train_and_grow(client, http, dataset["id"], kept_classes(client, dataset["id"]), test_zip,
-                                           train_budget)
+                if "glyphs" in trained:
+                    print("scale train: growing the model an earlier run trained", flush=True)
+                    model_id = trained["glyphs"]
+                else:
+                    model_id = scale_train.train(client, http, dataset["id"], classes, renders, train_budget)
+                scale_train.grow(client, http, model_id, classes, renders)
         if web:
             models = client.list_models()
             scale_web.pages(server.base, dataset["id"], models[0]["id"] if models else None, work)

@@ -1,5 +1,6 @@
 """Scale on the model side, through the API (``benchmarks/scale.py --stage train``): train a model of 999 of the
-glyph set's 1,000 classes with a 15-minute budget, then add the last class and remove one, then predict.
+glyph set's 1,000 classes with a 15-minute budget (or take the one an earlier run trained), then add the last class,
+remove one and add it back, then predict.
 
 Figures: seconds to the first served version and to the end, test accuracy (top-1 and top-5 through the prediction
 API on held-out renders of the same characters), the training worker's peak memory (resident memory of the Ray
@@ -90,9 +91,10 @@ def accuracy(http: httpx.Client, model_id: str, images: list[tuple[str, bytes]])
     return top1 / len(images), top5 / len(images), 1000 * statistics.median(latencies)
 
 
-def train_and_grow(client: Client, http: httpx.Client, dataset_id: str, classes: list[str], test_zip: Path,
-                   budget_s: int) -> None:
-    first, last = classes[:-1], classes[-1]
+def train(client: Client, http: httpx.Client, dataset_id: str, classes: list[str], renders: dict[str, list[bytes]],
+          budget_s: int) -> str:
+    """A model of all classes but the last, trained with ``budget_s``; returns its id."""
+    first = classes[:-1]
     memory = WorkerMemory()
     started = time.perf_counter()
     model = client.create_model("glyphs", dataset_id, classes=first, time_budget_s=budget_s)
@@ -109,7 +111,6 @@ def train_and_grow(client: Client, http: httpx.Client, dataset_id: str, classes:
     peak = memory.stop()
     if job["status"] != "succeeded":
         raise SystemExit(f"training {job['status']}: {job.get('error')}")
-    renders = test_images(test_zip)
     held = held_out(renders, set(first), 2)
     top1, top5, latency = accuracy(http, model["id"], held)
     info = client.get_model(model["id"])
@@ -118,14 +119,24 @@ def train_and_grow(client: Client, http: httpx.Client, dataset_id: str, classes:
           f"{100 * version['metrics'].get('accuracy', 0):.2f} % (page); held-out renders through the API: top-1 "
           f"{100 * top1:.2f} %, top-5 {100 * top5:.2f} % on {len(held)} images; single image {latency:.1f} ms; "
           f"ONNX file {version['size_bytes'] / 2**20:.1f} MiB; training worker peak RSS {peak:.0f} MiB", flush=True)
+    return str(model["id"])
 
-    t = time.perf_counter()
-    change = client.add_classes(model["id"], [last])
-    print(f"scale grow: add {last!r}: {_active_after(client, change['job_id'], t)}", flush=True)
-    t = time.perf_counter()
-    change = client.remove_class(model["id"], first[0])
-    print(f"scale grow: remove {first[0]!r}: {_active_after(client, change['job_id'], t)}", flush=True)
-    kept = set(first[1:]) | {last}
-    top1, top5, latency = accuracy(http, model["id"], held_out(renders, kept, 1))
-    print(f"scale grow: after both changes, held-out renders: top-1 {100 * top1:.2f} %, top-5 {100 * top5:.2f} %, "
-          f"single image {latency:.1f} ms", flush=True)
+
+def grow(client: Client, http: httpx.Client, model_id: str, classes: list[str], renders: dict[str, list[bytes]],
+         ) -> None:
+    """Add a class of the dataset the model lacks, remove one it has, and add that one back: each timed from the
+    request to its version being active (a trained model's first change, then later ones)."""
+    have = client.get_model(model_id)["classes"]
+    absent = next(c for c in classes if c not in have)
+    other = next(c for c in have if c != absent)
+    changes = [("add", absent, lambda: client.add_classes(model_id, [absent])),
+               ("remove", other, lambda: client.remove_class(model_id, other)),
+               ("add back", other, lambda: client.add_classes(model_id, [other]))]
+    for what, name, request in changes:
+        t = time.perf_counter()
+        change = request()
+        print(f"scale grow: {what} {name!r}: {_active_after(client, change['job_id'], t)}", flush=True)
+    kept = set(client.get_model(model_id)["classes"])
+    top1, top5, latency = accuracy(http, model_id, held_out(renders, kept, 1))
+    print(f"scale grow: after the changes ({len(kept)} classes), held-out renders: top-1 {100 * top1:.2f} %, top-5 "
+          f"{100 * top5:.2f} %, single image {latency:.1f} ms", flush=True)

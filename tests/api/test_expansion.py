@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import threading
 from pathlib import Path
 
@@ -16,17 +15,14 @@ from pigeonhole.ids import new_id
 from pigeonhole.learn import head_file
 from pigeonhole.learn.features import ImageItem, compute_features
 from pigeonhole.learn.finish import LEFT_OUT
-from pigeonhole.learn.grow import extractor_of, rebuild_model
-from pigeonhole.learn.head import RidgeHead
-from pigeonhole.learn.neighbours import NeighbourIndex
-from pigeonhole.learn.unknown import choose_unknown
-from pigeonhole.models.service import record_version
+from pigeonhole.learn.grow import extractor_of
 from pigeonhole.models.training import TrainHandler
 from tests.api.conftest import Account
 from tests.api.datasets_helpers import all_images, upload
+from tests.api.growth_helpers import left_out_head, reference_head, trained_like_version
 from tests.api.models_helpers import add_version, run_job, trainable_dataset
 from tests.factories import make_zip
-from tests.model_factories import dark_bright_version, grey_png
+from tests.model_factories import grey_png
 
 
 @pytest.fixture
@@ -246,69 +242,6 @@ def test_refresh_uses_new_images_of_existing_classes(app, alice: Account, grown_
     assert alice.client.post(f"/api/v1/models/{model_id}/refresh", json={"classes": ["zebra"]}).status_code == 404
 
 
-def _trained_like_version(app, alice: Account, model_id: str, dataset_id: str, *, left_out: bool = False,
-                          neighbours: bool = False) -> None:
-    """A version built the way training builds one: statistics of train + val, hyperparameters chosen on
-    val held out (``left_out``: on every held image left out in turn, as for a small set), and a manifest of
-    the images the head holds."""
-    model_bytes, _ = dark_bright_version()
-    extractor = extractor_of(model_bytes)
-    blobs = app.state.blob_store
-    rows = [(i["sha256"], i["label"], i["split"], i["size_bytes"]) for i in all_images(alice, dataset_id)
-            if i["label"] in ("dark", "bright")]
-    head = (_left_out_head if left_out else _reference_head)(blobs, extractor, rows, ["dark", "bright"])
-    version_id = new_id()
-    keys = {name: f"models/{model_id}/{version_id}/{name}"
-            for name in ("model.onnx", "head.npz", "images.json", "neighbours.npz")}
-    blobs.put_bytes(keys["model.onnx"], rebuild_model(model_bytes, head))
-    blobs.put_bytes(keys["head.npz"], head.to_bytes())
-    held = [r for r in rows if r[2] != "test"]
-    blobs.put_bytes(keys["images.json"], json.dumps([list(r) for r in held]).encode())
-    if neighbours:
-        features = compute_features([ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))
-                                     for sha, _, _, size in held], extractor)
-        blobs.put_bytes(keys["neighbours.npz"],
-                        NeighbourIndex([r[0] for r in held], [r[1] for r in held], features).to_bytes())
-    with app.state.session_factory() as db, db.begin():
-        record_version(db, db.get(Model, model_id), classes=head.classes,
-                       metrics={"val_measured_on": LEFT_OUT} if left_out else {}, input_spec={"height": 28,
-                       "width": 28, "color": "L"}, threshold=head.threshold, size_bytes=1,
-                       onnx_key=keys["model.onnx"], head_key=keys["head.npz"], card_key=None,
-                       lineage={"manifest_key": keys["images.json"],
-                                "neighbours_key": keys["neighbours.npz"] if neighbours else None},
-                       latency_ms=None, throughput=None,
-                       job_id=None, activate=True, version_id=version_id)
-
-
-def _reference_head(blobs, extractor, rows, classes: list[str]) -> RidgeHead:  # type: ignore[no-untyped-def]
-    def feats(split: str) -> tuple[np.ndarray, list[str]]:
-        chosen = sorted((r for r in rows if r[2] == split and r[1] in classes), key=lambda r: classes.index(r[1]))
-        items = [ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n))) for sha, _, _, size in chosen]
-        return compute_features(items, extractor), [r[1] for r in chosen]
-
-    train_f, train_l = feats("train")
-    val_f, val_l = feats("val")
-    head = RidgeHead(train_f.shape[1])
-    head.add(train_f, train_l)
-    head.fit(val_f, val_l)
-    choose_unknown(head, val_f, val_l, left_out=False)
-    head.add(val_f, val_l)
-    head.solve()
-    return head
-
-
-def _left_out_head(blobs, extractor, rows, classes: list[str]) -> RidgeHead:  # type: ignore[no-untyped-def]
-    chosen = sorted((r for r in rows if r[2] in ("train", "val") and r[1] in classes),
-                    key=lambda r: classes.index(r[1]))
-    feats = compute_features([ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))
-                              for sha, _, _, size in chosen], extractor)
-    head = RidgeHead(feats.shape[1])
-    head.add(feats, [r[1] for r in chosen])
-    head.fit_left_out(feats, [r[1] for r in chosen])
-    choose_unknown(head, feats, [r[1] for r in chosen], left_out=True)
-    return head
-
-
 def test_on_a_small_set_growing_chooses_as_training_does_and_gives_back_the_original(
     app, alice: Account, grown_setup: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -316,7 +249,7 @@ def test_on_a_small_set_growing_chooses_as_training_does_and_gives_back_the_orig
     a version chooses ridge strength, temperature and threshold the same way, so it equals a refit, and adding
     a class then removing it gives back the user's original probabilities."""
     model_id, dataset_id = grown_setup
-    _trained_like_version(app, alice, model_id, dataset_id, left_out=True)
+    trained_like_version(app, alice, model_id, dataset_id, left_out=True)
     url = f"/api/v1/models/{model_id}/classes"
     run_job(app, alice.client.post(url, json={"names": ["mid"]}).json()["job_id"], tmp_path)  # v2
     run_job(app, alice.client.delete(f"{url}/mid").json()["job_id"], tmp_path)  # v3
@@ -328,7 +261,7 @@ def test_on_a_small_set_growing_chooses_as_training_does_and_gives_back_the_orig
     assert rows_by_v[2].metrics["val_measured_on"] == LEFT_OUT
     extractor = extractor_of(model_bytes)
     rows = [(i["sha256"], i["label"], i["split"], i["size_bytes"]) for i in all_images(alice, dataset_id)]
-    reference = _left_out_head(blobs, extractor, rows, ["dark", "bright", "mid"])
+    reference = left_out_head(blobs, extractor, rows, ["dark", "bright", "mid"])
     assert heads[2].counts == reference.counts and heads[2].alpha == reference.alpha
     probe = compute_features([ImageItem(f"p{i}", (lambda i=i: grey_png(30 + 25 * i, 5000 + i)))
                               for i in range(8)], extractor)
@@ -347,7 +280,7 @@ def test_on_a_small_set_growing_chooses_as_training_does_and_gives_back_the_orig
 def test_growing_a_trained_version_equals_a_refit_from_scratch(app, alice: Account, grown_setup: tuple[str, str],
                                                                tmp_path: Path) -> None:
     model_id, dataset_id = grown_setup
-    _trained_like_version(app, alice, model_id, dataset_id)
+    trained_like_version(app, alice, model_id, dataset_id)
     run_job(app, alice.client.post(f"/api/v1/models/{model_id}/classes", json={"names": ["mid"]}).json()["job_id"],
             tmp_path)
     blobs = app.state.blob_store
@@ -357,7 +290,7 @@ def test_growing_a_trained_version_equals_a_refit_from_scratch(app, alice: Accou
         model_bytes = blobs.read_bytes(grown_row.onnx_key)
     extractor = extractor_of(model_bytes)
     rows = [(i["sha256"], i["label"], i["split"], i["size_bytes"]) for i in all_images(alice, dataset_id)]
-    reference = _reference_head(blobs, extractor, rows, ["dark", "bright", "mid"])
+    reference = reference_head(blobs, extractor, rows, ["dark", "bright", "mid"])
     assert grown.classes == reference.classes and grown.counts == reference.counts
     assert grown.alpha == reference.alpha
     probe = compute_features([ImageItem(f"p{i}", (lambda i=i: grey_png(30 + 25 * i, 5000 + i)))
@@ -370,7 +303,7 @@ def test_growing_a_trained_version_equals_a_refit_from_scratch(app, alice: Accou
 def test_a_new_caution_is_a_new_version_without_retraining(app, alice: Account, grown_setup: tuple[str, str],
                                                            tmp_path: Path) -> None:
     model_id, dataset_id = grown_setup
-    _trained_like_version(app, alice, model_id, dataset_id)
+    trained_like_version(app, alice, model_id, dataset_id)
     refused = alice.client.post(f"/api/v1/models/{model_id}/caution", json={"caution": 0.2})
     assert refused.status_code == 422 and refused.json()["code"] == "caution_unavailable"  # made before cautions
     run_job(app, alice.client.post(f"/api/v1/models/{model_id}/classes", json={"names": ["mid"]}).json()["job_id"],
@@ -402,12 +335,12 @@ def test_a_new_caution_is_a_new_version_without_retraining(app, alice: Account, 
 def test_a_prediction_shows_the_training_images_it_looks_like(app, alice: Account,
                                                               grown_setup: tuple[str, str], tmp_path: Path) -> None:
     model_id, dataset_id = grown_setup
-    _trained_like_version(app, alice, model_id, dataset_id)
+    trained_like_version(app, alice, model_id, dataset_id)
     url = f"/api/v1/models/{model_id}/predict"
     probe = [("files", ("p.png", grey_png(128, 9001)))]
     refused = alice.client.post(url, params={"neighbours": 3}, files=probe)
     assert refused.status_code == 422 and refused.json()["code"] == "no_neighbours"  # v1 keeps no features
-    _trained_like_version(app, alice, model_id, dataset_id, neighbours=True)  # v2
+    trained_like_version(app, alice, model_id, dataset_id, neighbours=True)  # v2
     run_job(app, alice.client.post(f"/api/v1/models/{model_id}/classes", json={"names": ["mid"]}).json()["job_id"],
             tmp_path)  # v3: the index grows with the class
     answer = alice.client.post(url, params={"neighbours": 3, "top_k": 1}, files=probe).json()
@@ -460,7 +393,7 @@ def _manifest_matches_head(app, model_id: str, v: int) -> bool:  # type: ignore[
 def test_renaming_a_class_changes_its_label_only(app, alice: Account, grown_setup: tuple[str, str],
                                                  tmp_path: Path) -> None:
     model_id, dataset_id = grown_setup
-    _trained_like_version(app, alice, model_id, dataset_id)  # v1, with a manifest
+    trained_like_version(app, alice, model_id, dataset_id)  # v1, with a manifest
     url = f"/api/v1/models/{model_id}/classes"
     refused = alice.client.patch(f"{url}/dark", json={"name": "black"})
     assert refused.status_code == 409 and refused.json()["code"] == "training_in_progress"
@@ -502,7 +435,7 @@ def test_renaming_a_class_changes_its_label_only(app, alice: Account, grown_setu
         grown, model_bytes = head_file.read(row.head_key, blobs.read_bytes), blobs.read_bytes(row.onnx_key)
     extractor = extractor_of(model_bytes)
     rows = [(i["sha256"], i["label"], i["split"], i["size_bytes"]) for i in all_images(alice, dataset_id)]
-    reference = _reference_head(blobs, extractor, rows, ["black", "bright", "mid"])
+    reference = reference_head(blobs, extractor, rows, ["black", "bright", "mid"])
     assert grown.classes == reference.classes and grown.counts == reference.counts
     probe = compute_features([ImageItem(f"p{i}", (lambda i=i: grey_png(30 + 25 * i, 5000 + i))) for i in range(8)],
                              extractor)

@@ -1,0 +1,71 @@
+"""Growing a model of a hundred classes: one class in a hundred changes, so the chosen settings carry over
+(``models/expansion.py`` ``keeps_settings``), and the new head file points at the rows it did not change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pigeonhole.db.tables import ModelVersion
+from pigeonhole.learn import head_file
+from pigeonhole.learn.features import ImageItem, compute_features
+from pigeonhole.learn.grow import extractor_of
+from pigeonhole.learn.head import RidgeHead
+from tests.api.conftest import Account
+from tests.api.datasets_helpers import all_images, upload
+from tests.api.growth_helpers import trained_like_version
+from tests.api.models_helpers import run_job
+from tests.model_factories import grey_png
+
+CLASSES = [f"k{k:03d}" for k in range(100)]
+
+
+def test_a_change_to_one_class_in_a_hundred_keeps_the_settings_and_gives_back_the_version(
+    app, alice: Account, tmp_path: Path
+) -> None:
+    dataset_id = alice.client.post("/api/v1/datasets", json={"name": "many"}).json()["id"]
+    for k, name in enumerate(CLASSES):
+        upload(alice, dataset_id, [(f"{name}-{i}.png", grey_png(10 + 2 * k, 1000 * k + i)) for i in range(6)],
+               label=name)
+    upload(alice, dataset_id, [(f"new-{i}.png", grey_png(250, 500_000 + i)) for i in range(12)], label="new")
+    model_id = alice.client.post("/api/v1/models", json={"name": "m", "dataset_id": dataset_id,
+                                                          "classes": CLASSES}).json()["id"]
+    trained_like_version(app, alice, model_id, dataset_id, classes=CLASSES)  # v1
+    url = f"/api/v1/models/{model_id}/classes"
+    run_job(app, alice.client.post(url, json={"names": ["new"]}).json()["job_id"], tmp_path)  # v2
+    run_job(app, alice.client.delete(f"{url}/new").json()["job_id"], tmp_path)  # v3
+    blobs = app.state.blob_store
+    with app.state.session_factory() as db:
+        rows = {r.v: r for r in db.query(ModelVersion).filter_by(model_id=model_id)}
+        heads = {v: head_file.read(r.head_key, blobs.map_bytes) for v, r in rows.items()}
+        model_bytes = blobs.read_bytes(rows[2].onnx_key)
+
+    base, grown, back = heads[1], heads[2], heads[3]
+    assert rows[2].metrics["settings_kept_from"] == 1 and rows[3].metrics["settings_kept_from"] == 2
+    assert "accuracy" in rows[2].metrics  # measured on the test images all the same
+    for head in (grown, back):
+        assert (head.alpha, head.temperature, head.threshold) == (base.alpha, base.temperature, base.threshold)
+        np.testing.assert_array_equal(head.detector.knots, base.detector.knots)
+
+    # the grown head equals one refit from scratch, at the kept settings, on the images it holds
+    images = [i for i in all_images(alice, dataset_id) if i["split"] in ("train", "val")]
+    extractor = extractor_of(model_bytes)
+    refit = RidgeHead(grown.input_dim)
+    for name in grown.classes:
+        mine = [i for i in images if i["label"] == name]
+        if name == "new":
+            features = compute_features([ImageItem(i["sha256"], (lambda s=i["sha256"], n=i["size_bytes"]:
+                                                                 blobs.read_blob(s, n))) for i in mine], extractor)
+        else:
+            features = np.asarray(base._stats[name].rows, dtype=np.float32)
+        refit.add(features, [name] * len(features))
+    refit.solve(base.alpha)
+    assert refit.counts == grown.counts
+    np.testing.assert_allclose(grown.weights, refit.weights, rtol=1e-7, atol=1e-9)
+
+    # removing the class again gives back the first version's head, and its file holds no rows of its own:
+    # every class points into the first version's file (rows held in the file itself would name their own)
+    assert back.classes == base.classes
+    np.testing.assert_allclose(back.weights, base.weights, rtol=1e-7, atol=1e-9)
+    assert {back._stats[c].origin.key for c in back.classes} == {rows[1].head_key}
