@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from pigeonhole.db.tables import Model
+from pigeonhole.db.tables import Model, ModelVersion
 from pigeonhole.ids import new_id
+from pigeonhole.learn import head_file
 from pigeonhole.learn.features import ImageItem, compute_features
 from pigeonhole.learn.finish import LEFT_OUT
 from pigeonhole.learn.grow import extractor_of, rebuild_model
@@ -18,6 +20,7 @@ from pigeonhole.learn.unknown import choose_unknown
 from pigeonhole.models.service import record_version
 from tests.api.conftest import Account
 from tests.api.datasets_helpers import all_images
+from tests.api.models_helpers import run_job
 from tests.model_factories import dark_bright_version
 
 
@@ -82,3 +85,17 @@ def left_out_head(blobs, extractor, rows, classes: list[str]) -> RidgeHead:  # t
     head.fit_left_out(feats, [r[1] for r in chosen])
     choose_unknown(head, feats, [r[1] for r in chosen], left_out=True)
     return head
+
+
+def add_then_remove(app, alice: Account, model_id: str, name: str, tmp: Path,
+                    ) -> tuple[dict[int, ModelVersion], dict[int, RidgeHead], bytes]:
+    """Add class ``name`` to the active version (v2), remove it again (v3); every version's row and head, and the
+    grown version's model file."""
+    url = f"/api/v1/models/{model_id}/classes"
+    run_job(app, alice.client.post(url, json={"names": [name]}).json()["job_id"], tmp)
+    run_job(app, alice.client.delete(f"{url}/{name}").json()["job_id"], tmp)
+    blobs = app.state.blob_store
+    with app.state.session_factory() as db:
+        rows = {r.v: r for r in db.query(ModelVersion).filter_by(model_id=model_id)}
+        heads = {v: head_file.read(r.head_key, blobs.map_bytes) for v, r in rows.items()}
+    return rows, heads, blobs.read_bytes(rows[2].onnx_key)

@@ -19,7 +19,7 @@ from pigeonhole.learn.grow import extractor_of
 from pigeonhole.models.training import TrainHandler
 from tests.api.conftest import Account
 from tests.api.datasets_helpers import all_images, upload
-from tests.api.growth_helpers import left_out_head, reference_head, trained_like_version
+from tests.api.growth_helpers import add_then_remove, left_out_head, reference_head, trained_like_version
 from tests.api.models_helpers import add_version, run_job, trainable_dataset
 from tests.factories import make_zip
 from tests.model_factories import grey_png
@@ -250,14 +250,8 @@ def test_on_a_small_set_growing_chooses_as_training_does_and_gives_back_the_orig
     a class then removing it gives back the user's original probabilities."""
     model_id, dataset_id = grown_setup
     trained_like_version(app, alice, model_id, dataset_id, left_out=True)
-    url = f"/api/v1/models/{model_id}/classes"
-    run_job(app, alice.client.post(url, json={"names": ["mid"]}).json()["job_id"], tmp_path)  # v2
-    run_job(app, alice.client.delete(f"{url}/mid").json()["job_id"], tmp_path)  # v3
+    rows_by_v, heads, model_bytes = add_then_remove(app, alice, model_id, "mid", tmp_path)  # v2, v3
     blobs = app.state.blob_store
-    with app.state.session_factory() as db:
-        rows_by_v = {r.v: r for r in db.query(ModelVersion).filter_by(model_id=model_id)}
-        heads = {v: head_file.read(r.head_key, blobs.read_bytes) for v, r in rows_by_v.items()}
-        model_bytes = blobs.read_bytes(rows_by_v[2].onnx_key)
     assert rows_by_v[2].metrics["val_measured_on"] == LEFT_OUT
     extractor = extractor_of(model_bytes)
     rows = [(i["sha256"], i["label"], i["split"], i["size_bytes"]) for i in all_images(alice, dataset_id)]

@@ -7,15 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pigeonhole.db.tables import ModelVersion
-from pigeonhole.learn import head_file
 from pigeonhole.learn.features import ImageItem, compute_features
 from pigeonhole.learn.grow import extractor_of
 from pigeonhole.learn.head import RidgeHead
 from tests.api.conftest import Account
 from tests.api.datasets_helpers import all_images, upload
-from tests.api.growth_helpers import trained_like_version
-from tests.api.models_helpers import run_job
+from tests.api.growth_helpers import add_then_remove, trained_like_version
 from tests.model_factories import grey_png
 
 CLASSES = [f"k{k:03d}" for k in range(100)]
@@ -32,14 +29,8 @@ def test_a_change_to_one_class_in_a_hundred_keeps_the_settings_and_gives_back_th
     model_id = alice.client.post("/api/v1/models", json={"name": "m", "dataset_id": dataset_id,
                                                           "classes": CLASSES}).json()["id"]
     trained_like_version(app, alice, model_id, dataset_id, classes=CLASSES)  # v1
-    url = f"/api/v1/models/{model_id}/classes"
-    run_job(app, alice.client.post(url, json={"names": ["new"]}).json()["job_id"], tmp_path)  # v2
-    run_job(app, alice.client.delete(f"{url}/new").json()["job_id"], tmp_path)  # v3
+    rows, heads, model_bytes = add_then_remove(app, alice, model_id, "new", tmp_path)  # v2, v3
     blobs = app.state.blob_store
-    with app.state.session_factory() as db:
-        rows = {r.v: r for r in db.query(ModelVersion).filter_by(model_id=model_id)}
-        heads = {v: head_file.read(r.head_key, blobs.map_bytes) for v, r in rows.items()}
-        model_bytes = blobs.read_bytes(rows[2].onnx_key)
 
     base, grown, back = heads[1], heads[2], heads[3]
     assert rows[2].metrics["settings_kept_from"] == 1 and rows[3].metrics["settings_kept_from"] == 2

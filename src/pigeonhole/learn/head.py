@@ -88,7 +88,8 @@ class FeatureMap:
     def dim(self) -> int:
         return self.input_dim + self.config.random_features
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, dtype: type[np.floating] = np.float64) -> np.ndarray:
+        """phi(x) in ``dtype``: float64 for statistics and solves; float32 (its precision anyway) for scoring."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(f"expected features of shape (N, {self.input_dim}), got {x.shape}")
@@ -99,7 +100,7 @@ class FeatureMap:
             base = np.hstack([base, np.sqrt(2.0 / w.shape[1]) * np.cos(unit @ w + b)])
         # Rounded to float32 (the precision of the features and of the exported graph), so that the rows a head
         # holds are saved at half the size without losing a bit (100,000 images: 490 MB instead of 980).
-        return base.astype(np.float32).astype(np.float64)
+        return base.astype(np.float32).astype(dtype, copy=False)
 
 
 class RidgeHead:
@@ -355,21 +356,24 @@ class RidgeHead:
 
     def familiarity(self, features: np.ndarray) -> np.ndarray:
         """(N,) in [0, 1]: how familiar each image looks (module docstring); below ``threshold`` is unknown."""
-        return self._familiarity(features, self.scores(features) / self.temperature)
+        phi = self.map(features)
+        w, b = self._require_solved()
+        return self._familiarity(phi, (phi @ w + b) / self.temperature)
 
     def answers(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``predict_proba`` and ``familiarity`` from one pass through the weights (at 1,000 classes and 10,000
-        test images each pass costs a second)."""
-        logits = self.scores(features) / self.temperature
-        return softmax(logits), self._familiarity(features, logits)
+        """``predict_proba`` and ``familiarity`` at once, in float32 as the exported graph computes them: one pass
+        through the weights at half the cost (at 1,000 classes and 10,000 test images, 0.3 s instead of 2)."""
+        w, b = self._require_solved()
+        phi = self.map(features, dtype=np.float32)
+        logits = (phi @ w.astype(np.float32) + b.astype(np.float32)) / np.float32(self.temperature)
+        return softmax(logits), self._familiarity(phi, logits)
 
-    def _familiarity(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    def _familiarity(self, phi: np.ndarray, logits: np.ndarray) -> np.ndarray:
         if self.detector is None:
             return softmax(logits).max(axis=1)
         moments = (self.scatter().moments(self.detector.shrinkage)
                    if self.detector.kind == "relative_mahalanobis" else None)
-        base = self.map(features)[:, : self.input_dim]
-        raw = novelty.raw_scores(self.detector.kind, logits, self.temperature, base, moments)
+        raw = novelty.raw_scores(self.detector.kind, logits, self.temperature, phi[:, : self.input_dim], moments)
         return novelty.familiarity(raw, self.detector.knots)
 
     def predict(self, features: np.ndarray) -> list[tuple[str | None, float]]:

@@ -91,7 +91,7 @@ class BatchPredictHandler(JobHandler):
         model = load_model(blobs.read_bytes(task.onnx_key), threads=1)
         limits = task.limits
         wanted = task.neighbours
-        index = NeighbourIndex.from_bytes(blobs.read_bytes(task.neighbours_key)) if wanted else None
+        index = NeighbourIndex.read(task.neighbours_key, blobs.map_bytes) if wanted else None
         rows: list[dict[str, Any]] = []
         pending: list[tuple[str, np.ndarray]] = []
 

@@ -125,7 +125,8 @@ class ExpandPayload(ExpandJobParams):
     onnx_key: str
     head_key: str
     classes: list[str]  # the classes after the change
-    images: list[ImageRow]  # the dataset's images of those classes
+    images: list[ImageRow]  # the dataset's images of those classes (with keep_settings: test and new classes' only)
+    keep_settings: bool = False  # the base's ridge strength, temperature and detector carry over (expansion.py)
     manifest_key: str | None = None
     neighbours_key: str | None = None
     base_speed: BaseSpeed = Field(default_factory=BaseSpeed)

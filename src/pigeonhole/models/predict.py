@@ -200,7 +200,7 @@ class PredictionService:
             if key in self._indexes:
                 self._indexes.move_to_end(key)
                 return self._indexes[key]
-        index = NeighbourIndex.from_bytes(self.blobs.read_bytes(key))
+        index = NeighbourIndex.read(key, self.blobs.map_bytes)
         with self._index_lock:
             self._indexes[key] = index
             while len(self._indexes) > INDEXES_KEPT:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pigeonhole.learn import head_file
+from pigeonhole.learn.array_file import ArrayFile
 from pigeonhole.learn.head import RidgeHead
 
 DIM = 64
@@ -56,8 +57,8 @@ def test_a_grown_version_writes_only_its_new_rows_and_reads_back_the_same_head()
     # a third version points at both earlier files, never through the second to the first
     again.remove_class("c30")
     store["v3/head"] = again.to_bytes()
-    stats = _header(store["v3/head"])["classes_stats"]
-    assert {s["rows"]["key"] for s in stats} == {"v1/head"}
+    assert {spec.get("key") for name, spec in _arrays(store["v3/head"]).items() if name.startswith("rows_")} == {
+        "v1/head"}
     third = RidgeHead.from_bytes(store["v3/head"], key="v3/head", read=read)
     third.solve(0.1)
     refit = RidgeHead(DIM)
@@ -78,9 +79,8 @@ def test_changed_rows_are_written_again_and_read_only_views_are_never_edited() -
     assert loaded.counts["c0"] == 58
     loaded.solve(0.1)
     store["v2/head"] = loaded.to_bytes()
-    entries = dict(zip(_header(store["v2/head"])["classes"], _header(store["v2/head"])["classes_stats"],
-                       strict=True))
-    assert "array" in entries["c0"]["rows"] and entries["c1"]["rows"]["key"] == "v1/head"
+    arrays = _arrays(store["v2/head"])
+    assert "key" not in arrays["rows_0"] and arrays["rows_1"]["key"] == "v1/head"  # c0, c1
     restored = RidgeHead.from_bytes(store["v2/head"], key="v2/head", read=read)
     np.testing.assert_array_equal(restored._stats["c0"].rows, loaded._stats["c0"].rows)
     np.testing.assert_array_equal(RidgeHead.from_bytes(store["v1/head"])._stats["c0"].rows,
@@ -103,13 +103,12 @@ def test_a_file_pointing_elsewhere_needs_a_reader_and_old_savez_files_still_load
     np.testing.assert_array_equal(restored.weights, base.weights)
     restored.remove_class("c1")
     # rows from an old file have no place to point at: the next file holds them
-    assert all("array" in s["rows"] for s in _header(restored.to_bytes())["classes_stats"])
+    assert not any("key" in spec for spec in _arrays(restored.to_bytes()).values())
 
 
-def _header(data: bytes) -> dict:
-    length = int.from_bytes(data[len(head_file.MAGIC): len(head_file.MAGIC) + 8], "little")
-    start = len(head_file.MAGIC) + 8
-    return json.loads(data[start: start + length])
+def _arrays(data: bytes) -> dict:
+    """The file's arrays: where each is (``key`` when it is in another file)."""
+    return ArrayFile(data, head_file.MAGIC).meta["arrays"]
 
 
 def _savez(head: RidgeHead) -> bytes:
