@@ -16,6 +16,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -127,14 +128,21 @@ def grow(client: Client, http: httpx.Client, model_id: str, classes: list[str], 
     """Add a class of the dataset the model lacks, remove one it has, and add that one back: each timed from the
     request to its version being active (a trained model's first change, then later ones)."""
     have = client.get_model(model_id)["classes"]
-    absent = next(c for c in classes if c not in have)
-    other = next(c for c in have if c != absent)
-    changes = [("add", absent, lambda: client.add_classes(model_id, [absent])),
-               ("remove", other, lambda: client.remove_class(model_id, other)),
-               ("add back", other, lambda: client.add_classes(model_id, [other]))]
+    absent = next((c for c in classes if c not in have), None)
+    first, other = (absent, have[0]) if absent is not None else (have[-1], have[0])
+
+    def add(name: str) -> Any:
+        return client.add_classes(model_id, [name])
+
+    def remove(name: str) -> Any:
+        return client.remove_class(model_id, name)
+
+    # a model that already has every class (an earlier run grew it): remove one first
+    changes = ([("add", first, add), ("remove", other, remove), ("add back", other, add)] if absent is not None else
+               [("remove", first, remove), ("add back", first, add), ("remove", other, remove)])
     for what, name, request in changes:
         t = time.perf_counter()
-        change = request()
+        change = request(name)
         print(f"scale grow: {what} {name!r}: {_active_after(client, change['job_id'], t)}", flush=True)
     kept = set(client.get_model(model_id)["classes"])
     top1, top5, latency = accuracy(http, model_id, held_out(renders, kept, 1))
