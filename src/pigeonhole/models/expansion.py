@@ -38,6 +38,7 @@ from pigeonhole.learn.unknown import choose_unknown
 from pigeonhole.models import drift
 from pigeonhole.models import repository as repo
 from pigeonhole.models.job_contracts import ExpandJobParams, ExpandJobResult, ExpandPayload, ImageRow, VersionKeys
+from pigeonhole.models.manifest import MANIFEST_FILE, Manifest
 from pigeonhole.models.service import artifact_prefix, settle_version, source_of
 from pigeonhole.storage.blobs import BlobStore
 
@@ -58,15 +59,12 @@ def describe_change(add: list[str], remove: list[str], refresh: list[str] | None
     return "; ".join(parts) or "refreshed"
 
 
-def _load_manifest(blobs: BlobStore, key: str | None, head: RidgeHead) -> list[ImageRow] | None:
+def _load_manifest(blobs: BlobStore, key: str | None, head: RidgeHead) -> Manifest | None:
     """The images the base head holds, if known and consistent with its per-class counts (else None)."""
     if not key:
         return None
-    manifest = [(sha, label, split, size) for sha, label, split, size in json.loads(blobs.read_bytes(key))]
-    counts: dict[str, int] = {}
-    for _, label, _, _ in manifest:
-        counts[label] = counts.get(label, 0) + 1
-    return manifest if counts == head.counts else None
+    manifest = Manifest.read(key, blobs.map_bytes)
+    return manifest if manifest.counts() == head.counts else None
 
 
 def _load_index(blobs: BlobStore, key: str | None, rename: dict[str, str]) -> NeighbourIndex | None:
@@ -76,13 +74,11 @@ def _load_index(blobs: BlobStore, key: str | None, rename: dict[str, str]) -> Ne
     return NeighbourIndex.read(key, blobs.map_bytes).renamed(rename)
 
 
-def _rename(head: RidgeHead, manifest: list[ImageRow] | None, rename: dict[str, str]) -> list[ImageRow] | None:
+def _rename(head: RidgeHead, manifest: Manifest | None, rename: dict[str, str]) -> Manifest | None:
     """Rename classes in the head (labels only) and in its manifest, which then still matches the head."""
     for old, new in rename.items():
         head.rename_class(old, new)
-    if manifest is None:
-        return None
-    return [(sha, rename.get(label, label), split, size) for sha, label, split, size in manifest]
+    return manifest.renamed(rename) if manifest is not None else None
 
 
 def _only_renames(payload: ExpandPayload) -> bool:
@@ -240,10 +236,10 @@ class ExpandHandler(JobHandler):
         prefix = artifact_prefix(task.model_id, version_id)
         model_key, head_key, card_key = f"{prefix}/model.onnx", f"{prefix}/head.npz", f"{prefix}/card.json"
         keys = VersionKeys(model=model_key, head=head_key, card=card_key,
-                           manifest=f"{prefix}/images.json" if manifest is not None else None,
+                           manifest=f"{prefix}/{MANIFEST_FILE}" if manifest is not None else None,
                            neighbours=f"{prefix}/{NEIGHBOURS_FILE}" if index is not None else None)
         if keys.manifest is not None:
-            blobs.put_bytes(keys.manifest, json.dumps(manifest).encode())
+            blobs.put_bytes(keys.manifest, manifest.to_bytes())
         if index is not None and keys.neighbours is not None:
             blobs.put_bytes(keys.neighbours, index.to_bytes())
         card = {"classes": head.classes, "metrics": metrics, "unknown_threshold": float(head.threshold),
@@ -288,9 +284,9 @@ class ExpandHandler(JobHandler):
         drift.after_expand(db, model, row, settings)
 
 
-def _choose_left_out(ctx: JobContext, head: RidgeHead, manifest: list[ImageRow], images: list[ImageRow],
+def _choose_left_out(ctx: JobContext, head: RidgeHead, manifest: Manifest, images: list[ImageRow],
                      new_classes: set[str], extractor: Any, cache: FeatureCache, blobs: BlobStore,
-                     ) -> tuple[RidgeHead, list[ImageRow]]:
+                     ) -> tuple[RidgeHead, Manifest]:
     caution = head.threshold if head.detector is not None else DEFAULT_CAUTION  # the user's caution carries over
     """As training chooses for a small set (under ``runners.LEFT_OUT_BELOW_VAL`` validation images, frozen features):
     the head holds the train and validation images of every class, and ridge strength, temperature and threshold
@@ -302,7 +298,7 @@ def _choose_left_out(ctx: JobContext, head: RidgeHead, manifest: list[ImageRow],
         if not any(r[2] == "train" for r in new_rows):
             raise JobFailed("The new classes have no training images.")
     have = set(head.classes) - new_classes  # a set: 90,000 rows against a list of 1,000 classes took 0.7 s
-    held = [r for r in manifest if r[1] in have] + new_rows
+    held = [r for r in manifest.rows() if r[1] in have] + new_rows
     features = compute_features([ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n)))
                                  for sha, _, _, size in held], extractor, cache)
     if new_rows:
@@ -311,14 +307,14 @@ def _choose_left_out(ctx: JobContext, head: RidgeHead, manifest: list[ImageRow],
     ctx.report(progress=0.6, stage="Choosing the settings on every image left out in turn")
     head.fit_left_out(features, [r[1] for r in held])
     choose_unknown(head, features, [r[1] for r in held], left_out=True, caution=caution)
-    return head, held
+    return head, Manifest.from_rows(held)
 
 
-def _choose_on_validation(ctx: JobContext, head: RidgeHead, manifest: list[ImageRow] | None,
+def _choose_on_validation(ctx: JobContext, head: RidgeHead, manifest: Manifest | None,
                           images: list[ImageRow], new_classes: set[str],
                           validation: tuple[list[ImageItem], list[str]], extractor: Any, cache: FeatureCache,
                           blobs: BlobStore, payload: ExpandPayload, clock: _StageClock,
-                          ) -> tuple[RidgeHead, list[ImageRow] | None, Any, dict[str, Any] | None]:
+                          ) -> tuple[RidgeHead, Manifest | None, Any, dict[str, Any] | None]:
     """As training chooses for larger sets: ridge strength, calibration and threshold on validation images the
     head does not hold; the final head then holds train + validation images of every class. Returns the head,
     its manifest, the chooser's answers on the validation images (never held) and the drift estimate."""
@@ -326,7 +322,7 @@ def _choose_on_validation(ctx: JobContext, head: RidgeHead, manifest: list[Image
     chooser = head.copy()
     if manifest is not None:
         have = set(chooser.classes)
-        held = [r for r in manifest if r[2] == "val" and r[1] in have]
+        held = [r for r in manifest.rows() if r[2] == "val" and r[1] in have]
         if held:
             held_items = [ImageItem(sha, (lambda s=sha, n=size: blobs.read_blob(s, n))) for sha, _, _, size in held]
             chooser.remove_images(compute_features(held_items, extractor, cache), [r[1] for r in held])
@@ -365,9 +361,8 @@ def _choose_on_validation(ctx: JobContext, head: RidgeHead, manifest: list[Image
         head.add(val_features[fresh], [val_labels[i] for i in fresh])
     head.solve()
     clock.lap("solve")
-    have = set(head.classes) - new_classes
-    manifest = [r for r in manifest if r[1] in have] + \
-        [r for r in images if r[1] in new_classes and r[2] in ("train", "val")]
+    manifest = manifest.only(set(head.classes) - new_classes).plus(
+        r for r in images if r[1] in new_classes and r[2] in ("train", "val"))
     return head, manifest, val_probs, gap
 
 
@@ -388,9 +383,9 @@ def keeps_settings(classes_before: int, changed: int, has_tests: bool) -> bool:
     return classes_before >= KEEP_SETTINGS_FROM and changed <= KEEP_SETTINGS_SHARE * classes_before and has_tests
 
 
-def _keep_settings(ctx: JobContext, head: RidgeHead, manifest: list[ImageRow] | None, images: list[ImageRow],
+def _keep_settings(ctx: JobContext, head: RidgeHead, manifest: Manifest | None, images: list[ImageRow],
                    new_classes: set[str], extractor: Any, cache: FeatureCache, blobs: BlobStore,
-                   ) -> tuple[RidgeHead, list[ImageRow] | None]:
+                   ) -> tuple[RidgeHead, Manifest | None]:
     """Add the new classes' images as the chosen path would leave them in the final head (train and validation
     images when the base records what it holds, train images only for older versions), and solve at the
     base's ridge strength."""
@@ -405,14 +400,13 @@ def _keep_settings(ctx: JobContext, head: RidgeHead, manifest: list[ImageRow] | 
         head.add(features, [r[1] for r in new_rows])
     head.solve()
     if manifest is not None:
-        have = set(head.classes) - new_classes  # a set: 90,000 rows against a list of 1,000 classes took 0.7 s
-        manifest = [r for r in manifest if r[1] in have] + new_rows
+        manifest = manifest.only(set(head.classes) - new_classes).plus(new_rows)
     return head, manifest
 
 
 def _grow(ctx: JobContext, payload: ExpandPayload, blobs: BlobStore, model_bytes: bytes, head: RidgeHead,
-          manifest: list[ImageRow] | None, clock: _StageClock, index: NeighbourIndex | None,
-          ) -> tuple[RidgeHead, list[ImageRow] | None, dict[str, Any], NeighbourIndex | None]:
+          manifest: Manifest | None, clock: _StageClock, index: NeighbourIndex | None,
+          ) -> tuple[RidgeHead, Manifest | None, dict[str, Any], NeighbourIndex | None]:
     """Remove, refresh and add classes; choose the settings on validation images; measure the result.
 
     Returns the new head, the manifest of the images it holds (None if unknown), its metrics and the base's
@@ -436,7 +430,8 @@ def _grow(ctx: JobContext, payload: ExpandPayload, blobs: BlobStore, model_bytes
             if name in head.classes:
                 head.remove_class(name)
         new_classes = (set(payload.add) | set(payload.refresh)) - set(head.classes)
-        val_items, val_labels, val_keys = items("val")
+        # kept settings read no validation image (the payload holds only the new classes' then)
+        val_items, val_labels, val_keys = items("val") if not kept else ([], [], [])
         val_probs: Any = None
         gap = None
         if kept:

@@ -13,7 +13,6 @@ What crosses between the two (params, payload, the ``version`` event, the result
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
@@ -42,6 +41,7 @@ from pigeonhole.models.job_contracts import (
     VersionEvent,
     VersionKeys,
 )
+from pigeonhole.models.manifest import MANIFEST_FILE, Manifest
 from pigeonhole.models.service import artifact_prefix, settle_version
 from pigeonhole.settings import Settings
 from pigeonhole.storage.blobs import BlobStore
@@ -81,7 +81,7 @@ class _Reporter:
         self.ctx = ctx
         self.blobs = blobs
         self.model_id = model_id
-        self.manifest = manifest  # the images a finished candidate's head holds: train and val
+        self.manifest = Manifest.from_rows(manifest)  # the images a finished candidate's head holds: train and val
 
     def progress(self, fraction: float, stage: str, eta_s: float | None, metrics: dict[str, Any]) -> None:
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
@@ -102,8 +102,8 @@ class _Reporter:
             with path.open("rb") as f:
                 self.blobs.put_object(key, f)
             keys[name] = key
-        keys["manifest"] = f"{prefix}/images.json"
-        self.blobs.put_bytes(keys["manifest"], json.dumps(self.manifest).encode())
+        keys["manifest"] = f"{prefix}/{MANIFEST_FILE}"
+        self.blobs.put_bytes(keys["manifest"], self.manifest.to_bytes())
         card = candidate.card
         event = VersionEvent(
             version_id=version_id, keys=VersionKeys(**keys), classes=card["classes"], metrics=card["metrics"],
