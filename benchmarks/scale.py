@@ -118,7 +118,7 @@ def change(store: dict[str, bytes], val: tuple[np.ndarray, list[str]], test: tup
     solve, answer the test images, save (only new rows are written), build the graph. The new file goes into
     ``store``. ``choose``: choose the settings whatever the change (a new head's first settings)."""
     laps = Laps(title)
-    key = f"v{len(store)}"
+    key = f"v{len(store) - 1}"
     grown = laps("load", lambda: head_file.read(key, store.__getitem__))
     changed = int(new is not None) + int(remove is not None)
     kept = not choose and keeps_settings(len(grown.classes), changed, True)
@@ -145,7 +145,7 @@ def change(store: dict[str, bytes], val: tuple[np.ndarray, list[str]], test: tup
     tx, ty = _rows(test, lambda label: label in set(grown.classes))
     probs = laps("answer test", lambda: grown.answers(tx))[0]
     saved = laps("save", grown.to_bytes)
-    store[f"v{len(store) + 1}"] = saved
+    store[f"v{len(store)}"] = saved
     laps("graph", grown.to_module)
     total = laps.report()
     accuracy = float((np.array(grown.classes)[probs.argmax(axis=1)] == np.array(ty)).mean())

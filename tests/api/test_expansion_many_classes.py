@@ -60,3 +60,9 @@ def test_a_change_to_one_class_in_a_hundred_keeps_the_settings_and_gives_back_th
     assert back.classes == base.classes
     np.testing.assert_allclose(back.weights, base.weights, rtol=1e-7, atol=1e-9)
     assert {back._stats[c].origin.key for c in back.classes} == {rows[1].head_key}
+
+    # deleting the model deletes every version's files (a grown version's point into the others')
+    assert alice.client.delete(f"/api/v1/models/{model_id}").status_code == 204
+    for row in rows.values():
+        for key in (row.onnx_key, row.head_key, row.lineage["manifest_key"]):
+            assert not blobs.key_exists(key)

@@ -306,8 +306,10 @@ class ModelService:
         if model.job_id:
             with contextlib.suppress(Conflict, NotFound):  # the job already finished, or is gone
                 cancel_job(self.db, self.owner_id, model.job_id)
-        keys = [k for v in self.db.scalars(repo.versions_of(model.id)) for k in (v.onnx_key, v.head_key, v.card_key)
-                if k]
+        # every version's files: a grown version's may point into another version's, so they go together
+        keys = [k for v in self.db.scalars(repo.versions_of(model.id))
+                for k in (v.onnx_key, v.head_key, v.card_key, (v.lineage or {}).get("manifest_key"),
+                          (v.lineage or {}).get("neighbours_key")) if k]
         self.db.delete(model)
         return keys
 
