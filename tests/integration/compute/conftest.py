@@ -99,14 +99,25 @@ class Compute:
             thread.join(30)
         self.dispatchers.clear()
 
-    def wait_for(self, predicate: Callable[[], Any], timeout_s: float = 30, what: str = "condition") -> Any:
+    def wait_for(self, predicate: Callable[[], Any], timeout_s: float = 30, what: str = "condition",
+                 state: Callable[[], str] | None = None) -> Any:
+        """``state``: what to say about the system when it times out (so a rare failure tells its cause)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             value = predicate()
             if value:
                 return value
             time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}")
+        raise AssertionError(f"timed out waiting for {what}" + (f"; {state()}" if state is not None else ""))
+
+    def describe(self, job_id: str) -> str:
+        """A job's state, its events and the dispatchers' view of the cluster, for a failure message."""
+        job = self.get(job_id)
+        events = [(e.type, e.attempt, e.seq) for e in self.events(job_id)]
+        tracked = [sorted(d.tracked) for d, _ in self.dispatchers]
+        return (f"job {job.status}, attempt {job.attempt}, node {job.node_id}, stage {job.stage!r}, "
+                f"started {job.started_at}, events {events}; dispatchers track {tracked}; "
+                f"Ray has {ray.available_resources()} of {ray.cluster_resources()}")
 
     def wait_status(self, job_id: str, *statuses: str, timeout_s: float = 30) -> Job:
         try:

@@ -16,7 +16,10 @@ def test_cancel_stops_a_running_job_and_keeps_earlier_versions(compute, kind: st
     user = compute.user("cancel@example.com")
     compute.start_dispatcher()
     job_id = compute.job(user, kind, {"steps": 400, "step_s": 0.05, "emit_every": 2})
-    compute.wait_for(lambda: len([e for e in compute.events(job_id) if e.type == "version"]) >= 2, 30, "versions")
+    # the first two versions take a second; the bound is for a slow machine where an earlier test's task still
+    # holds a CPU (a failure says what the job and the cluster were doing)
+    compute.wait_for(lambda: len([e for e in compute.events(job_id) if e.type == "version"]) >= 2, 60, "versions",
+                     lambda: compute.describe(job_id))
     with compute.sessions() as db:
         asked = cancel_job(db, user, job_id)
         db.commit()
