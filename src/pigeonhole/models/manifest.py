@@ -22,7 +22,7 @@ from pigeonhole.models.job_contracts import ImageRow
 
 MANIFEST_FILE = "images.manifest"
 MAGIC = b"PGHIMGS2"
-_FIELDS = ("shas", "splits", "sizes")
+_FIELDS = ("shas", "splits", "sizes", "order")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class _Block:
     shas: np.ndarray  # ASCII bytes
     splits: np.ndarray  # ASCII bytes
     sizes: np.ndarray  # int64
-    origins: tuple[Origin | None, ...] = (None, None, None)
+    order: np.ndarray  # int64: each row's place in the list, so the rows come back in the order they were given
+    origins: tuple[Origin | None, ...] = (None, None, None, None)
 
 
 class Manifest:
@@ -38,18 +39,21 @@ class Manifest:
         self._blocks = blocks or {}
 
     @classmethod
-    def from_rows(cls, rows: Iterable[ImageRow]) -> Manifest:
-        grouped: dict[str, list[ImageRow]] = {}
-        for row in rows:
-            grouped.setdefault(row[1], []).append(row)
-        return cls({label: _Block(np.asarray([r[0].encode() for r in mine], dtype="S64"),
-                                  np.asarray([r[2].encode() for r in mine], dtype="S5"),
-                                  np.asarray([r[3] for r in mine], dtype=np.int64))
+    def from_rows(cls, rows: Iterable[ImageRow], start: int = 0) -> Manifest:
+        grouped: dict[str, list[tuple[int, ImageRow]]] = {}
+        for place, row in enumerate(rows, start):
+            grouped.setdefault(row[1], []).append((place, row))
+        return cls({label: _Block(np.asarray([r[0].encode() for _, r in mine], dtype="S64"),
+                                  np.asarray([r[2].encode() for _, r in mine], dtype="S5"),
+                                  np.asarray([r[3] for _, r in mine], dtype=np.int64),
+                                  np.asarray([place for place, _ in mine], dtype=np.int64))
                     for label, mine in grouped.items()})
 
     def rows(self) -> list[ImageRow]:
-        return [(sha.decode(), label, split.decode(), int(size)) for label, b in self._blocks.items()
-                for sha, split, size in zip(b.shas, b.splits, b.sizes, strict=True)]
+        """The rows in the order they were listed (the order the head's images were added in)."""
+        placed = [(int(place), (sha.decode(), label, split.decode(), int(size))) for label, b in self._blocks.items()
+                  for sha, split, size, place in zip(b.shas, b.splits, b.sizes, b.order, strict=True)]
+        return [row for _, row in sorted(placed, key=lambda p: p[0])]
 
     def counts(self) -> dict[str, int]:
         return {label: len(b.shas) for label, b in self._blocks.items()}
@@ -62,7 +66,8 @@ class Manifest:
 
     def plus(self, rows: Iterable[ImageRow]) -> Manifest:
         """New classes' images (a class already listed is replaced: a refresh lists all its images)."""
-        return Manifest({**self._blocks, **Manifest.from_rows(rows)._blocks})
+        after = 1 + max((int(b.order.max()) for b in self._blocks.values() if len(b.order)), default=-1)
+        return Manifest({**self._blocks, **Manifest.from_rows(rows, after)._blocks})
 
     def to_bytes(self) -> bytes:
         arrays: list[tuple[str, np.ndarray | Origin]] = []
