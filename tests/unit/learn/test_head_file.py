@@ -29,17 +29,16 @@ def _trained(rng: np.random.Generator) -> tuple[RidgeHead, np.ndarray, list[str]
     return head, x, labels
 
 
-def _files() -> tuple[dict[str, bytes], head_file.Reader]:
-    store: dict[str, bytes] = {}
-    return store, store.__getitem__
+def _saved(base: RidgeHead) -> tuple[dict[str, bytes], head_file.Reader, RidgeHead]:
+    """A store holding ``base`` as the first version's file, its reader, and the head read back from it."""
+    store: dict[str, bytes] = {"v1/head": base.to_bytes()}
+    return store, store.__getitem__, head_file.read("v1/head", store.__getitem__)
 
 
 def test_a_grown_version_writes_only_its_new_rows_and_reads_back_the_same_head() -> None:
     rng = np.random.default_rng(0)
     base, _, _ = _trained(rng)
-    store, read = _files()
-    store["v1/head"] = base.to_bytes()
-    loaded = RidgeHead.from_bytes(store["v1/head"], key="v1/head", read=read)
+    store, read, loaded = _saved(base)
     assert all(loaded._stats[c].rows.dtype == np.float32 for c in loaded.classes)  # views of the file, not copies
     new, new_labels = _rows(rng, 1, 8, start=30)
     loaded.add(new, new_labels)
@@ -71,9 +70,7 @@ def test_a_grown_version_writes_only_its_new_rows_and_reads_back_the_same_head()
 def test_changed_rows_are_written_again_and_read_only_views_are_never_edited() -> None:
     rng = np.random.default_rng(1)
     base, x, labels = _trained(rng)
-    store, read = _files()
-    store["v1/head"] = base.to_bytes()
-    loaded = RidgeHead.from_bytes(store["v1/head"], key="v1/head", read=read)
+    store, read, loaded = _saved(base)
     own = [i for i, label in enumerate(labels) if label == "c0"][:2]
     loaded.remove_images(x[own], ["c0", "c0"])  # two rows of c0 go: its rows are new, so written here
     assert loaded.counts["c0"] == 58
@@ -90,9 +87,7 @@ def test_changed_rows_are_written_again_and_read_only_views_are_never_edited() -
 def test_a_file_pointing_elsewhere_needs_a_reader_and_old_savez_files_still_load() -> None:
     rng = np.random.default_rng(2)
     base, _, _ = _trained(rng)
-    store, read = _files()
-    store["v1/head"] = base.to_bytes()
-    loaded = RidgeHead.from_bytes(store["v1/head"], key="v1/head", read=read)
+    store, read, loaded = _saved(base)
     loaded.remove_class("c0")
     with pytest.raises(ValueError, match="reader"):
         RidgeHead.from_bytes(loaded.to_bytes())
