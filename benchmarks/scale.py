@@ -54,7 +54,7 @@ from pigeonhole.learn.features import ImageItem, compute_features, pretrained_on
 from pigeonhole.learn.head import RidgeHead  # noqa: E402
 from pigeonhole.learn.unknown import choose_unknown  # noqa: E402
 from pigeonhole.learn.weights import WeightsCatalog  # noqa: E402
-from pigeonhole.models.expansion import keeps_settings  # noqa: E402
+from pigeonhole.models.expand_settings import keeps_settings  # noqa: E402
 
 
 def peak_rss_mib() -> float:

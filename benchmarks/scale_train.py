@@ -15,6 +15,7 @@ import statistics
 import threading
 import time
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +53,24 @@ class WorkerMemory:
         return self.peak_mib
 
 
-def _active_after(client: Client, job_id: str, started: float) -> str:
+def _active_after(client: Client, job_id: str, started: float, asked_at: float) -> str:
+    """How long from the request to the active version, and where it went: the request and the queue until a
+    dispatcher started the job, the job (the worker's own stages among it), and the job's end until the client saw
+    it (the server's clock is this machine's)."""
     job = client.wait_for_job(job_id, poll_s=0.1)
     seconds = time.perf_counter() - started
+    seen_at = time.time()
     if job["status"] != "succeeded":
         raise SystemExit(f"the job {job['status']}: {job.get('error')}")
     result = job.get("result") or {}
     stages = ", ".join(f"{k} {v:.2f}" for k, v in (result.get("stage_seconds") or {}).items())
-    return f"active after {seconds:.2f} s (in the worker {result.get('seconds', 0):.2f} s: {stages})"
+
+    def at(name: str) -> float:
+        return datetime.fromisoformat(job[name]).replace(tzinfo=UTC).timestamp() if job.get(name) else float("nan")
+
+    return (f"active after {seconds:.2f} s (request and queue {at('started_at') - asked_at:.2f} s, job "
+            f"{at('finished_at') - at('started_at'):.2f} s, seen {seen_at - at('finished_at'):.2f} s later; in the "
+            f"worker {result.get('seconds', 0):.2f} s: {stages})")
 
 
 def held_out(archive_renders: dict[str, list[bytes]], classes: set[str], per_class: int) -> list[tuple[str, bytes]]:
@@ -141,9 +152,9 @@ def grow(client: Client, http: httpx.Client, model_id: str, classes: list[str], 
     changes = ([("add", first, add), ("remove", other, remove), ("add back", other, add)] if absent is not None else
                [("remove", first, remove), ("add back", first, add), ("remove", other, remove)])
     for what, name, request in changes:
-        t = time.perf_counter()
+        t, asked_at = time.perf_counter(), time.time()
         change = request(name)
-        print(f"scale grow: {what} {name!r}: {_active_after(client, change['job_id'], t)}", flush=True)
+        print(f"scale grow: {what} {name!r}: {_active_after(client, change['job_id'], t, asked_at)}", flush=True)
     kept = set(client.get_model(model_id)["classes"])
     top1, top5, latency = accuracy(http, model_id, held_out(renders, kept, 1))
     print(f"scale grow: after the changes ({len(kept)} classes), held-out renders: top-1 {100 * top1:.2f} %, top-5 "

@@ -27,6 +27,7 @@ from torch import nn
 from pigeonhole.learn.evaluate import evaluate
 from pigeonhole.learn.export import INPUT_NAME, export_onnx, open_session, write_atomic
 from pigeonhole.learn.head import RidgeHead
+from pigeonhole.learn.held_out import HELD_OUT_FILE
 from pigeonhole.learn.neighbours import NEIGHBOURS_FILE
 from pigeonhole.learn.preprocess import InputSpec
 
@@ -146,25 +147,29 @@ class ArtifactPaths:
     head: Path
     card: Path
     neighbours: Path | None = None
+    held_out: Path | None = None
 
     def as_dict(self) -> dict[str, str]:
         out = {"directory": str(self.directory), "model": str(self.model), "head": str(self.head),
                "card": str(self.card)}
-        if self.neighbours is not None:
-            out["neighbours"] = str(self.neighbours)
+        for name, path in (("neighbours", self.neighbours), ("held_out", self.held_out)):
+            if path is not None:
+                out[name] = str(path)
         return out
 
 
 def write_artifacts(directory: Path, model: bytes, head: RidgeHead, card: dict[str, Any], *,
-                    neighbours: bytes | None = None) -> ArtifactPaths:
+                    neighbours: bytes | None = None, held_out: bytes | None = None) -> ArtifactPaths:
     """Write the files atomically (the card last, so a card means a complete set)."""
     directory = Path(directory)
     paths = ArtifactPaths(directory, directory / MODEL_FILE, directory / HEAD_FILE, directory / CARD_FILE,
-                          directory / NEIGHBOURS_FILE if neighbours is not None else None)
+                          directory / NEIGHBOURS_FILE if neighbours is not None else None,
+                          directory / HELD_OUT_FILE if held_out is not None else None)
     write_atomic(model, paths.model)
     write_atomic(head.to_bytes(), paths.head)
-    if neighbours is not None and paths.neighbours is not None:
-        write_atomic(neighbours, paths.neighbours)
+    for data, path in ((neighbours, paths.neighbours), (held_out, paths.held_out)):
+        if data is not None and path is not None:
+            write_atomic(data, path)
     write_atomic(json.dumps(card, indent=1, sort_keys=True).encode(), paths.card)
     return paths
 

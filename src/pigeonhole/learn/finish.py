@@ -12,6 +12,7 @@ from pigeonhole.learn.backbones import ExtractorSpec, resolve_weights
 from pigeonhole.learn.candidates import CandidateConfig, extract_features, extractor_classes
 from pigeonhole.learn.context import SearchContext
 from pigeonhole.learn.grow import remember_features
+from pigeonhole.learn.held_out import HeldOutFeatures
 from pigeonhole.learn.neighbours import NeighbourIndex
 from pigeonhole.learn.search_types import CandidateResult, Scored
 from pigeonhole.learn.unknown import choose_unknown
@@ -75,7 +76,9 @@ def finish(ctx: SearchContext, scored: Scored, leaderboard: list[dict[str, Any]]
         folder = ctx.output_dir / f"{number:02d}-{_slug(config.name)}"
         index = NeighbourIndex(train_keys + ctx.keys("val"), train_labels + ctx.labels("val"),
                                np.vstack([train_f, val_f]))  # the images the head holds
-        paths = write_artifacts(folder, model, head, card, neighbours=index.to_bytes()).as_dict()
+        tested = (HeldOutFeatures.from_rows(keys, ctx.labels(eval_split), answers[2]).to_bytes()
+                  if answers is not None and eval_split == "test" else None)  # growing measures on them again
+        paths = write_artifacts(folder, model, head, card, neighbours=index.to_bytes(), held_out=tested).as_dict()
     return CandidateResult(
         name=config.name, config=config.to_dict(), val_accuracy=scored.val_accuracy, test_metrics=metrics,
         mflops=scored.mflops, model_size_bytes=len(model), latency_ms=speed["latency_ms"],

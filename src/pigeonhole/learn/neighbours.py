@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from pigeonhole.learn import array_file
-from pigeonhole.learn.array_file import ArrayFile, Origin, Reader
+from pigeonhole.learn.array_file import ArrayFile, Reader
+from pigeonhole.learn.class_blocks import ClassBlocks
 
 NEIGHBOURS_FILE = "neighbours.npz"  # the name stays: older versions' files are savez files under it
 MAGIC = b"PGHNBRS2"
@@ -38,100 +39,54 @@ class Neighbour:
     similarity: float
 
 
-@dataclass(frozen=True)
-class _Block:
-    """One class's images: sha256 (ASCII bytes) and unit features (float16), with where each array was read from
-    (``array_file``: an unchanged class is written as a reference)."""
-
-    shas: np.ndarray
-    features: np.ndarray
-    origins: tuple[Origin | None, Origin | None] = (None, None)
-
-
 class NeighbourIndex:
-    """Unit features (float16) of training images, with their sha256 and label, held one block per class: growing
-    drops or adds whole classes, and a grown version's file points at the unchanged ones (``array_file``)."""
+    """Unit features (float16) of training images, with their sha256 and label, held one block per class
+    (``class_blocks``): growing drops or adds whole classes, and a grown version's file points at the unchanged
+    ones."""
 
     def __init__(self, shas: Sequence[str], labels: Sequence[str], features: np.ndarray) -> None:
-        if not (len(shas) == len(labels) == len(features)):
-            raise ValueError("images, labels and features differ in number")
-        self._blocks: dict[str, _Block] = {}
-        if not len(shas):
-            return
-        unit = _unit(features).astype(np.float16)
-        names = np.asarray(list(labels), dtype=str)
-        codes = np.asarray([s.encode() for s in shas])
-        for label in dict.fromkeys(names.tolist()):
-            mine = names == label
-            self._blocks[label] = _Block(codes[mine], unit[mine])
+        self._blocks = ClassBlocks.from_rows(shas, labels, _unit(features).astype(np.float16) if len(shas)
+                                             else np.zeros((0, 0), dtype=np.float16))
 
     def __len__(self) -> int:
-        return sum(len(b.shas) for b in self._blocks.values())
+        return len(self._blocks)
 
     @property
     def shas(self) -> list[str]:
-        return [s.decode() for b in self._blocks.values() for s in b.shas]
+        return self._blocks.shas
 
     def to_bytes(self) -> bytes:
-        arrays: list[tuple[str, np.ndarray | Origin]] = []
-        for i, block in enumerate(self._blocks.values()):
-            arrays += [(f"shas_{i}", array_file.kept(block.origins[0], block.shas)),
-                       (f"features_{i}", array_file.kept(block.origins[1], block.features))]
-        return array_file.dump(MAGIC, {"format": 1, "labels": list(self._blocks)}, arrays)
+        return self._blocks.dump(MAGIC, {"format": 1})
 
     @classmethod
     def from_bytes(cls, data: Any, *, key: str | None = None, read: Reader | None = None) -> NeighbourIndex:
         """An index from its file's bytes; ``key`` and ``read`` as in ``array_file.ArrayFile``. Files saved by
-        ``numpy.savez`` (one array for all classes) still load."""
+        ``numpy.savez`` (one array for all classes) still load: their rows are already unit and float16."""
         if not array_file.has_magic(data, MAGIC):
             with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as npz:
-                return cls._from_rows(npz["shas"], npz["labels"], npz["features"])
-        file = ArrayFile(data, MAGIC, key=key, read=read)
-        index = cls([], [], np.zeros((0, 0)))
-        for i, label in enumerate(file.meta["labels"]):
-            (shas, where_shas), (features, where_features) = (file.read_with_origin(f"shas_{i}"),
-                                                              file.read_with_origin(f"features_{i}"))
-            index._blocks[label] = _Block(shas, features, (where_shas, where_features))
-        return index
+                return cls._with(ClassBlocks.from_rows([str(s) for s in npz["shas"]], npz["labels"].tolist(),
+                                                       npz["features"]))
+        return cls._with(ClassBlocks.load(ArrayFile(data, MAGIC, key=key, read=read)))
 
     @classmethod
     def read(cls, key: str, reader: Reader) -> NeighbourIndex:
         """The index in the file at ``key``, with the files it points into opened by the same ``reader``."""
         return cls.from_bytes(reader(key), key=key, read=reader)
 
-    @classmethod
-    def _from_rows(cls, shas: np.ndarray, labels: np.ndarray, features: np.ndarray) -> NeighbourIndex:
-        """Rows already unit and float16 (an older file), grouped by class without normalising again."""
-        index = cls([], [], np.zeros((0, 0)))
-        codes = np.asarray([str(s).encode() for s in shas])
-        for label in dict.fromkeys(labels.tolist()):
-            mine = labels == label
-            index._blocks[str(label)] = _Block(codes[mine], features[mine])
-        return index
-
     def without(self, classes: Sequence[str]) -> NeighbourIndex:
-        gone = set(classes)
-        return self._with({k: b for k, b in self._blocks.items() if k not in gone})
+        return self._with(self._blocks.without(classes))
 
     def renamed(self, mapping: dict[str, str]) -> NeighbourIndex:
-        return self._with({mapping.get(k, k): b for k, b in self._blocks.items()})
+        return self._with(self._blocks.renamed(mapping))
 
     def plus(self, shas: Sequence[str], labels: Sequence[str], features: np.ndarray) -> NeighbourIndex:
         if not len(shas):
             return self
-        extra = NeighbourIndex(shas, labels, features)
-        width = next((b.features.shape[1] for b in self._blocks.values() if len(b.shas)), None)
-        if width is not None and next(iter(extra._blocks.values())).features.shape[1] != width:
-            raise ValueError("the new images' features do not match the index's")
-        blocks = dict(self._blocks)
-        for label, block in extra._blocks.items():
-            old = blocks.get(label)
-            blocks[label] = block if old is None else _Block(np.concatenate([old.shas, block.shas]),
-                                                             np.vstack([old.features, block.features]))
-        return self._with(blocks)
+        return self._with(self._blocks.plus(NeighbourIndex(shas, labels, features)._blocks))
 
-    def _with(self, blocks: dict[str, _Block]) -> NeighbourIndex:
-        out = NeighbourIndex([], [], np.zeros((0, 0)))
+    @classmethod
+    def _with(cls, blocks: ClassBlocks) -> NeighbourIndex:
+        out = cls([], [], np.zeros((0, 0)))
         out._blocks = blocks
         return out
 

@@ -26,13 +26,14 @@ class VersionKeys(JobContract):
     """The blob keys of a version's files. Only the ONNX file is certain: a version made before heads, neighbour
     indexes or manifests were kept lacks those, and the key is then absent rather than null."""
 
-    omitted_when_none = frozenset({"head", "card", "neighbours", "manifest"})
+    omitted_when_none = frozenset({"head", "card", "neighbours", "manifest", "held_out"})
 
     model: str
     head: str | None = None
     card: str | None = None
     neighbours: str | None = None
-    manifest: str | None = None  # the images the version's head holds (train and val), as JSON ImageRows
+    manifest: str | None = None  # the images the version's head holds (train and val): ``models/manifest.py``
+    held_out: str | None = None  # the features of the test images it was measured on: ``learn/held_out.py``
 
 
 # --- train and retrain -------------------------------------------------------------------------------------------
@@ -129,6 +130,7 @@ class ExpandPayload(ExpandJobParams):
     keep_settings: bool = False  # the base's ridge strength, temperature and detector carry over (expansion.py)
     manifest_key: str | None = None
     neighbours_key: str | None = None
+    held_out_key: str | None = None
     base_speed: BaseSpeed = Field(default_factory=BaseSpeed)
     base_metrics: dict[str, Any] = Field(default_factory=dict)
     extractor_classes: list[str] | None = None  # what the base's extractor was fine-tuned on (None: pretrained)

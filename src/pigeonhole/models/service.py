@@ -307,9 +307,9 @@ class ModelService:
             with contextlib.suppress(Conflict, NotFound):  # the job already finished, or is gone
                 cancel_job(self.db, self.owner_id, model.job_id)
         # every version's files: a grown version's may point into another version's, so they go together
+        lineage_keys = ("manifest_key", "neighbours_key", "held_out_key")
         keys = [k for v in self.db.scalars(repo.versions_of(model.id))
-                for k in (v.onnx_key, v.head_key, v.card_key, (v.lineage or {}).get("manifest_key"),
-                          (v.lineage or {}).get("neighbours_key")) if k]
+                for k in (v.onnx_key, v.head_key, v.card_key, *((v.lineage or {}).get(n) for n in lineage_keys)) if k]
         self.db.delete(model)
         return keys
 

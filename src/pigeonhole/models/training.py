@@ -94,7 +94,7 @@ class _Reporter:
         version_id = new_id()
         prefix = artifact_prefix(self.model_id, version_id)
         keys: dict[str, str] = {}
-        for name in ("model", "head", "card", "neighbours"):
+        for name in ("model", "head", "card", "neighbours", "held_out"):
             if name not in candidate.artifacts:
                 continue
             path = Path(candidate.artifacts[name])
@@ -208,6 +208,7 @@ class TrainHandler(JobHandler):
                        size_bytes=version.size_bytes, onnx_key=keys.model, head_key=keys.head, card_key=keys.card,
                        lineage={**version.lineage, "job_id": job.id, "change": "trained",
                                 "manifest_key": keys.manifest, "neighbours_key": keys.neighbours,
+                                "held_out_key": keys.held_out,
                                 "extractor_classes": event_extractor_classes(version)},
                        latency_ms=version.latency_ms, throughput=version.throughput, job_id=job.id,
                        version_id=version.version_id)

@@ -24,6 +24,7 @@ from pigeonhole.learn.export import INPUT_NAME, open_session
 from pigeonhole.learn.features import ImageItem, compute_features, node_feature_cache
 from pigeonhole.learn.grow import extractor_of
 from pigeonhole.learn.head import RidgeHead
+from pigeonhole.learn.held_out import HeldOutFeatures
 from pigeonhole.learn.memory import InMemoryStore, ModelMemory
 from pigeonhole.learn.neighbours import NeighbourIndex
 from pigeonhole.learn.novelty import KINDS
@@ -140,6 +141,11 @@ def test_first_candidate_is_fast_valid_and_complete(small_flowers, shared_weight
     test_keys = [i.key for i in ts.split("test")]
     computed = compute_features([ImageItem(k, (lambda k=k: source.open(k))) for k in test_keys], extractor)
     np.testing.assert_allclose(np.stack([found[extractor.feature_key(k)] for k in test_keys]), computed, atol=1e-5)
+    # and the version keeps those test features, the same numbers, so that growing need not look them up
+    held_out = HeldOutFeatures.from_bytes(files["held_out"].read_bytes())
+    assert len(held_out) == len(test_keys)
+    for _, block in held_out.blocks.items():
+        np.testing.assert_array_equal(block.features, [found[extractor.feature_key(s.decode())] for s in block.shas])
 
 
 def test_target_met_stops_early_and_is_reproducible(small_flowers, shared_weights, tmp_path) -> None:
