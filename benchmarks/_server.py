@@ -39,10 +39,17 @@ class Server:
 
     def peak_rss_mib(self) -> float:
         """High-water mark of the API's resident memory (VmHWM, summed over its worker processes), in MiB."""
+        return self._status_mib("VmHWM:")
+
+    def rss_mib(self) -> float:
+        """The API's resident memory now (VmRSS, summed over its worker processes), in MiB."""
+        return self._status_mib("VmRSS:")
+
+    def _status_mib(self, field: str) -> float:
         total = 0.0
         for pid in self.api_pids():
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     total += int(line.split()[1]) / 1024
         return total or float("nan")
 

@@ -216,7 +216,7 @@ def service_stages(archive: Path, work: Path, postgres: str | None, reuse: bool,
         client = Client(server.base, server.token, timeout_s=600)
         folder = scale_db.unpack(archive, work / archive.stem)
         kept = {d["name"]: d["id"] for d in client.list_datasets()} if reuse else {}
-        dataset = {"id": kept["glyphs"]} if "glyphs" in kept else scale_db.ingest(client, folder, server.peak_rss_mib)
+        dataset = {"id": kept["glyphs"]} if "glyphs" in kept else scale_db.ingest(client, folder, server)
         if url is not None:
             million = kept.get("a million rows") or scale_db.make_rows(url, dataset["id"])
             with server.client() as http:

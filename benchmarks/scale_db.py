@@ -4,7 +4,7 @@ PostgreSQL (issue 29). Stages of ``benchmarks/scale.py`` (``ingest``, ``postgres
 - ingest: a real ``pigeonhole serve`` (SQLite by default; ``--database-url`` for PostgreSQL); the glyph set is
   unpacked to a folder and uploaded as a user would (``Client.upload_folder``: small batches per class). Prints
   images/s per tenth of the upload (it must not slow down as the dataset grows), the slowest request, and the
-  server's peak memory (it must stay flat: streaming).
+  server's memory at each tenth and at its peak (it must stay flat: streaming).
 - postgres: a second dataset of 1,000,000 rows (1,000 classes of 1,000) made from the ingested images' rows
   (the same blobs repeat under several classes, as the issue allows), inserted in bulk with the columns the
   ingestor writes and its split rule; then the API's pages on it are timed (first page, a deep page, one class,
@@ -18,7 +18,7 @@ import statistics
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from sqlalchemy import create_engine, func, insert, select, text
@@ -29,6 +29,9 @@ from pigeonhole.datasets.splits import assign_split
 from pigeonhole.db.engine import create_db_engine
 from pigeonhole.db.tables import Dataset, DatasetImage
 from pigeonhole.ids import new_id
+
+if TYPE_CHECKING:
+    from _server import Server
 
 ROWS_CLASSES, ROWS_PER_CLASS = 1000, 1000
 
@@ -52,15 +55,21 @@ def fresh_database(admin_url: str, name: str) -> str:
     return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
-def ingest(client: Client, folder: Path, server_rss: Any) -> dict[str, Any]:
+def ingest(client: Client, folder: Path, server: Server) -> dict[str, Any]:
+    """Upload the folder as the client does (in chunks); images/s overall and per tenth of the upload, the slowest
+    request, and the server's resident memory at each tenth (streaming keeps it flat) and at its peak."""
     dataset = client.create_dataset("glyphs")
     marks: list[tuple[float, int]] = [(time.perf_counter(), 0)]
     longest = [0.0]
+    memory = [server.rss_mib()]
+    total_files = sum(1 for p in folder.rglob("*") if p.is_file())
 
     def progress(state: Any) -> None:
         now = time.perf_counter()
         longest[0] = max(longest[0], now - marks[-1][0])
         marks.append((now, state.files_done))
+        if state.files_done >= total_files * len(memory) / 10:
+            memory.append(server.rss_mib())
 
     started = time.perf_counter()
     result = client.upload_folder(dataset["id"], folder, progress=progress)
@@ -74,7 +83,8 @@ def ingest(client: Client, folder: Path, server_rss: Any) -> dict[str, Any]:
     print(f"scale ingest: {result.accepted} accepted, {result.duplicates} duplicates, {len(result.rejected)} "
           f"rejected in {seconds:.0f} s = {result.accepted / seconds:.0f} images/s; per tenth: "
           + " ".join(f"{r:.0f}" for r in tenths) + f"; slowest request {longest[0]:.2f} s; server peak RSS "
-          f"{server_rss():.0f} MiB", flush=True)
+          f"{server.peak_rss_mib():.0f} MiB; RSS at each tenth " + " ".join(f"{m:.0f}" for m in memory) + " MiB",
+          flush=True)
     for rejection in result.rejected[:3]:
         print(f"  rejected: {rejection}", flush=True)
     return dataset
