@@ -226,3 +226,22 @@ def test_thumbnails_are_rebuilt_after_eviction(app, alice: Account) -> None:
     cache.max_bytes = 1  # a budget smaller than one thumbnail: entries are evicted, originals never are
     cache.evict()
     assert snapshot(alice, dataset_id)
+
+
+def test_markup_hidden_in_a_picture_is_refused_but_the_same_letters_among_binary_bytes_are_not(
+    alice: Account, seeded: str
+) -> None:
+    """A photo's compressed bytes hold ``<svg`` in some letter case by chance (about one 3 MB photo in 170): only
+    markup followed by text, as any payload is, refuses the file; the chance letters keep the photo."""
+    photo = jpeg_bytes(seed=30)
+    straddling = jpeg_bytes(seed=31)
+    straddling += b"\x00" * (1024 * 1024 - 3 - len(straddling))  # the marker across the scan's 1 MiB chunks
+    chance = photo + b"<sVg\x93\x00\xf1\x1e\xc4\x7f\x02\xe8" + b"\xff\x00" * 40  # binary after it: a photo's luck
+    payloads = [photo + b"<svg/onload=alert(1)>", photo + b"\x00<ScRiPt>fetch('//x')</script>",
+                photo + b"<?php system($_GET['c']); ?>", straddling + b"<html><body>hi"]
+    before = snapshot(alice, seeded)
+    refused = upload(alice, seeded, [(f"p{i}.jpg", data) for i, data in enumerate(payloads)], label="cats").json()
+    assert refused["accepted"] == 0 and {r["code"] for r in refused["rejected"]} == {"not_an_image"}, refused
+    assert snapshot(alice, seeded) == before
+    kept = upload(alice, seeded, [("lucky.jpg", chance)], label="cats").json()
+    assert kept["accepted"] == 1 and not kept["rejected"], kept
