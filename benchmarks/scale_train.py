@@ -136,8 +136,9 @@ def train(client: Client, http: httpx.Client, dataset_id: str, classes: list[str
 
 def grow(client: Client, http: httpx.Client, model_id: str, classes: list[str], renders: dict[str, list[bytes]],
          ) -> None:
-    """Add a class of the dataset the model lacks, remove one it has, and add that one back: each timed from the
-    request to its version being active (a trained model's first change, then later ones)."""
+    """Remove a class the model has (a trained model's first change), add the class of the dataset it lacks (its
+    images never seen: their features are computed), remove that one again, and add the first back (its features
+    cached): each timed from the request to its version being active."""
     have = client.get_model(model_id)["classes"]
     absent = next((c for c in classes if c not in have), None)
     first, other = (absent, have[0]) if absent is not None else (have[-1], have[0])
@@ -149,7 +150,8 @@ def grow(client: Client, http: httpx.Client, model_id: str, classes: list[str], 
         return client.remove_class(model_id, name)
 
     # a model that already has every class (an earlier run grew it): remove one first
-    changes = ([("add", first, add), ("remove", other, remove), ("add back", other, add)] if absent is not None else
+    changes = ([("remove", other, remove), ("add", first, add), ("remove", first, remove), ("add back", other, add)]
+               if absent is not None else
                [("remove", first, remove), ("add back", first, add), ("remove", other, remove)])
     for what, name, request in changes:
         t, asked_at = time.perf_counter(), time.time()

@@ -37,6 +37,7 @@ from pigeonhole.learn.ridge import (
     fit_temperature,
     left_out_scores,
     softmax,
+    softmax_in_place,
     summed_gram,
 )
 
@@ -367,19 +368,33 @@ class RidgeHead:
 
     def answers(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``predict_proba`` and ``familiarity`` at once, in float32 as the exported graph computes them: one pass
-        through the weights at half the cost (at 1,000 classes and 10,000 test images, 0.3 s instead of 2)."""
+        through the weights at half the cost (at 1,000 classes and 10,000 test images, 0.3 s instead of 2).
+
+        The (N, K) scores are turned into probabilities in place, and the softmax detector's score (the top
+        probability: 1 over the sum of the shifted exponentials) is read from them rather than computed again:
+        each pass over 10,000 x 1,000 numbers costs 0.05-0.2 s of a class change that should take a second."""
         w, b = self._require_solved()
         phi = self.map(features, dtype=np.float32)
-        logits = (phi @ w.astype(np.float32) + b.astype(np.float32)) / np.float32(self.temperature)
-        return softmax(logits), self._familiarity(phi, logits)
+        logits = phi @ w.astype(np.float32)
+        logits += b.astype(np.float32)
+        logits /= np.float32(self.temperature)
+        kind = self.detector.kind if self.detector is not None else None
+        raw = None if kind in (None, "softmax") else self._raw_familiarity(phi, logits)
+        probs = softmax_in_place(logits)
+        if self.detector is None:
+            return probs, probs.max(axis=1)
+        return probs, novelty.familiarity(probs.max(axis=1) if raw is None else raw, self.detector.knots)
 
     def _familiarity(self, phi: np.ndarray, logits: np.ndarray) -> np.ndarray:
         if self.detector is None:
             return softmax(logits).max(axis=1)
+        return novelty.familiarity(self._raw_familiarity(phi, logits), self.detector.knots)
+
+    def _raw_familiarity(self, phi: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        assert self.detector is not None
         moments = (self.scatter().moments(self.detector.shrinkage)
                    if self.detector.kind == "relative_mahalanobis" else None)
-        raw = novelty.raw_scores(self.detector.kind, logits, self.temperature, phi[:, : self.input_dim], moments)
-        return novelty.familiarity(raw, self.detector.knots)
+        return novelty.raw_scores(self.detector.kind, logits, self.temperature, phi[:, : self.input_dim], moments)
 
     def predict(self, features: np.ndarray) -> list[tuple[str | None, float]]:
         """(label or None for unknown, confidence) per image."""

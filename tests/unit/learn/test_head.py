@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pigeonhole.learn import novelty
 from pigeonhole.learn.artifacts import export_model
 from pigeonhole.learn.backbones import PixelExtractor, build_extractor, get_spec
 from pigeonhole.learn.evaluate import evaluate
@@ -372,3 +373,33 @@ def test_class_weights_only_for_a_rare_class() -> None:
     np.testing.assert_array_equal(class_weights(np.array([121, 124])), np.ones(2))
     np.testing.assert_allclose(class_weights(np.array([200, 200, 8, 0])), [1, 1, 25, 1])
     np.testing.assert_allclose(class_weights(np.array([500, 300, 400, 40])), [1, 350 / 300, 1, 350 / 40])
+
+
+@pytest.mark.parametrize("kind", [None, "softmax", "energy", "relative_mahalanobis"])
+def test_answers_in_float32_are_the_probabilities_and_familiarity_of_each_detector(kind: str | None) -> None:
+    """``answers`` (the measuring path: float32, scores turned into probabilities in place, the softmax detector's
+    score read from them) gives what ``predict_proba`` and ``familiarity`` give in float64."""
+    import dataclasses
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((5, 24)) * 0.4  # classes that overlap: answers of every confidence
+    x = np.vstack([c + rng.standard_normal((80, 24)) for c in centres]).astype(np.float32)
+    labels = [f"c{k}" for k in range(5) for _ in range(80)]
+    val = np.arange(len(labels)) % 4 == 0
+    head = RidgeHead(24)
+    head.add(x[~val], [lab for lab, v in zip(labels, val, strict=True) if not v])
+    vx, vy = x[val], [lab for lab, v in zip(labels, val, strict=True) if v]
+    head.fit(vx, vy)
+    choose_unknown(head, vx, vy, left_out=False)
+    if kind is None:
+        head.detector = None
+    else:  # this detector, with its knots on these images
+        head.detector = dataclasses.replace(head.detector, kind=kind)
+        phi = head.map(vx)
+        raw = head._raw_familiarity(phi, (phi @ head.weights + head.bias) / head.temperature)
+        head.detector = dataclasses.replace(head.detector, knots=novelty.quantile_knots(raw))
+    probs, familiar = head.answers(vx)
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs, head.predict_proba(vx), atol=1e-4)  # float32 against float64
+    np.testing.assert_allclose(familiar, head.familiarity(vx), atol=2e-3)
+    assert np.ptp(familiar) > 0.1  # the detector separates something: the comparison is not of constants
