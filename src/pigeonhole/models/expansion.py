@@ -275,14 +275,15 @@ class ExpandHandler(JobHandler):
             blobs.put_bytes(keys.neighbours, index.to_bytes())
         if measured.held_out is not None and keys.held_out is not None:
             blobs.put_bytes(keys.held_out, measured.held_out.to_bytes())
+        blobs.put_bytes(model_key, grown)
+        blobs.put_bytes(head_key, head.to_bytes())
+        clock.lap("save")
         card = {"classes": head.classes, "metrics": metrics, "unknown_threshold": float(head.threshold),
                 "unknown": unknown_facts(head),
                 "speed": speed, "change": describe_change(task.add, task.remove, task.refresh, rename, task.caution),
                 "parent_version": task.base_version, "seconds": round(time.monotonic() - started, 2),
                 "stage_seconds": clock.laps}
-        blobs.put_bytes(model_key, grown)
-        blobs.put_bytes(head_key, head.to_bytes())
-        blobs.put_bytes(card_key, json.dumps(card, indent=1).encode())
+        blobs.put_bytes(card_key, json.dumps(card, indent=1).encode())  # last: a card means a complete set
         ctx.report(progress=1.0, stage="New version ready")
         return ExpandJobResult(version_id=version_id, keys=keys, classes=head.classes, metrics=metrics,
                                threshold=float(head.threshold), size_bytes=len(grown),
