@@ -16,8 +16,8 @@ Stages (``--stage``, several allowed, comma-separated; ``ingest`` and ``postgres
 - ``ingest``: upload the set through the HTTP API of a real server (SQLite, the embedded default).
 - ``postgres``: the same upload to a server on PostgreSQL, then a 1,000,000-row dataset there.
 - ``train``: after the upload, a model of 999 classes with a 15-minute budget, then remove a class (its first
-  change), add the last class, remove that and add the first back, then predict (``scale_train.py``). With ``--reuse``, a model an earlier run trained is grown again
-  instead.
+  change), add the last class, remove that and add the first back, then predict (``scale_train.py``). With
+  ``--reuse``, a model an earlier run trained is grown again instead.
 - ``web``: the pages in Chromium, timed until usable (``scale_web.py``; with ``--reuse`` after ``train``).
 
     .venv/bin/python benchmarks/scale.py --stage data,head [--classes 1000] [--per-class 100]

@@ -17,6 +17,9 @@ import numpy as np
 from pigeonhole.learn import array_file
 from pigeonhole.learn.array_file import ArrayFile, Origin
 
+_FIELDS = ("shas", "features")
+Field = tuple[np.ndarray, Origin | None]  # an array and where it was read from (None: not read from a file)
+
 
 @dataclass(frozen=True)
 class Block:
@@ -98,18 +101,32 @@ class ClassBlocks:
 
     def dump(self, magic: bytes, meta: dict[str, object]) -> bytes:
         """A file of these blocks (``meta`` is kept in its header beside the class names)."""
-        arrays: list[tuple[str, np.ndarray | Origin]] = []
-        for i, block in enumerate(self._blocks.values()):
-            arrays += [(f"shas_{i}", array_file.kept(block.origins[0], block.shas)),
-                       (f"features_{i}", array_file.kept(block.origins[1], block.features))]
-        return array_file.dump(magic, {**meta, "labels": list(self._blocks)}, arrays)
+        return dump_fields(magic, meta, {label: ((b.shas, b.origins[0]), (b.features, b.origins[1]))
+                                         for label, b in self._blocks.items()}, _FIELDS)
 
     @classmethod
     def load(cls, file: ArrayFile) -> ClassBlocks:
         """The blocks of a file written by :meth:`dump`, as views that remember where they lie."""
-        blocks: dict[str, Block] = {}
-        for i, label in enumerate(file.meta["labels"]):
-            (shas, where_shas), (features, where_features) = (file.read_with_origin(f"shas_{i}"),
-                                                              file.read_with_origin(f"features_{i}"))
-            blocks[label] = Block(shas, features, (where_shas, where_features))
-        return cls(blocks)
+        return cls({label: Block(arrays[0], arrays[1], (origins[0], origins[1]))
+                    for label, (arrays, origins) in load_fields(file, _FIELDS).items()})
+
+
+def dump_fields(magic: bytes, meta: dict[str, object], blocks: dict[str, tuple[Field, ...]],
+                fields: tuple[str, ...]) -> bytes:
+    """A file of per-class arrays named ``fields`` (array ``{field}_{i}`` of the i-th class), each array still the
+    one read from a file written as a reference to it."""
+    arrays: list[tuple[str, np.ndarray | Origin]] = []
+    for i, values in enumerate(blocks.values()):
+        arrays += [(f"{name}_{i}", array_file.kept(origin, array))
+                   for name, (array, origin) in zip(fields, values, strict=True)]
+    return array_file.dump(magic, {**meta, "labels": list(blocks)}, arrays)
+
+
+def load_fields(file: ArrayFile, fields: tuple[str, ...],
+                ) -> dict[str, tuple[tuple[np.ndarray, ...], tuple[Origin | None, ...]]]:
+    """Per class, the arrays named ``fields`` of a file written by :func:`dump_fields`, and where each lies."""
+    out = {}
+    for i, label in enumerate(file.meta["labels"]):
+        read = [file.read_with_origin(f"{name}_{i}") for name in fields]
+        out[label] = (tuple(array for array, _ in read), tuple(origin for _, origin in read))
+    return out

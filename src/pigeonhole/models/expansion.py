@@ -308,8 +308,7 @@ class ExpandHandler(JobHandler):
             lineage={"change": describe_change(params.add, params.remove, params.refresh, params.rename,
                                                params.caution),
                      "parent": params.base_version, "job_id": job.id, "seconds": outcome.seconds,
-                     "manifest_key": outcome.keys.manifest, "source": source,
-                     "neighbours_key": outcome.keys.neighbours, "held_out_key": outcome.keys.held_out,
+                     "source": source, **outcome.keys.lineage(),
                      "extractor_classes": extractor_classes_after(base, params.rename) if base is not None else None,
                      # the extractor is the base's, unchanged: so is what the user was told about it
                      **({k: base.lineage.get(k) for k in ("extractor", "notes")} if base is not None else {})},

@@ -35,6 +35,13 @@ class VersionKeys(JobContract):
     manifest: str | None = None  # the images the version's head holds (train and val): ``models/manifest.py``
     held_out: str | None = None  # the features of the test images it was measured on: ``learn/held_out.py``
 
+    def lineage(self) -> dict[str, str | None]:
+        """The keys a version row keeps in its lineage (the model file, head and card have columns of their own)."""
+        return {f"{name}_key": getattr(self, name) for name in LINEAGE_FILES}
+
+
+LINEAGE_FILES = ("manifest", "neighbours", "held_out")  # a version's files named in its lineage as ``{name}_key``
+
 
 # --- train and retrain -------------------------------------------------------------------------------------------
 

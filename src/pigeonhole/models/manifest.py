@@ -18,6 +18,7 @@ import numpy as np
 
 from pigeonhole.learn import array_file
 from pigeonhole.learn.array_file import ArrayFile, Origin, Reader
+from pigeonhole.learn.class_blocks import dump_fields, load_fields
 from pigeonhole.models.job_contracts import ImageRow
 
 MANIFEST_FILE = "images.manifest"
@@ -70,11 +71,9 @@ class Manifest:
         return Manifest({**self._blocks, **Manifest.from_rows(rows, after)._blocks})
 
     def to_bytes(self) -> bytes:
-        arrays: list[tuple[str, np.ndarray | Origin]] = []
-        for i, block in enumerate(self._blocks.values()):
-            arrays += [(f"{name}_{i}", array_file.kept(origin, getattr(block, name)))
-                       for name, origin in zip(_FIELDS, block.origins, strict=True)]
-        return array_file.dump(MAGIC, {"format": 1, "labels": list(self._blocks)}, arrays)
+        return dump_fields(MAGIC, {"format": 1}, {label: tuple((getattr(b, name), origin) for name, origin
+                                                               in zip(_FIELDS, b.origins, strict=True))
+                                                  for label, b in self._blocks.items()}, _FIELDS)
 
     @classmethod
     def read(cls, key: str, reader: Reader) -> Manifest:
@@ -83,9 +82,6 @@ class Manifest:
         data: Any = reader(key)
         if not array_file.has_magic(data, MAGIC):
             return cls.from_rows((sha, label, split, int(size)) for sha, label, split, size in json.loads(bytes(data)))
-        file = ArrayFile(data, MAGIC, key=key, read=reader)
-        blocks = {}
-        for i, label in enumerate(file.meta["labels"]):
-            read = [file.read_with_origin(f"{name}_{i}") for name in _FIELDS]
-            blocks[label] = _Block(*(array for array, _ in read), origins=tuple(origin for _, origin in read))
-        return cls(blocks)
+        return cls({label: _Block(*arrays, origins=origins)
+                    for label, (arrays, origins) in load_fields(ArrayFile(data, MAGIC, key=key, read=reader),
+                                                                _FIELDS).items()})

@@ -16,7 +16,7 @@ from pigeonhole.db.tables import Job, Model, ModelVersion
 from pigeonhole.errors import Conflict, NotFound, Unprocessable
 from pigeonhole.jobs.service import cancel_job, create_job
 from pigeonhole.models import repository as repo
-from pigeonhole.models.job_contracts import ExpandJobParams, TrainJobParams
+from pigeonhole.models.job_contracts import LINEAGE_FILES, ExpandJobParams, TrainJobParams
 from pigeonhole.settings import Settings
 
 # Default training time per preference when the user does not say: quick, sensible, thorough.
@@ -307,9 +307,9 @@ class ModelService:
             with contextlib.suppress(Conflict, NotFound):  # the job already finished, or is gone
                 cancel_job(self.db, self.owner_id, model.job_id)
         # every version's files: a grown version's may point into another version's, so they go together
-        lineage_keys = ("manifest_key", "neighbours_key", "held_out_key")
         keys = [k for v in self.db.scalars(repo.versions_of(model.id))
-                for k in (v.onnx_key, v.head_key, v.card_key, *((v.lineage or {}).get(n) for n in lineage_keys)) if k]
+                for k in (v.onnx_key, v.head_key, v.card_key,
+                          *((v.lineage or {}).get(f"{name}_key") for name in LINEAGE_FILES)) if k]
         self.db.delete(model)
         return keys
 

@@ -206,9 +206,7 @@ class TrainHandler(JobHandler):
         settle_version(db, model, self.settings, guarded=job.kind == "retrain", classes=version.classes,
                        metrics=version.metrics, input_spec=spec, threshold=version.threshold,
                        size_bytes=version.size_bytes, onnx_key=keys.model, head_key=keys.head, card_key=keys.card,
-                       lineage={**version.lineage, "job_id": job.id, "change": "trained",
-                                "manifest_key": keys.manifest, "neighbours_key": keys.neighbours,
-                                "held_out_key": keys.held_out,
+                       lineage={**version.lineage, "job_id": job.id, "change": "trained", **keys.lineage(),
                                 "extractor_classes": event_extractor_classes(version)},
                        latency_ms=version.latency_ms, throughput=version.throughput, job_id=job.id,
                        version_id=version.version_id)
