@@ -52,8 +52,8 @@ class ClassBlocks:
             return cls()
         names = np.asarray([str(label) for label in labels], dtype=str)
         codes = np.asarray([str(s).encode() for s in shas])
-        return cls({label: Block(codes[names == label], features[names == label])
-                    for label in dict.fromkeys(names.tolist())})
+        masks = {label: names == label for label in dict.fromkeys(names.tolist())}
+        return cls({label: Block(codes[mine], features[mine]) for label, mine in masks.items()})
 
     def __len__(self) -> int:
         return sum(len(b.shas) for b in self._blocks.values())
