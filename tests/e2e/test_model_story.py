@@ -48,7 +48,12 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     first = _photos(root / "first", FLOWERS / "train.zip", {"daisy": 10, "dandelion": 10})
     extra = _photos(root / "extra", FLOWERS / "train.zip", {"sunflower": 8})
     probe = _photos(root / "probe", FLOWERS / "test.zip", {"daisy": 1})
-    planted = _photos(root / "planted", FLOWERS / "train.zip", {"sunflower": 1}, skip=8)
+    # The planted photo is one that every extractor the search may choose here (MobileNetV2, EfficientNet-Lite0 and
+    # SqueezeNet, at each of their sizes and the ridge strengths a small set leads to) flags as a sunflower among
+    # the daisies: which candidate wins a training is decided by a wall-clock budget, and SqueezeNet's features do
+    # not tell every sunflower photo from a daisy with eight examples (the first one after the eight, tried before,
+    # was missed whenever SqueezeNet won; this is a test of the review flow, the benchmarks measure the detection).
+    planted = _photos(root / "planted", FLOWERS / "train.zip", {"sunflower": 1}, skip=13)
     unlabelled = _photos(root / "unlabelled", FLOWERS / "test.zip", {"daisy": 2, "dandelion": 1}, skip=1)
     return {"first": first, "extra": extra / "sunflower", "probe": next((probe / "daisy").iterdir()),
             "planted": next((planted / "sunflower").iterdir()),
