@@ -70,6 +70,13 @@ def test_versions_activate_rollback_and_export(app, alice: Account, model_id: st
                             "mean": one["input"]["mean"], "std": one["input"]["std"], "crop": "resize"}
     assert alice.client.post(f"/api/v1/models/{model_id}/versions/1/activate").json()["active_version"] == 1
     assert alice.client.post(f"/api/v1/models/{model_id}/versions/9/activate").status_code == 404
+    # a version number past what the database holds is no such version, not a server error (the fuzzer's find)
+    huge = 2**63
+    for response in (alice.client.get(f"/api/v1/models/{model_id}/versions/{huge}"),
+                     alice.client.post(f"/api/v1/models/{model_id}/versions/{huge}/activate"),
+                     alice.client.post(f"/api/v1/models/{model_id}/predict", params={"version": huge},
+                                       files=[("files", ("a.png", grey_png(40, 1)))])):
+        assert response.json() == {"detail": f"This model has no version {huge}.", "code": "version_not_found"}
     exported = alice.client.get(f"/api/v1/models/{model_id}/versions/1/export", params={"format": "onnx"})
     assert exported.status_code == 200 and exported.content == dark_bright_onnx()
     assert alice.client.get(f"/api/v1/models/{model_id}/versions/1/export", params={"format": "tflite"}

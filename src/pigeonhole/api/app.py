@@ -30,6 +30,7 @@ from pigeonhole.db.migrate import upgrade
 from pigeonhole.jobs.routes import router as jobs_router
 from pigeonhole.models.feedback import router as feedback_router
 from pigeonhole.models.predict import PredictionService
+from pigeonhole.models.predict_routes import router as predict_router
 from pigeonhole.models.queue_routes import router as queue_router
 from pigeonhole.models.routes import router as models_router
 from pigeonhole.models.suspect_routes import router as suspects_router
@@ -95,8 +96,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     app.state.blob_sweeper = BlobSweeper(session_factory, blobs, settings.blob_sweep_grace_s)
 
     install_error_handlers(app)
-    for router in (auth_router, tokens_router, datasets_router, suspects_router, queue_router, models_router,
-                   feedback_router, jobs_router, usage_router, admin_router, ops_router):
+    # The prediction route first: the busiest by far, matched before the other routes' patterns are tried.
+    for router in (predict_router, auth_router, tokens_router, datasets_router, suspects_router, queue_router,
+                   models_router, feedback_router, jobs_router, usage_router, admin_router, ops_router):
         app.include_router(router)
     install_web(app)
 

@@ -9,6 +9,14 @@ from sqlalchemy.orm import Session
 
 from pigeonhole.db.tables import Job, Model, ModelVersion
 
+MAX_VERSION = 2**31 - 1  # version numbers are 32-bit integers in the database
+
+
+def _storable(v: int | None) -> int | None:
+    """A version number the database can compare: one past what its column holds names no version (-1), instead
+    of failing to convert (a number from a URL can be any size)."""
+    return v if v is None or -MAX_VERSION <= v <= MAX_VERSION else -1
+
 
 def models_readable_by(owner_id: str) -> Select[tuple[Model]]:
     return select(Model).where(Model.owner_id == owner_id)
@@ -33,7 +41,7 @@ def serving_row(connection: Connection, owner_id: str, model_id: str, v: int | N
     """What a prediction needs of a model and the version it asks for (``v``, or the active one), in one Core
     query: (dataset_id, version number or None, onnx_key, neighbours_key). None when the
     owner has no such model."""
-    return connection.execute(_SERVING_ROW, {"owner_id": owner_id, "model_id": model_id, "v": v}).first()
+    return connection.execute(_SERVING_ROW, {"owner_id": owner_id, "model_id": model_id, "v": _storable(v)}).first()
 
 
 def versions_of(model_id: str) -> Select[tuple[ModelVersion]]:
@@ -41,7 +49,7 @@ def versions_of(model_id: str) -> Select[tuple[ModelVersion]]:
 
 
 def version(db: Session, model_id: str, v: int) -> ModelVersion | None:
-    return db.scalar(versions_of(model_id).where(ModelVersion.v == v))
+    return db.scalar(versions_of(model_id).where(ModelVersion.v == _storable(v)))
 
 
 def next_version_number(db: Session, model_id: str) -> int:

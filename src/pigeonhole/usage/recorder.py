@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import insert
@@ -80,8 +80,9 @@ class UsageRecorder:
                 while self._pending and len(batch) < self._batch_size:
                     batch.append(self._pending.popleft())
                 try:
-                    with self._session_factory() as db, db.begin():
-                        db.execute(insert(UsageRecord), [self._row(e) for e in batch])
+                    with self._session_factory() as db, db.begin():  # the table, not the class: a plain
+                        # executemany, without the ORM's bulk path (half this thread's Python time at 300 calls/s)
+                        db.execute(insert(UsageRecord.__table__), [self._row(e) for e in batch])
                 except Exception:
                     self._pending.extendleft(reversed(batch))
                     raise
@@ -90,6 +91,5 @@ class UsageRecorder:
 
     @staticmethod
     def _row(event: UsageEvent) -> dict[str, object]:
-        row = asdict(event)
-        row.update(id=new_id(), latency_bucket=latency_bucket(event.latency_ms), day=event.at.date().isoformat())
-        return row
+        return {**vars(event), "id": new_id(), "latency_bucket": latency_bucket(event.latency_ms),
+                "day": event.at.date().isoformat()}
