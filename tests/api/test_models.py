@@ -83,6 +83,28 @@ def test_versions_activate_rollback_and_export(app, alice: Account, model_id: st
                             ).status_code == 422
 
 
+def test_a_prediction_does_not_wait_for_the_shared_connection_pool(app, alice: Account, model_id: str,
+                                                                   new_client) -> None:
+    """With SQLite the version is looked up on the event loop; while every connection of the app's pool is held (by
+    requests whose sessions the loop itself must close), a lookup from that pool would stall the loop until the
+    pool's timeout and then fail. The prediction path has its own engine, so it is answered at once."""
+    add_version(app, model_id)
+    engine = app.state.engine
+    if engine.dialect.name != "sqlite":
+        assert not app.state.lookups.on_loop  # off the loop: the executor's thread may wait, the loop does not
+        return
+    program = new_client(alice.token(["predict"]))
+    call = lambda: program.post(f"/api/v1/models/{model_id}/predict", files=[("files", ("a.png", grey_png(40, 1)))])  # noqa: E731
+    assert call().status_code == 200  # the token is now remembered: checking it needs no connection either
+    held = [engine.connect() for _ in range(engine.pool.size() + engine.pool._max_overflow)]
+    try:
+        answer = call()
+        assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == "dark", answer.text
+    finally:
+        for connection in held:
+            connection.close()
+
+
 def test_predictions_multipart_and_json(app, alice: Account, model_id: str, new_client) -> None:
     add_version(app, model_id)
     program = new_client(alice.token(["predict"]))

@@ -30,6 +30,7 @@ from pigeonhole.db.migrate import upgrade
 from pigeonhole.jobs.routes import router as jobs_router
 from pigeonhole.models.feedback import router as feedback_router
 from pigeonhole.models.predict import PredictionService
+from pigeonhole.models.predict_routes import Lookups
 from pigeonhole.models.predict_routes import router as predict_router
 from pigeonhole.models.queue_routes import router as queue_router
 from pigeonhole.models.routes import router as models_router
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
         finally:
             await app.state.predictions.aclose()  # ray mode: its HTTP connections to Ray Serve
             recorder.stop()
+            app.state.lookups.close()
             engine.dispose()
 
     app = FastAPI(
@@ -81,6 +83,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.lookups = Lookups.for_database(settings.resolved_database_url, engine)
     app.state.session_factory = session_factory
     app.state.passwords = passwords_from(settings)
     app.state.token_cache = TokenCache(settings.token_cache_ttl_s,

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import Engine, make_url, select
 
 from pigeonhole.api.deps import Predictor, SettingsDep
 from pigeonhole.auth.scopes import Principal
 from pigeonhole.db.base import utcnow
+from pigeonhole.db.engine import create_db_engine, is_sqlite
 from pigeonhole.db.tables import DatasetImage
 from pigeonhole.errors import TooManyRequests
 from pigeonhole.learn.neighbours import MAX_NEIGHBOURS
@@ -29,6 +31,33 @@ from pigeonhole.serving.limits import retry_after
 from pigeonhole.usage.quota import next_month_seconds
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """Where the prediction path reads the version to serve.
+
+    With SQLite: on the event loop, from an engine of its own. A read of a local file in WAL mode never waits for
+    a writer and takes tens of microseconds, where handing it to a thread and back cost about 0.7 ms of the loop's
+    Python time per call under load (py-spy). Its own engine, because the loop must never wait for a connection
+    of the shared pool: a request's session gives its connection back when the loop runs that request's clean-up,
+    so a loop waiting for one could wait until the pool's timeout. With a database across the network: the app's
+    engine, off the loop.
+    """
+
+    engine: Engine
+    on_loop: bool
+
+    @classmethod
+    def for_database(cls, url: str, shared: Engine) -> Lookups:
+        if not is_sqlite(url):
+            return cls(shared, False)
+        if make_url(url).database in (None, "", ":memory:"):  # one database per connection: share the app's
+            return cls(shared, True)  # (its pool keeps one connection per thread and never makes a caller wait)
+        return cls(create_db_engine(url), True)
+
+    def close(self) -> None:
+        self.engine.dispose()
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -63,18 +92,16 @@ def _within_rate(request: Request, principal: Principal) -> None:
 
 
 def _within_quota(request: Request, principal: Principal, monthly: int) -> None:
-    """The user's monthly quota (a query at most every few seconds): 429 with Retry-After."""
-    if monthly and request.app.state.monthly_quota.images_this_month(principal.user_id, PREDICT_ROUTE) >= monthly:
+    """The user's monthly quota (a sum over the month's usage, at most every few seconds): 429 with Retry-After."""
+    if request.app.state.monthly_quota.images_this_month(principal.user_id, PREDICT_ROUTE) >= monthly:
         raise TooManyRequests(f"You have used this month's {monthly} predictions. Ask the administrator for a "
                               "larger quota, or wait for next month.", retry_after_s=next_month_seconds(utcnow()),
                               code="monthly_quota")
 
 
-def _resolve_target(request: Request, principal: Principal, monthly: int, model_id: str,
-                    version: int | None) -> Target:
-    """The version to serve, in one query with its own session (the prediction route holds no other)."""
-    _within_quota(request, principal, monthly)
-    with request.app.state.engine.connect() as connection:
+def _resolve_target(request: Request, principal: Principal, model_id: str, version: int | None) -> Target:
+    """The version to serve, in one query on the prediction path's own engine (``app.state.lookups``)."""
+    with request.app.state.lookups.engine.connect() as connection:
         row = repo.serving_row(connection, principal.user_id, model_id, version)
     if row is None:
         raise no_such_model()
@@ -92,13 +119,14 @@ async def _target(request: Request, principal: Predictor, settings: SettingsDep,
     request.state.meter = True  # every prediction counts, from the web app too
     _within_rate(request, principal)
     with request.app.state.predictions.admitted():
-        args = (request, principal, settings.predict_monthly_images_per_user, model_id, version)
-        if request.app.state.engine.dialect.name == "sqlite":
-            # A read of a local file in WAL mode (never waits for a writer): tens of microseconds, where handing it
-            # to a thread and back cost about 0.7 ms of the loop's Python time per call under load (py-spy).
-            yield _resolve_target(*args)
+        loop = asyncio.get_running_loop()
+        if settings.predict_monthly_images_per_user:  # a sum over many rows now and then: never on the loop
+            await loop.run_in_executor(None, _within_quota, request, principal,
+                                       settings.predict_monthly_images_per_user)
+        if request.app.state.lookups.on_loop:
+            yield _resolve_target(request, principal, model_id, version)
         else:  # a database across the network: off the loop, on the default executor (lighter than anyio's)
-            yield await asyncio.get_running_loop().run_in_executor(None, _resolve_target, *args)
+            yield await loop.run_in_executor(None, _resolve_target, request, principal, model_id, version)
 
 
 def name_neighbours(session_factory: Any, dataset_id: str | None, answers: list[dict[str, Any]]) -> None:
