@@ -47,6 +47,7 @@ class Lookups:
 
     engine: Engine
     on_loop: bool
+    own: bool = False  # made for these lookups (closed with them), not the app's
 
     @classmethod
     def for_database(cls, url: str, shared: Engine) -> Lookups:
@@ -54,10 +55,11 @@ class Lookups:
             return cls(shared, False)
         if make_url(url).database in (None, "", ":memory:"):  # one database per connection: share the app's
             return cls(shared, True)  # (its pool keeps one connection per thread and never makes a caller wait)
-        return cls(create_db_engine(url), True)
+        return cls(create_db_engine(url), True, own=True)
 
     def close(self) -> None:
-        self.engine.dispose()
+        if self.own:
+            self.engine.dispose()
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
