@@ -78,7 +78,7 @@ def oracle_picks(head: RidgeHead, x_pool: np.ndarray, y_pool: np.ndarray, centre
 def curve(x: np.ndarray, y: np.ndarray, tx: np.ndarray, ty: np.ndarray, strategy: str,
           seed: int) -> list[tuple[int, float]]:
     rng = np.random.default_rng(seed)
-    centre = RidgeHead(x.shape[1]).map(x).mean(axis=0)
+    centre = RidgeHead(x.shape[1]).map(x).mean(axis=0) if strategy == ORACLE else None
     labelled = np.concatenate([rng.choice(np.flatnonzero(y == c), START_PER_CLASS, replace=False)
                                for c in np.unique(y)])
     points = []
@@ -91,6 +91,7 @@ def curve(x: np.ndarray, y: np.ndarray, tx: np.ndarray, ty: np.ndarray, strategy
         if strategy == "random":
             chosen = rng.choice(pool, ROUND, replace=False)
         elif strategy == ORACLE:
+            assert centre is not None
             chosen = pool[oracle_picks(head, x[pool], y[pool], centre, x[labelled], rng)]
         else:
             order, _ = labelling_order(head.predict_proba(x[pool]), x[pool],
